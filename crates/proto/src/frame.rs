@@ -34,7 +34,7 @@
 //!
 //! | type | body |
 //! |---|---|
-//! | HELLO (1) | `max_version u8` · `role u8` (1 primary, 2 backup) · `stream_len u8` · `stream` · `token_len u16` · `token` · `resume_tag u8` (0 none, 1 present) · [`resume_from u64`] |
+//! | HELLO (1) | `max_version u8` · `role u8` (1 primary, 2 backup) · `stream_len u8` · `stream` · `token_len u16` · `token` · `resume_tag u8` (0 none, 1 present) · `resume_from u64` (only when the tag is 1) |
 //! | WELCOME (2) | `next_seq u64` · `max_payload u32` · `max_frame_len u32` · `ack_interval_ms u32` · `server_id_len u8` · `server_id` (UTF-8) |
 //! | DATA (3) | `seq u64` · `pts i64` (µs) · `payload` (the rest, `body_len - 20` bytes) · `crc32c u32` |
 //! | ACK (4) | `through u64` |
