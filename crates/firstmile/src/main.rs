@@ -1,1 +1,69 @@
-fn main() {}
+//! `firstmile`: one binary, one subcommand per job.
+//!
+//! This is L3 in DESIGN.md: it parses arguments, reads files, calls the library crates and maps
+//! their errors to exit codes (64 usage or configuration, 65 bad input data, 66 missing input,
+//! 1 anything else). It holds no domain logic of its own.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Live streams into the best entry servers, with a hot backup path.
+#[derive(Debug, Parser)]
+#[command(name = "firstmile", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Resolve a typed place or an IP address to a location.
+    Geo(cmd::geo::GeoArgs),
+    /// Evaluate selection policies on measured latency data.
+    Sim(cmd::sim::SimArgs),
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn usage(e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 64,
+            error: e.into(),
+        }
+    }
+    pub fn data(e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 65,
+            error: e.into(),
+        }
+    }
+    pub fn no_input(e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 66,
+            error: e.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Geo(a) => cmd::geo::run(a),
+        Command::Sim(a) => cmd::sim::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("firstmile: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,2 @@
+pub mod geo;
+pub mod sim;
