@@ -113,7 +113,8 @@ mod tests {
         let a = Location::new(10.0, 20.0).unwrap();
         let b = Location::new(-30.0, 100.0).unwrap();
         let (va, vb) = (a.unit_vector(), b.unit_vector());
-        let chord = ((va[0] - vb[0]).powi(2) + (va[1] - vb[1]).powi(2) + (va[2] - vb[2]).powi(2)).sqrt();
+        let chord =
+            ((va[0] - vb[0]).powi(2) + (va[1] - vb[1]).powi(2) + (va[2] - vb[2]).powi(2)).sqrt();
         assert!((chord - Location::chord_for_km(a.distance_km(&b))).abs() < 1e-9);
     }
 }
