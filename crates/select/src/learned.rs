@@ -304,7 +304,7 @@ mod tests {
         assert!(near.rtt_offset_ms > 50.0, "{near:?}");
         // Another continent: (almost) no evidence, no correction to speak of.
         let far = c.correction(&loc(52.0, 13.0), "s", &server, &p, 1020);
-        assert!(far.is_none_or(|f| f.rtt_offset_ms.abs() < 0.1), "{far:?}");
+        assert!(far.as_ref().is_none_or(|f| f.rtt_offset_ms.abs() < 0.1), "{far:?}");
     }
 
     #[test]
