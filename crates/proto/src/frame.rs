@@ -7,7 +7,8 @@
 //! **Why a pure codec.** The same frames travel over TCP (optionally TLS) and over WebSocket, and
 //! one session state machine drives both. Keeping the codec free of I/O lets that machine be
 //! generic over the transport, and lets us feed the decoder every split of the byte stream and
-//! arbitrary garbage in tests (see the proptests and `tests/corpus/`).
+//! arbitrary garbage in tests (see the proptests, `tests/corpus/` and the standalone cargo-fuzz
+//! target in `fuzz/`).
 //!
 //! **What not.** No sockets, clocks or buffering policy; no session logic (who sends HELLO when,
 //! resume, ack pacing, token checks): that is the session layer's. The decoder has the shape of a
