@@ -10,53 +10,8 @@ use geo::Location;
 use rstar::{RTree, primitives::GeomWithData};
 use serde::{Deserialize, Serialize};
 
-/// Ingest protocols an entry server can accept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// firstmile's native framed protocol over TCP (optionally TLS).
-    Native,
-    /// The native protocol carried in WebSocket binary messages (browsers).
-    Websocket,
-    /// RTMP publish (OBS, ffmpeg, hardware encoders).
-    Rtmp,
-    /// HTTP chunked POST of a byte stream.
-    Http,
-}
-
-impl Protocol {
-    pub const ALL: [Protocol; 4] = [Self::Native, Self::Websocket, Self::Rtmp, Self::Http];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Native => "native",
-            Self::Websocket => "websocket",
-            Self::Rtmp => "rtmp",
-            Self::Http => "http",
-        }
-    }
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An unknown protocol name; the message lists the accepted ones.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown protocol {0:?}: accepted values are native, websocket, rtmp, http")]
-pub struct UnknownProtocol(pub String);
-
-impl std::str::FromStr for Protocol {
-    type Err = UnknownProtocol;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| UnknownProtocol(s.chars().take(40).collect()))
-    }
-}
+/// Ingest protocols (the wire-level enum lives in `proto`).
+pub use proto::Protocol;
 
 /// Health as observed by the director (heartbeats). Operator drain is separate: see
 /// [`EntryServer::draining`].
