@@ -322,13 +322,8 @@ impl Gazetteer {
                 _ => {}
             }
         }
-        // The generator writes these sorted; sorting again is cheap insurance if it ever did not.
-        if !g.index.is_sorted_by(|a, b| key_of(a) <= key_of(b)) {
-            g.index.sort_by(|a, b| key_of(a).cmp(key_of(b)));
-        }
-        if !g.airports.is_sorted_by(|a, b| key_of(a) <= key_of(b)) {
-            g.airports.sort_by(|a, b| key_of(a).cmp(key_of(b)));
-        }
+        // The generator writes the index and airports sorted (checked by a unit test), so no
+        // sorting here: loading is one pass of line splitting.
         g
     }
 
@@ -379,9 +374,25 @@ impl Gazetteer {
             }
         }
         if cands.is_empty() {
+            let city = parts.first().copied().unwrap_or(trimmed);
+            // "Paris, CA": the city exists, only not in that region; offer where it does.
+            let mut suggestions = Vec::new();
+            if parts.len() > 1 {
+                let mut c = self.single(city);
+                c.sort_by(rank);
+                for c in c {
+                    let label = c.place.label();
+                    if !suggestions.contains(&label) && suggestions.len() < MAX_SUGGESTIONS {
+                        suggestions.push(label);
+                    }
+                }
+            }
+            if suggestions.is_empty() {
+                suggestions = self.suggest(city);
+            }
             return Err(PlaceError::Unknown {
                 input: input.to_string(),
-                suggestions: self.suggest(parts.first().copied().unwrap_or(trimmed)),
+                suggestions,
             });
         }
         cands.sort_by(rank);
@@ -754,6 +765,7 @@ mod tests {
         assert!(g.airports.len() > 5_000);
         assert_eq!(g.admin1.len(), 51);
         assert!(g.index.is_sorted_by(|a, b| key_of(a) < key_of(b)));
+        assert!(g.airports.is_sorted_by(|a, b| key_of(a) < key_of(b)));
     }
 
     /// The generator's Python normalisation must agree with [`normalise`]: every city is found

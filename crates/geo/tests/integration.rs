@@ -183,6 +183,11 @@ fn errors_say_what_is_accepted() {
         g.resolve("Paris, Atlantis"),
         Err(PlaceError::Unknown { .. })
     ));
+    // The city exists, just not in that region: suggest where it does exist.
+    let Err(PlaceError::Unknown { suggestions, .. }) = g.resolve("Paris, CA") else {
+        panic!("no Paris of 15,000 people in California or Canada");
+    };
+    assert_eq!(suggestions[..2], ["Paris, FR", "Paris, Texas, US"]);
 }
 
 #[test]
