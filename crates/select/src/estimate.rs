@@ -9,8 +9,8 @@
 //! ignores the few pairs routed around the world. The fit gives `base_ms = 13`,
 //! `per_1000km_ms = 16.4` (fibre light speed is 10 ms per 1000 km round trip; the rest is route
 //! inflation). Its median absolute error is 17.7 % (a least-squares line, 30.0 + 17.3 ms/1000 km,
-//! has 22.9 %). On the AWS and Azure backbone data the same model is within 25 % at the median
-//! (backbones are straighter than the public Internet). The test `calibration` in
+//! has 22.9 %). On the AWS and Azure inter-region data (also shipped) the same model's median
+//! relative error is 16.0 % and 17.2 %. The test `calibration` in
 //! `tests/integration.rs` re-fits the constants from the data and fails if they drift.
 //!
 //! # Loss prior
@@ -224,7 +224,10 @@ mod tests {
         let near_full = p.prior(&client, &server(50.1, 8.6, 0.92), 4000);
         let far_idle = p.prior(&client, &server(48.8, 2.35, 0.0), 4000);
         assert!(near_full.rtt_ms < far_idle.rtt_ms);
-        assert!(near_full.score > far_idle.score, "{near_full:?} {far_idle:?}");
+        assert!(
+            near_full.score > far_idle.score,
+            "{near_full:?} {far_idle:?}"
+        );
         // ...but a moderately loaded one still wins on distance.
         let near_half = p.prior(&client, &server(50.1, 8.6, 0.5), 4000);
         assert!(near_half.score < far_idle.score);

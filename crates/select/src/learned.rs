@@ -283,7 +283,10 @@ mod tests {
     fn no_evidence_no_correction() {
         let c = Corrections::new();
         let p = Params::default();
-        assert!(c.correction(&loc(0.0, 0.0), "s", &loc(1.0, 1.0), &p, 0).is_none());
+        assert!(
+            c.correction(&loc(0.0, 0.0), "s", &loc(1.0, 1.0), &p, 0)
+                .is_none()
+        );
     }
 
     #[test]
@@ -294,17 +297,26 @@ mod tests {
         let prior = p.rtt.rtt_ms(client.distance_km(&server));
         let mut c = Corrections::new();
         for i in 0..20 {
-            c.observe(&m(client, prior + 100.0, 1000 + i), &server, &p).unwrap();
+            c.observe(&m(client, prior + 100.0, 1000 + i), &server, &p)
+                .unwrap();
         }
         let here = c.correction(&client, "s", &server, &p, 1020).unwrap();
-        assert!(here.rtt_offset_ms > 80.0 && here.rtt_offset_ms <= 100.0, "{here:?}");
+        assert!(
+            here.rtt_offset_ms > 80.0 && here.rtt_offset_ms <= 100.0,
+            "{here:?}"
+        );
         assert!((here.loss.unwrap() - 0.01).abs() < 1e-9);
         // 1,000 km away with the server 7,000 km away: still the same long-haul route.
-        let near = c.correction(&loc(-30.0, -51.2), "s", &server, &p, 1020).unwrap();
+        let near = c
+            .correction(&loc(-30.0, -51.2), "s", &server, &p, 1020)
+            .unwrap();
         assert!(near.rtt_offset_ms > 50.0, "{near:?}");
         // Another continent: (almost) no evidence, no correction to speak of.
         let far = c.correction(&loc(52.0, 13.0), "s", &server, &p, 1020);
-        assert!(far.as_ref().is_none_or(|f| f.rtt_offset_ms.abs() < 0.1), "{far:?}");
+        assert!(
+            far.as_ref().is_none_or(|f| f.rtt_offset_ms.abs() < 0.1),
+            "{far:?}"
+        );
     }
 
     #[test]
@@ -328,7 +340,8 @@ mod tests {
         let prior = p.rtt.rtt_ms(client.distance_km(&server));
         let mut c = Corrections::new();
         for _ in 0..30 {
-            c.observe(&m(client, prior + 100.0, 0), &server, &p).unwrap();
+            c.observe(&m(client, prior + 100.0, 0), &server, &p)
+                .unwrap();
         }
         let fresh = c.correction(&client, "s", &server, &p, 0).unwrap();
         let old = c
@@ -344,10 +357,16 @@ mod tests {
         let mut c = Corrections::new();
         let o = loc(1.0, 1.0);
         let mut bad = m(loc(0.0, 0.0), -1.0, 0);
-        assert!(matches!(c.observe(&bad, &o, &p), Err(MeasurementError::Rtt(_))));
+        assert!(matches!(
+            c.observe(&bad, &o, &p),
+            Err(MeasurementError::Rtt(_))
+        ));
         bad.rtt_ms = 10.0;
         bad.loss = Some(2.0);
-        assert!(matches!(c.observe(&bad, &o, &p), Err(MeasurementError::Loss(_))));
+        assert!(matches!(
+            c.observe(&bad, &o, &p),
+            Err(MeasurementError::Loss(_))
+        ));
         bad.loss = None;
         bad.throughput_mbps = Some(f64::NAN);
         assert!(c.observe(&bad, &o, &p).is_err());

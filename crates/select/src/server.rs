@@ -156,7 +156,9 @@ impl Fleet {
 
     /// Servers in order of increasing great-circle distance from `from` (ties by id).
     pub fn nearest(&self, from: &Location) -> impl Iterator<Item = &EntryServer> + '_ {
-        let mut it = self.tree.nearest_neighbor_iter_with_distance_2(from.unit_vector());
+        let mut it = self
+            .tree
+            .nearest_neighbor_iter_with_distance_2(from.unit_vector());
         let mut pending: Option<(usize, f64)> = None;
         // Group equal-distance neighbours and order each group by id, so ties never depend on
         // the tree's internal layout.

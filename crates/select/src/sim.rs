@@ -102,7 +102,12 @@ impl<'a> Table<'a> {
             .filter(|(_, l)| !l.trim().is_empty());
         let header = lines
             .next()
-            .map(|(_, h)| split_csv(h).into_iter().map(|s| s.trim().to_string()).collect())
+            .map(|(_, h)| {
+                split_csv(h)
+                    .into_iter()
+                    .map(|s| s.trim().to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         Self {
             file,
@@ -128,11 +133,14 @@ fn field<'f>(
     fields: &'f [String],
     i: usize,
 ) -> Result<&'f str, SimError> {
-    fields.get(i).map(|s| s.trim()).ok_or_else(|| SimError::Parse {
-        file,
-        line,
-        reason: format!("expected at least {} fields, found {}", i + 1, fields.len()),
-    })
+    fields
+        .get(i)
+        .map(|s| s.trim())
+        .ok_or_else(|| SimError::Parse {
+            file,
+            line,
+            reason: format!("expected at least {} fields, found {}", i + 1, fields.len()),
+        })
 }
 
 fn number(file: &'static str, line: usize, what: &str, s: &str) -> Result<f64, SimError> {
@@ -443,7 +451,10 @@ mod tests {
 
     #[test]
     fn csv_quotes() {
-        assert_eq!(split_csv(r#"a,"b,c","d""e",,"#), vec!["a", "b,c", "d\"e", "", ""]);
+        assert_eq!(
+            split_csv(r#"a,"b,c","d""e",,"#),
+            vec!["a", "b,c", "d\"e", "", ""]
+        );
     }
 
     #[test]
@@ -470,13 +481,22 @@ mod tests {
 
     #[test]
     fn bad_input_names_file_and_line() {
-        let e = Dataset::parse("id,name,latitude,longitude\n1,A,x,2\n", "source,destination,avg_ms\n")
-            .unwrap_err();
+        let e = Dataset::parse(
+            "id,name,latitude,longitude\n1,A,x,2\n",
+            "source,destination,avg_ms\n",
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "servers.csv line 2: latitude \"x\" is not a number"
         );
         let e = Dataset::parse("id,name,lat,longitude\n", "").unwrap_err();
-        assert!(matches!(e, SimError::MissingColumn { column: "latitude", .. }));
+        assert!(matches!(
+            e,
+            SimError::MissingColumn {
+                column: "latitude",
+                ..
+            }
+        ));
     }
 }
