@@ -1,0 +1,283 @@
+//! Assignment tokens: what the director signs and entry servers check.
+//!
+//! **What.** Each pick of an assignment (primary, backup) carries a token that binds the stream
+//! id, the entry server id, the role and an expiry. The director signs it with its Ed25519
+//! [`SigningKey`]; entry servers hold only the [`VerifyingKey`] and call
+//! [`VerifyingKey::verify`] before they accept an upload.
+//!
+//! **Format: a compact JWS / JWT with `alg` = `EdDSA` (RFC 7515, RFC 7519, RFC 8037).**
+//!
+//! ```text
+//! base64url(header) "." base64url(claims) "." base64url(ed25519(header "." claims))
+//! header = {"alg":"EdDSA","typ":"JWT"}
+//! claims = {"stream":"abc","server":"fra-1","role":"primary","iat":1700000000,"exp":1700003600}
+//! ```
+//!
+//! base64url is unpadded (RFC 7515 §2). `iat` and `exp` are Unix seconds (JWT NumericDate).
+//! Any JWT library that speaks EdDSA can verify these tokens with the director's public key;
+//! this crate is the reference verifier. Why JWT rather than PASETO v4.public: both are Ed25519
+//! signatures over the payload; JWT's `exp` is a Unix number (PASETO's is an ISO 8601 string), and
+//! more tooling reads JWTs. The usual JWT pitfall — trusting the header's `alg` — does not apply:
+//! the verifier accepts `EdDSA` only and never consults the header for key material.
+//!
+//! Keys are PEM: PKCS#8 `PRIVATE KEY` for the signing key, SPKI `PUBLIC KEY` for the verifying
+//! key (the same files `openssl genpkey -algorithm ed25519` writes). `firstmile keygen` makes a
+//! pair.
+//!
+//! **What not.** No clock (`now` is an argument), no key files (callers read them), no
+//! revocation, no encryption: the claims are readable by anyone who holds the token.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signature, Signer};
+use serde::{Deserialize, Serialize};
+
+pub use proto::Role;
+
+/// The JOSE header of every token, as encoded by [`SigningKey::sign`].
+pub const HEADER_JSON: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
+
+/// The longest token [`VerifyingKey::verify`] looks at, in bytes. Real tokens are ~300 bytes.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// What a token says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The stream id the upload is for.
+    pub stream: String,
+    /// The entry server id the token is valid at.
+    pub server: String,
+    /// Which of the stream's two paths this is.
+    pub role: Role,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Expires at, Unix seconds: the token is refused from this second on.
+    pub exp: u64,
+}
+
+/// Why a token was refused. Every variant is the presenter's fault; retrying with the same token
+/// fails the same way (ask the director for a new assignment instead).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a compact JWS, bad base64url, bad JSON or missing claims.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The header names an algorithm other than EdDSA.
+    #[error("unsupported token algorithm {0:?}: only EdDSA (Ed25519) is accepted")]
+    Algorithm(String),
+    /// The signature does not verify under this key (tampered, or signed by another key).
+    #[error("bad token signature: not signed by this director's key, or altered")]
+    BadSignature,
+    /// The token was valid until `exp`.
+    #[error("token expired at {exp} (Unix seconds), now is {now}")]
+    Expired { exp: u64, now: u64 },
+}
+
+/// A key file or key bytes that cannot be used. The operator is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "not an Ed25519 private key in PKCS#8 PEM (\"-----BEGIN PRIVATE KEY-----\"): {0}; \
+         make one with `firstmile keygen`"
+    )]
+    Private(String),
+    #[error(
+        "not an Ed25519 public key in SPKI PEM (\"-----BEGIN PUBLIC KEY-----\"): {0}; \
+         make one with `firstmile keygen`"
+    )]
+    Public(String),
+}
+
+/// The director's secret key. `Debug` does not print it.
+#[derive(Clone)]
+pub struct SigningKey(ed25519_dalek::SigningKey);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("public", &self.public_key())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A new random key.
+    pub fn generate(rng: &mut impl rand::RngCore) -> Self {
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        Self::from_bytes(&seed)
+    }
+
+    /// From the 32-byte Ed25519 seed.
+    pub fn from_bytes(seed: &[u8; 32]) -> Self {
+        Self(ed25519_dalek::SigningKey::from_bytes(seed))
+    }
+
+    /// The 32-byte seed.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// From PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
+        ed25519_dalek::SigningKey::from_pkcs8_pem(pem.trim())
+            .map(Self)
+            .map_err(|e| KeyError::Private(e.to_string()))
+    }
+
+    /// As PKCS#8 PEM.
+    pub fn to_pem(&self) -> String {
+        // Encoding a valid key into PEM cannot fail; fall back to an empty string defensively.
+        self.0
+            .to_pkcs8_pem(LineEnding::LF)
+            .map(|z| z.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The matching public key, for entry servers.
+    pub fn public_key(&self) -> VerifyingKey {
+        VerifyingKey(self.0.verifying_key())
+    }
+
+    /// Sign `claims` into a compact token.
+    pub fn sign(&self, claims: &Claims) -> String {
+        let header = URL_SAFE_NO_PAD.encode(HEADER_JSON);
+        // Serializing a struct of strings and integers cannot fail.
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let mut token = String::with_capacity(header.len() + payload.len() + 90);
+        token.push_str(&header);
+        token.push('.');
+        token.push_str(&payload);
+        let sig = self.0.sign(token.as_bytes());
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(sig.to_bytes()));
+        token
+    }
+}
+
+/// The public key entry servers verify tokens with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyingKey(ed25519_dalek::VerifyingKey);
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
+}
+
+impl VerifyingKey {
+    /// From the 32-byte public key. Rejects bytes that are not a curve point.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
+        ed25519_dalek::VerifyingKey::from_bytes(bytes)
+            .map(Self)
+            .map_err(|e| KeyError::Public(e.to_string()))
+    }
+
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// From SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
+        ed25519_dalek::VerifyingKey::from_public_key_pem(pem.trim())
+            .map(Self)
+            .map_err(|e| KeyError::Public(e.to_string()))
+    }
+
+    /// As SPKI PEM.
+    pub fn to_pem(&self) -> String {
+        self.0.to_public_key_pem(LineEnding::LF).unwrap_or_default()
+    }
+
+    /// Check a token's signature and expiry at `now` (Unix seconds), and return its claims.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        self.verify_with_leeway(token, now, 0)
+    }
+
+    /// As [`VerifyingKey::verify`], accepting tokens up to `leeway_s` seconds past `exp`
+    /// (clock skew between the director and the entry server).
+    pub fn verify_with_leeway(
+        &self,
+        token: &str,
+        now: u64,
+        leeway_s: u64,
+    ) -> Result<Claims, TokenError> {
+        let malformed = |m: &str| TokenError::Malformed(m.to_string());
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed(format!(
+                "token is {} bytes long, the limit is {MAX_TOKEN_LEN}",
+                token.len()
+            )));
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed(
+                "expected three base64url parts separated by '.' (header.claims.signature)",
+            ));
+        };
+        let header_bytes = URL_SAFE_NO_PAD
+            .decode(h)
+            .map_err(|_| malformed("header is not unpadded base64url"))?;
+        let header: Header = serde_json::from_slice(&header_bytes)
+            .map_err(|_| malformed("header is not a JSON object with \"alg\""))?;
+        if header.alg != "EdDSA" {
+            return Err(TokenError::Algorithm(header.alg.chars().take(20).collect()));
+        }
+        if header.crit.is_some() {
+            return Err(malformed("critical header extensions are not supported"));
+        }
+        let sig_bytes = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| malformed("signature is not unpadded base64url"))?;
+        let sig_bytes: [u8; 64] = sig_bytes
+            .try_into()
+            .map_err(|_| malformed("signature is not 64 bytes"))?;
+        let signed = &token[..h.len() + 1 + p.len()];
+        self.0
+            .verify_strict(signed.as_bytes(), &Signature::from_bytes(&sig_bytes))
+            .map_err(|_| TokenError::BadSignature)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(p)
+            .map_err(|_| malformed("claims are not unpadded base64url"))?;
+        let claims: Claims = serde_json::from_slice(&payload)
+            .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
+        if now >= claims.exp.saturating_add(leeway_s) {
+            return Err(TokenError::Expired {
+                exp: claims.exp,
+                now,
+            });
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 8037 appendix A.4: the Ed25519 JWS example, signed and verified byte for byte.
+    #[test]
+    fn rfc8037_example_signature() {
+        let d = URL_SAFE_NO_PAD
+            .decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")
+            .unwrap();
+        let x = URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .unwrap();
+        let sk = SigningKey::from_bytes(&d.try_into().unwrap());
+        assert_eq!(sk.public_key().to_bytes().to_vec(), x);
+        let input = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc";
+        let sig = URL_SAFE_NO_PAD.encode(sk.0.sign(input.as_bytes()).to_bytes());
+        assert_eq!(
+            sig,
+            "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
+        );
+    }
+}
