@@ -1,0 +1,497 @@
+//! The director's configuration: typed, layered, validated before anything binds.
+//!
+//! **Layers.** Built-in defaults < a TOML file < environment variables < command-line overrides.
+//! [`DirectorConfig::load`] merges them on a TOML tree and then deserializes once, so every
+//! layer is checked by the same rules (`deny_unknown_fields`, types, ranges):
+//! - the file is the `[director]`-less TOML of `examples/director.toml`;
+//! - an environment variable `FIRSTMILE_DIRECTOR_<KEY>` sets `<key>` (lowercased); nested keys
+//!   join with a double underscore: `FIRSTMILE_DIRECTOR_HEARTBEAT__INTERVAL_MS=500`. Values are
+//!   TOML literals when they parse as one (`500`, `true`, `["10.0.0.0/8"]`, `"12345"`), else
+//!   plain strings (`0.0.0.0:7000`, `Frankfurt`). `FIRSTMILE_DIRECTOR_CONFIG` names the file and is
+//!   not a key;
+//! - overrides are `key.path=value` pairs with the same value rules (the binary's flags).
+//!
+//! The environment is an argument ([`DirectorConfig::load`] never reads it), so the layering is
+//! tested without touching the process environment.
+//!
+//! **What not.** This module reads no files except in [`crate::Director::from_config`] (the key,
+//! the MMDB images, TLS material), and binds nothing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "FIRSTMILE_DIRECTOR_";
+/// The environment variable naming the config file (not a key).
+pub const ENV_CONFIG_FILE: &str = "FIRSTMILE_DIRECTOR_CONFIG";
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Compact,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the director needs. See `examples/director.toml` for every key, commented.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectorConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Where picks are scored from when neither a typed place nor the IP location is known:
+    /// a place name the gazetteer resolves, or "lat,lon".
+    pub default_place: String,
+    /// Bitrate assumed when a request gives none (kbit/s).
+    pub default_bitrate_kbps: u32,
+    /// Largest bitrate a request may ask for (kbit/s).
+    pub max_bitrate_kbps: u32,
+    pub log_format: LogFormat,
+    pub auth: AuthConfig,
+    pub tokens: TokensConfig,
+    pub geoip: GeoIpConfig,
+    /// Network → place name: addresses in these networks are located there (office, lab and
+    /// private ranges). Longest prefix wins.
+    pub sites: BTreeMap<IpNet, String>,
+    pub heartbeat: HeartbeatConfig,
+    pub http: HttpConfig,
+    pub tls: Option<TlsConfig>,
+    /// Estimation and scoring weights (select::Params); unset keys keep the documented model.
+    pub scoring: select::Params,
+    pub learning: LearningConfig,
+    pub limits: LimitsConfig,
+}
+
+impl Default for DirectorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7000)),
+            default_place: "Frankfurt, DE".into(),
+            default_bitrate_kbps: 2500,
+            max_bitrate_kbps: 200_000,
+            log_format: LogFormat::Compact,
+            auth: AuthConfig::default(),
+            tokens: TokensConfig::default(),
+            geoip: GeoIpConfig::default(),
+            sites: BTreeMap::new(),
+            heartbeat: HeartbeatConfig::default(),
+            http: HttpConfig::default(),
+            tls: None,
+            scoring: select::Params::default(),
+            learning: LearningConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// Shared secrets. Both sides of each must be configured with the same value.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Entry servers present this as `Authorization: Bearer <cluster_token>`.
+    pub cluster_token: String,
+    /// Operators present this on `/v1/admin/...`.
+    pub admin_token: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// PKCS#8 PEM Ed25519 private key file (`firstmile keygen`).
+    pub signing_key_file: Option<PathBuf>,
+    /// The same PEM inline (for the environment); wins over the file.
+    pub signing_key_pem: Option<String>,
+    /// How long an assignment and its tokens are valid, in seconds.
+    pub ttl_s: u64,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            signing_key_file: None,
+            signing_key_pem: None,
+            ttl_s: 3600,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoIpConfig {
+    /// City MMDB (GeoIP2/GeoLite2/DB-IP City or ip-location-db). None: IP locations unknown.
+    pub city_db: Option<PathBuf>,
+    /// Optional GeoLite2-ASN MMDB.
+    pub asn_db: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    /// How often entry servers heartbeat (told to them at registration).
+    pub interval_ms: u64,
+    /// A server that misses this many intervals is unhealthy (excluded) until it heartbeats.
+    pub missed_allowed: u32,
+    /// A server silent for this many intervals is forgotten; its heartbeats then get 404 and it
+    /// registers again.
+    pub forget_after_missed: u32,
+    /// Load-only changes (heartbeat numbers) reach the selection snapshot at most this often.
+    pub load_refresh_ms: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1000,
+            missed_allowed: 3,
+            forget_after_missed: 300,
+            load_refresh_ms: 500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Peers whose X-Forwarded-For / Forwarded headers are believed (load balancers).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// Requests taking longer are answered 408.
+    pub request_timeout_ms: u64,
+    pub rate_limit: RateLimitConfig,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            body_limit_bytes: 64 * 1024,
+            request_timeout_ms: 10_000,
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// Per-client-IP token bucket on the assignment and ranking endpoints (IPv6 keyed by /64).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per client.
+    pub per_second: f64,
+    /// Requests a client may make at once after being idle.
+    pub burst: u32,
+    /// Clients tracked at once; beyond that, idle ones are forgotten first.
+    pub max_clients: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_second: 5.0,
+            burst: 20,
+            max_clients: 100_000,
+        }
+    }
+}
+
+/// Serve HTTPS (rustls, ring provider) instead of HTTP.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearningConfig {
+    /// Measurements from heartbeats reach the selection at most this often.
+    pub publish_ms: u64,
+    /// Measurements taken from one heartbeat at most.
+    pub max_measurements_per_heartbeat: usize,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        Self {
+            publish_ms: 5000,
+            max_measurements_per_heartbeat: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Entry servers registered at most.
+    pub max_servers: usize,
+    /// Assignments remembered for GET /v1/streams/{id}; the oldest expire first.
+    pub max_tracked_streams: usize,
+    /// Stream reports per heartbeat at most.
+    pub max_streams_per_heartbeat: usize,
+    /// Entries listed by GET /v1/entry-servers at most.
+    pub max_ranked: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_servers: 100_000,
+            max_tracked_streams: 1_000_000,
+            max_streams_per_heartbeat: 10_000,
+            max_ranked: 100,
+        }
+    }
+}
+
+/// A configuration that cannot be used. The operator is at fault; the binary exits 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file: {0}")]
+    Syntax(String),
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("override {arg:?}: {message}; overrides are key.path=value")]
+    Override { arg: String, message: String },
+    #[error("config key {key}: {message}")]
+    Key { key: String, message: String },
+    #[error("{what} {path}: {message}")]
+    File {
+        what: &'static str,
+        path: String,
+        message: String,
+    },
+}
+
+fn key_err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Parse an env/override value: a TOML literal if it is one, else a string.
+fn literal(v: &str) -> toml::Value {
+    let wrapped = format!("v = {v}");
+    match toml::from_str::<toml::Table>(&wrapped) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(v.into())),
+        Err(_) => toml::Value::String(v.into()),
+    }
+}
+
+fn set_path(root: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut t = root;
+    for p in parents {
+        if p.is_empty() {
+            return Err("empty key segment".into());
+        }
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = match entry {
+            toml::Value::Table(inner) => inner,
+            _ => return Err(format!("{p} is not a table")),
+        };
+    }
+    if last.is_empty() {
+        return Err("empty key segment".into());
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+impl DirectorConfig {
+    /// Merge the layers and validate. `file` is the TOML text of the config file, `env` the
+    /// process environment (only `FIRSTMILE_DIRECTOR_*` is looked at), `overrides` the
+    /// `key.path=value` pairs from flags.
+    pub fn load(
+        file: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut root: toml::Table = match file {
+            Some(text) => toml::from_str(text)
+                .map_err(|e| ConfigError::Syntax(e.to_string().trim().into()))?,
+            None => toml::Table::new(),
+        };
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != ENV_CONFIG_FILE)
+            .collect();
+        env.sort();
+        for (var, value) in env {
+            let path: Vec<String> = var[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .split("__")
+                .map(str::to_owned)
+                .collect();
+            set_path(&mut root, &path, literal(&value)).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+        }
+        for arg in overrides {
+            let Some((k, v)) = arg.split_once('=') else {
+                return Err(ConfigError::Override {
+                    arg: arg.clone(),
+                    message: "no '='".into(),
+                });
+            };
+            let path: Vec<String> = k.trim().split('.').map(str::to_owned).collect();
+            set_path(&mut root, &path, literal(v.trim())).map_err(|message| {
+                ConfigError::Override {
+                    arg: arg.clone(),
+                    message,
+                }
+            })?;
+        }
+        let config: DirectorConfig = serde_path_to_error::deserialize(toml::Value::Table(root))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                key_err(
+                    if path == "." { "(top level)" } else { &path },
+                    e.into_inner().to_string(),
+                )
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check ranges and cross-field rules (no I/O). [`DirectorConfig::load`] calls it; call it
+    /// yourself on a config built in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.cluster_token.trim().is_empty() {
+            return Err(key_err(
+                "auth.cluster_token",
+                "is required: the shared secret entry servers present (Authorization: Bearer)",
+            ));
+        }
+        if self.auth.admin_token.trim().is_empty() {
+            return Err(key_err(
+                "auth.admin_token",
+                "is required: the secret operators present on /v1/admin",
+            ));
+        }
+        if self.auth.admin_token == self.auth.cluster_token {
+            return Err(key_err(
+                "auth.admin_token",
+                "must differ from auth.cluster_token",
+            ));
+        }
+        if !(10..=7 * 86_400).contains(&self.tokens.ttl_s) {
+            return Err(key_err(
+                "tokens.ttl_s",
+                "must be between 10 and 604800 seconds",
+            ));
+        }
+        if !(10..=600_000).contains(&self.heartbeat.interval_ms) {
+            return Err(key_err(
+                "heartbeat.interval_ms",
+                "must be between 10 and 600000",
+            ));
+        }
+        if self.heartbeat.missed_allowed == 0 {
+            return Err(key_err("heartbeat.missed_allowed", "must be at least 1"));
+        }
+        if self.heartbeat.forget_after_missed <= self.heartbeat.missed_allowed {
+            return Err(key_err(
+                "heartbeat.forget_after_missed",
+                "must be greater than heartbeat.missed_allowed",
+            ));
+        }
+        if self.heartbeat.load_refresh_ms == 0 || self.learning.publish_ms == 0 {
+            return Err(key_err(
+                "heartbeat.load_refresh_ms / learning.publish_ms",
+                "must be positive",
+            ));
+        }
+        if self.default_bitrate_kbps == 0 || self.default_bitrate_kbps > self.max_bitrate_kbps {
+            return Err(key_err(
+                "default_bitrate_kbps",
+                "must be between 1 and max_bitrate_kbps",
+            ));
+        }
+        let rl = &self.http.rate_limit;
+        if !(rl.per_second.is_finite() && rl.per_second > 0.0) || rl.burst == 0 {
+            return Err(key_err(
+                "http.rate_limit",
+                "per_second must be a positive number and burst at least 1",
+            ));
+        }
+        if rl.max_clients == 0 {
+            return Err(key_err("http.rate_limit.max_clients", "must be at least 1"));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.http.body_limit_bytes) {
+            return Err(key_err(
+                "http.body_limit_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if self.http.request_timeout_ms == 0 {
+            return Err(key_err("http.request_timeout_ms", "must be positive"));
+        }
+        if self.limits.max_servers == 0
+            || self.limits.max_tracked_streams == 0
+            || self.limits.max_ranked == 0
+        {
+            return Err(key_err("limits", "every limit must be at least 1"));
+        }
+        let p = &self.scoring;
+        if p.candidates == 0 || !(p.rtt.per_1000km_ms.is_finite() && p.rtt.base_ms.is_finite()) {
+            return Err(key_err(
+                "scoring",
+                "candidates must be at least 1 and the RTT model finite",
+            ));
+        }
+        self.default_location()?;
+        for (net, place) in &self.sites {
+            resolve_place(place).map_err(|m| key_err(&format!("sites.\"{net}\""), m))?;
+        }
+        Ok(())
+    }
+
+    /// The resolved default place.
+    pub fn default_location(&self) -> Result<geo::Location, ConfigError> {
+        resolve_place(&self.default_place)
+            .map(|p| p.location)
+            .map_err(|m| key_err("default_place", m))
+    }
+
+    /// The effective configuration as TOML, secrets replaced by `"<redacted>"`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        let redact = |s: &mut String| {
+            if !s.is_empty() {
+                *s = "<redacted>".into();
+            }
+        };
+        redact(&mut c.auth.cluster_token);
+        redact(&mut c.auth.admin_token);
+        if c.tokens.signing_key_pem.is_some() {
+            c.tokens.signing_key_pem = Some("<redacted>".into());
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+/// Resolve a configured place name with the embedded gazetteer.
+pub(crate) fn resolve_place(s: &str) -> Result<geo::gazetteer::Place, String> {
+    geo::gazetteer::Gazetteer::embedded()
+        .resolve(s)
+        .map(|r| r.place)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,111 @@
+//! The director's Prometheus metrics, in a registry owned by the [`crate::Director`] (no global
+//! state, so several directors can live in one test process).
+//!
+//! - `firstmile_director_assignments_total{outcome}`: `ok`, `no_backup`, `no_server`,
+//!   `invalid`, `rate_limited`;
+//! - `firstmile_director_selection_seconds`: time spent in selection (histogram);
+//! - `firstmile_director_entry_servers_registered`, `..._healthy`: gauges, set at each snapshot;
+//! - `firstmile_director_heartbeats_total{result}`: `ok`, `unknown_server`, `unauthorized`,
+//!   `invalid`;
+//! - `firstmile_director_measurements_total{result}`: `accepted`, `rejected`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    assignments: Family<Labels, Counter>,
+    pub selection_seconds: Histogram,
+    pub registered: Gauge,
+    pub healthy: Gauge,
+    heartbeats: Family<Labels, Counter>,
+    measurements: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("firstmile_director");
+        let assignments = Family::<Labels, Counter>::default();
+        let selection_seconds = Histogram::new(exponential_buckets(0.000_01, 2.0, 16));
+        let registered = Gauge::default();
+        let healthy = Gauge::default();
+        let heartbeats = Family::<Labels, Counter>::default();
+        let measurements = Family::<Labels, Counter>::default();
+        registry.register(
+            "assignments",
+            "Assignment requests by outcome",
+            assignments.clone(),
+        );
+        registry.register(
+            "selection_seconds",
+            "Time spent selecting primary and backup",
+            selection_seconds.clone(),
+        );
+        registry.register(
+            "entry_servers_registered",
+            "Registered entry servers",
+            registered.clone(),
+        );
+        registry.register(
+            "entry_servers_healthy",
+            "Registered entry servers that heartbeat on time",
+            healthy.clone(),
+        );
+        registry.register("heartbeats", "Heartbeats by result", heartbeats.clone());
+        registry.register(
+            "measurements",
+            "Path measurements from entry servers by result",
+            measurements.clone(),
+        );
+        Self {
+            registry,
+            assignments,
+            selection_seconds,
+            registered,
+            healthy,
+            heartbeats,
+            measurements,
+        }
+    }
+
+    pub fn assignment(&self, outcome: &'static str) {
+        self.assignments
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn heartbeat(&self, result: &'static str) {
+        self.heartbeats
+            .get_or_create(&vec![("result", result)])
+            .inc();
+    }
+
+    pub fn measurements(&self, result: &'static str, n: u64) {
+        if n > 0 {
+            self.measurements
+                .get_or_create(&vec![("result", result)])
+                .inc_by(n);
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,558 @@
+//! The director's state: the fleet snapshot, learned corrections, assignments, and upkeep.
+//!
+//! **Concurrency.** The request path reads an immutable [`Snapshot`] (a `select::Fleet` plus each
+//! server's URLs) through an `ArcSwap`: a lock-free load, then selection with no lock held.
+//! Snapshots are rebuilt by whoever notices they are stale, one at a time (a rebuild mutex), and
+//! only when the registry changed:
+//! - a *structural* change (register, deregister, drain, state or health flip) is seen by the next
+//!   request, which rebuilds before selecting, so a registration is visible immediately and a
+//!   burst of registrations costs one rebuild;
+//! - a *load* change (heartbeat numbers) waits for the upkeep task, which rebuilds at most every
+//!   `heartbeat.load_refresh_ms`; with 10,000 servers heartbeating every second, rebuilding per
+//!   heartbeat would cost more than serving.
+//!
+//! Learned corrections follow the same pattern: heartbeats feed a master copy under a mutex, and
+//! the upkeep task publishes a clone every `learning.publish_ms` when it changed.
+//!
+//! **What not.** No HTTP here (see [`crate::api`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use geo::Location;
+use geo::ip::IpLocator;
+use proto::Role;
+use select::{Corrections, Fleet, Health, Measurement, Params};
+use tokio::time::Instant;
+
+use crate::config::DirectorConfig;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::registry::{MemoryRegistry, Registry};
+
+/// Unix time for tokens and `expires_at`. Injectable so tests control it.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    fn unix_s(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn unix_s(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+/// Unix time that starts at `base` and advances with tokio's clock (so a paused test clock moves
+/// token expiry too).
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    base_unix: u64,
+    base: Instant,
+}
+
+impl TokioClock {
+    pub fn starting_at(base_unix: u64) -> Self {
+        Self {
+            base_unix,
+            base: Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn unix_s(&self) -> u64 {
+        self.base_unix
+            + Instant::now()
+                .saturating_duration_since(self.base)
+                .as_secs()
+    }
+}
+
+/// One immutable view of the fleet for selection.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub fleet: Fleet,
+    /// Server id → protocol name → URL.
+    pub urls: HashMap<String, Arc<BTreeMap<String, String>>>,
+    pub structure_version: u64,
+    pub load_version: u64,
+    pub healthy: usize,
+}
+
+impl Snapshot {
+    fn empty() -> Self {
+        Self {
+            fleet: Fleet::new(Vec::new()),
+            urls: HashMap::new(),
+            structure_version: 0,
+            load_version: 0,
+            healthy: 0,
+        }
+    }
+}
+
+/// What the director remembers of an assignment it made.
+#[derive(Clone, Debug)]
+pub struct AssignmentRecord {
+    pub primary: PickRecord,
+    pub backup: Option<PickRecord>,
+    pub assigned_at: u64,
+    pub expires_at: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct PickRecord {
+    pub server_id: String,
+    /// The location the pick was scored from: where measurements of this path are attributed.
+    pub basis: Location,
+}
+
+impl AssignmentRecord {
+    pub fn pick(&self, role: Role) -> Option<&PickRecord> {
+        match role {
+            Role::Primary => Some(&self.primary),
+            Role::Backup => self.backup.as_ref(),
+        }
+    }
+}
+
+/// The assignments remembered for `GET /v1/streams/{id}` and for attributing measurements.
+#[derive(Debug, Default)]
+struct Assignments {
+    map: HashMap<String, AssignmentRecord>,
+}
+
+impl Assignments {
+    fn insert(&mut self, stream: String, rec: AssignmentRecord, max: usize, now_unix: u64) {
+        if !self.map.contains_key(&stream) && self.map.len() >= max {
+            self.map.retain(|_, r| r.expires_at > now_unix);
+            if self.map.len() >= max
+                && let Some(oldest) = self
+                    .map
+                    .iter()
+                    .min_by_key(|(_, r)| r.expires_at)
+                    .map(|(k, _)| k.clone())
+            {
+                self.map.remove(&oldest);
+            }
+        }
+        self.map.insert(stream, rec);
+    }
+}
+
+/// Shared state of one director. Cheap to clone (an `Arc`).
+#[derive(Clone, Debug)]
+pub struct Director {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub config: DirectorConfig,
+    pub key: token::SigningKey,
+    pub locator: IpLocator,
+    pub default_location: Location,
+    pub registry: Arc<dyn Registry>,
+    snapshot: ArcSwap<Snapshot>,
+    rebuild: Mutex<()>,
+    learned_master: Mutex<Corrections>,
+    learned: ArcSwap<Corrections>,
+    learned_dirty: AtomicBool,
+    assignments: Mutex<Assignments>,
+    pub limiter: RateLimiter,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    /// Milliseconds since `started` at the last upkeep round (0 = never).
+    last_upkeep_ms: AtomicU64,
+    started: Instant,
+}
+
+/// Why a [`Director`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{what} {path}: {message}")]
+    File {
+        what: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Key(#[from] token::KeyError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+impl Director {
+    /// A director from a validated config, a signing key and an IP locator, with the in-memory
+    /// registry and the system clock. Nothing is read from disk: this is the constructor for
+    /// embedding (`firstmile up`) and tests. See [`Director::from_config`] for the file-reading
+    /// one.
+    pub fn new(
+        config: DirectorConfig,
+        key: token::SigningKey,
+        locator: IpLocator,
+    ) -> Result<Self, InitError> {
+        Self::with_parts(config, key, locator, None, Arc::new(SystemClock))
+    }
+
+    /// As [`Director::new`], with a registry of your choice (None = in memory) and a clock.
+    pub fn with_parts(
+        config: DirectorConfig,
+        key: token::SigningKey,
+        mut locator: IpLocator,
+        registry: Option<Arc<dyn Registry>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, InitError> {
+        config.validate()?;
+        let default_location = config.default_location()?;
+        for (net, place) in &config.sites {
+            // validate() resolved every site already.
+            if let Ok(p) = crate::config::resolve_place(place) {
+                locator = locator.with_site(*net, p);
+            }
+        }
+        let rl = &config.http.rate_limit;
+        let limiter = RateLimiter::new(rl.per_second, rl.burst, rl.max_clients);
+        let registry =
+            registry.unwrap_or_else(|| Arc::new(MemoryRegistry::new(config.limits.max_servers)));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                key,
+                locator,
+                default_location,
+                registry,
+                snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+                rebuild: Mutex::new(()),
+                learned_master: Mutex::new(Corrections::new()),
+                learned: ArcSwap::from_pointee(Corrections::new()),
+                learned_dirty: AtomicBool::new(false),
+                assignments: Mutex::new(Assignments::default()),
+                limiter,
+                metrics: Metrics::new(),
+                clock,
+                last_upkeep_ms: AtomicU64::new(0),
+                started: Instant::now(),
+                config,
+            }),
+        })
+    }
+
+    /// Build from configuration, reading the signing key, the MMDB images and checking the TLS
+    /// material. Everything that can be wrong with the configuration fails here, before any
+    /// port is bound.
+    pub fn from_config(config: DirectorConfig) -> Result<Self, InitError> {
+        config.validate()?;
+        let key = match (
+            &config.tokens.signing_key_pem,
+            &config.tokens.signing_key_file,
+        ) {
+            (Some(pem), _) => token::SigningKey::from_pem(pem)?,
+            (None, Some(path)) => {
+                token::SigningKey::from_pem(&read_text("tokens.signing_key_file", path)?)?
+            }
+            (None, None) => {
+                return Err(crate::config::ConfigError::Key {
+                    key: "tokens.signing_key_file".into(),
+                    message: "is required (or tokens.signing_key_pem): make a key pair with \
+                              `firstmile keygen --out director`"
+                        .into(),
+                }
+                .into());
+            }
+        };
+        let mut locator = IpLocator::new();
+        if let Some(path) = &config.geoip.city_db {
+            let bytes = read_bytes("geoip.city_db", path)?;
+            locator = locator.with_city_db(bytes).map_err(|e| InitError::File {
+                what: "geoip.city_db",
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(path) = &config.geoip.asn_db {
+            let bytes = read_bytes("geoip.asn_db", path)?;
+            locator = locator.with_asn_db(bytes).map_err(|e| InitError::File {
+                what: "geoip.asn_db",
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(tls) = &config.tls {
+            crate::tls::server_config(&tls.cert_file, &tls.key_file)?;
+        }
+        Self::new(config, key, locator)
+    }
+
+    pub fn config(&self) -> &DirectorConfig {
+        &self.inner.config
+    }
+
+    /// The public key entry servers verify tokens with.
+    pub fn public_key(&self) -> token::VerifyingKey {
+        self.inner.key.public_key()
+    }
+
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.inner.registry
+    }
+
+    pub(crate) fn params(&self) -> &Params {
+        &self.inner.config.scoring
+    }
+
+    /// The current fleet snapshot, rebuilt first if the registry's structure changed.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        let snap = self.inner.snapshot.load_full();
+        let v = self.inner.registry.versions();
+        if v.structure == snap.structure_version {
+            return snap;
+        }
+        self.rebuild(false)
+    }
+
+    /// Rebuild the snapshot if it is stale (structure, or `load_too` and load).
+    fn rebuild(&self, load_too: bool) -> Arc<Snapshot> {
+        let _g = self.inner.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.inner.snapshot.load_full();
+        let v = self.inner.registry.versions();
+        if v.structure == current.structure_version && (!load_too || v.load == current.load_version)
+        {
+            return current;
+        }
+        let records = self.inner.registry.servers(Instant::now());
+        let mut urls = HashMap::with_capacity(records.len());
+        let mut servers = Vec::with_capacity(records.len());
+        let mut healthy = 0;
+        for r in records {
+            if r.health == Health::Healthy {
+                healthy += 1;
+            }
+            servers.push(r.entry_server());
+            urls.insert(r.registration.id, Arc::new(r.registration.urls));
+        }
+        let snap = Arc::new(Snapshot {
+            fleet: Fleet::new(servers),
+            urls,
+            structure_version: v.structure,
+            load_version: v.load,
+            healthy,
+        });
+        self.inner
+            .metrics
+            .registered
+            .set(i64::try_from(snap.fleet.len()).unwrap_or(i64::MAX));
+        self.inner
+            .metrics
+            .healthy
+            .set(i64::try_from(healthy).unwrap_or(i64::MAX));
+        self.inner.snapshot.store(snap.clone());
+        snap
+    }
+
+    /// The published learned corrections.
+    pub fn corrections(&self) -> Arc<Corrections> {
+        self.inner.learned.load_full()
+    }
+
+    pub(crate) fn unix_now(&self) -> u64 {
+        self.inner.clock.unix_s()
+    }
+
+    pub(crate) fn remember(&self, stream: String, rec: AssignmentRecord) {
+        let max = self.inner.config.limits.max_tracked_streams;
+        let now = self.unix_now();
+        self.inner
+            .assignments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stream, rec, max, now);
+    }
+
+    pub(crate) fn assignment(&self, stream: &str) -> Option<AssignmentRecord> {
+        self.inner
+            .assignments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .get(stream)
+            .cloned()
+    }
+
+    /// Take in measurements reported by `server_id`. Each is attributed to the location its pick
+    /// was scored from, else to its client IP's location; those with neither are dropped.
+    /// Returns (accepted, rejected).
+    pub(crate) fn learn(&self, server_id: &str, ms: Vec<MeasurementIn>) -> (u64, u64) {
+        let snap = self.snapshot();
+        let Some(server) = snap.fleet.get(server_id) else {
+            return (0, ms.len() as u64);
+        };
+        let (mut ok, mut bad) = (0u64, 0u64);
+        let mut resolved = Vec::with_capacity(ms.len());
+        for m in ms {
+            let basis = self
+                .assignment(&m.stream)
+                .and_then(|a| {
+                    a.pick(m.role)
+                        .filter(|p| p.server_id == server_id)
+                        .map(|p| p.basis)
+                })
+                .or_else(|| self.inner.locator.lookup(m.client_ip).location());
+            match basis {
+                Some(client) => resolved.push(Measurement {
+                    client,
+                    server_id: server_id.to_string(),
+                    rtt_ms: m.min_rtt_ms.unwrap_or(m.rtt_ms),
+                    loss: m.loss,
+                    throughput_mbps: m.throughput_mbps,
+                    at: m.at,
+                }),
+                None => bad += 1,
+            }
+        }
+        if !resolved.is_empty() {
+            let mut master = self
+                .inner
+                .learned_master
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for m in &resolved {
+                match master.observe(m, &server.location, self.params()) {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        tracing::debug!(server = server_id, error = %e, "measurement rejected");
+                        bad += 1;
+                    }
+                }
+            }
+            if ok > 0 {
+                self.inner.learned_dirty.store(true, Ordering::Release);
+            }
+        }
+        self.inner.metrics.measurements("accepted", ok);
+        self.inner.metrics.measurements("rejected", bad);
+        (ok, bad)
+    }
+
+    /// Publish the learned corrections if they changed.
+    pub fn publish_corrections(&self) {
+        if self.inner.learned_dirty.swap(false, Ordering::AcqRel) {
+            let c = self
+                .inner
+                .learned_master
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            self.inner.learned.store(Arc::new(c));
+        }
+    }
+
+    /// One round of upkeep at `now`: expire silent servers, refresh the snapshot (load too).
+    pub fn upkeep_once(&self, now: Instant) {
+        let hb = &self.inner.config.heartbeat;
+        let interval = Duration::from_millis(hb.interval_ms);
+        let e = self.inner.registry.expire(
+            now,
+            interval * hb.missed_allowed,
+            interval * hb.forget_after_missed,
+        );
+        for id in &e.unhealthy {
+            tracing::warn!(server = %id, missed = hb.missed_allowed, "entry server missed heartbeats: unhealthy");
+        }
+        for id in &e.forgotten {
+            tracing::warn!(server = %id, "entry server silent too long: forgotten");
+        }
+        self.rebuild(true);
+        let ms = u64::try_from(
+            now.saturating_duration_since(self.inner.started)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        self.inner
+            .last_upkeep_ms
+            .store(ms.max(1), Ordering::Release);
+    }
+
+    /// Whether upkeep has run recently (readiness).
+    pub fn upkeep_fresh(&self, now: Instant) -> bool {
+        let last = self.inner.last_upkeep_ms.load(Ordering::Acquire);
+        if last == 0 {
+            return false;
+        }
+        let now_ms = u64::try_from(
+            now.saturating_duration_since(self.inner.started)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let period = self.upkeep_period().as_millis() as u64;
+        now_ms.saturating_sub(last) <= (3 * period).max(5000)
+    }
+
+    fn upkeep_period(&self) -> Duration {
+        let hb = &self.inner.config.heartbeat;
+        Duration::from_millis(hb.interval_ms.min(hb.load_refresh_ms))
+    }
+
+    /// Run upkeep forever: expiry and load refresh every `min(interval, load_refresh)`,
+    /// corrections every `learning.publish_ms`. [`crate::run`] runs it; embedders that serve the
+    /// router themselves must spawn it.
+    pub async fn upkeep(self) {
+        let mut tick = tokio::time::interval(self.upkeep_period());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let publish = Duration::from_millis(self.inner.config.learning.publish_ms);
+        let mut last_publish = Instant::now();
+        loop {
+            let now = tick.tick().await;
+            self.upkeep_once(now);
+            if now.saturating_duration_since(last_publish) >= publish {
+                self.publish_corrections();
+                last_publish = now;
+            }
+        }
+    }
+}
+
+/// A measurement as an entry server reports it.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasurementIn {
+    pub stream: String,
+    pub role: Role,
+    pub client_ip: IpAddr,
+    pub rtt_ms: f64,
+    #[serde(default)]
+    pub min_rtt_ms: Option<f64>,
+    #[serde(default)]
+    pub loss: Option<f64>,
+    #[serde(default)]
+    pub throughput_mbps: Option<f64>,
+    pub at: u64,
+}
+
+fn read_bytes(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, InitError> {
+    std::fs::read(path).map_err(|e| InitError::File {
+        what,
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn read_text(what: &'static str, path: &std::path::Path) -> Result<String, InitError> {
+    std::fs::read_to_string(path).map_err(|e| InitError::File {
+        what,
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
