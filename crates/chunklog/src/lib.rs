@@ -84,8 +84,8 @@
 //!
 //! # Memory
 //!
-//! Per segment the log keeps the `pts` of every record (8 bytes per chunk, so [`seek_time`]
-//! (StreamLog::seek_time) is exact and needs no I/O) and a sparse offset index (one entry per
+//! Per segment the log keeps the `pts` of every record (8 bytes per chunk, so
+//! [`seek_time`](StreamLog::seek_time) is exact and needs no I/O) and a sparse offset index (one entry per
 //! 64 KiB of segment), so a read seeks to within 64 KiB of its first record: reading the last 10
 //! records of a 1 GB log reads a few tens of KiB, not the log.
 
