@@ -23,6 +23,10 @@ enum Command {
     Geo(cmd::geo::GeoArgs),
     /// Evaluate selection policies on measured latency data.
     Sim(cmd::sim::SimArgs),
+    /// Run an entry server.
+    Entry(cmd::entry::EntryArgs),
+    /// Run a whole network locally: a director and entry servers in world cities.
+    Up(cmd::up::UpArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -45,6 +49,12 @@ impl Failure {
             error: e.into(),
         }
     }
+    pub fn other(e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 1,
+            error: e.into(),
+        }
+    }
     pub fn no_input(e: impl Into<anyhow::Error>) -> Self {
         Self {
             code: 66,
@@ -58,6 +68,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Geo(a) => cmd::geo::run(a),
         Command::Sim(a) => cmd::sim::run(a),
+        Command::Entry(a) => cmd::entry::run(a),
+        Command::Up(a) => cmd::up::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

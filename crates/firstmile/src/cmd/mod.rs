@@ -1,2 +1,4 @@
+pub mod entry;
 pub mod geo;
 pub mod sim;
+pub mod up;

@@ -1,0 +1,316 @@
+//! The entry server's HTTP API: viewers, relay feeds, WebSocket ingest, health and metrics.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /v1/streams/{id}/live?from=` | the payload bytes, chunked, live (any node: relays if needed) |
+//! | `GET /v1/streams/{id}/live/ws?from=` | the same as WebSocket binary messages |
+//! | `GET /v1/streams/{id}/chunks?from=` | DATA frames then END (for relays; sequence numbers kept) |
+//! | `GET /v1/streams` | the streams held here |
+//! | `GET /v1/ingest` | WebSocket ingest (native frames, one per binary message) |
+//! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness (503 when draining), Prometheus |
+
+use crate::hub::Stream;
+use crate::ingest::{self, WsFrames};
+use crate::node::Node;
+use crate::viewer::{Cursor, From, Stop};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/ingest", get(ws_ingest))
+        .route("/v1/streams", get(list))
+        .route("/v1/streams/{id}/live", get(live))
+        .route("/v1/streams/{id}/live/ws", get(live_ws))
+        .route("/v1/streams/{id}/chunks", get(chunks))
+        .with_state(node)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct FromQuery {
+    from: Option<String>,
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.draining.load(Ordering::SeqCst) {
+        error(StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+async fn list(State(node): State<Arc<Node>>) -> Response {
+    let streams: Vec<_> = node
+        .hub
+        .all()
+        .iter()
+        .map(|s| {
+            let e = s.edge();
+            json!({
+                "stream": s.name,
+                "source": if s.is_ingest() { "ingest" } else { "relay" },
+                "first_seq": s.first_seq(),
+                "next_seq": e.next_seq,
+                "ended": e.ended,
+                "live_sessions": s.live_sessions.load(Ordering::SeqCst),
+            })
+        })
+        .collect();
+    axum::Json(json!({"server_id": node.cfg.id, "streams": streams})).into_response()
+}
+
+/// Resolve `id` and `from` into a cursor (relaying the stream if needed), or an error response.
+async fn open(node: &Arc<Node>, id: &str, from: Option<&str>) -> Result<Cursor, Response> {
+    let id =
+        proto::StreamId::parse(id).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let from_s = from.unwrap_or("live");
+    let from: From = from_s
+        .parse()
+        .map_err(|e: String| error(StatusCode::BAD_REQUEST, e))?;
+    let stream: Arc<Stream> = crate::relay::ensure(node, id.as_str(), from_s)
+        .await
+        .map_err(|e| match e {
+            crate::relay::RelayError::Director(_) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+            _ => error(StatusCode::NOT_FOUND, e.to_string()),
+        })?;
+    let cursor = Cursor::new(
+        stream,
+        from,
+        node.cfg.max_viewer_lag_bytes,
+        node.cfg.slow_viewer,
+    );
+    if let From::Seq(s) = from
+        && s < cursor.stream().first_seq()
+        && cursor.stream().is_ingest()
+    {
+        return Err(error(
+            StatusCode::GONE,
+            format!(
+                "sequence {s} is no longer retained here (oldest: {})",
+                cursor.stream().first_seq()
+            ),
+        ));
+    }
+    Ok(cursor)
+}
+
+/// Counts a viewer for as long as it lives.
+struct ViewerGuard(Arc<Node>);
+impl ViewerGuard {
+    fn new(node: &Arc<Node>) -> Self {
+        node.metrics.viewers.fetch_add(1, Ordering::Relaxed);
+        Self(node.clone())
+    }
+}
+impl Drop for ViewerGuard {
+    fn drop(&mut self) {
+        self.0.metrics.viewers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn note_stop(node: &Node, stop: &Stop) {
+    match stop {
+        Stop::Cut | Stop::Gone(_) => {
+            node.metrics.viewers_cut.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+async fn live(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(q): Query<FromQuery>,
+) -> Response {
+    let cursor = match open(&node, &id, q.from.as_deref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let guard = ViewerGuard::new(&node);
+    let body = futures_util::stream::unfold((cursor, guard), |(mut c, g)| async move {
+        let before = c.skipped;
+        let r = c.next().await;
+        if c.skipped > before {
+            g.0.metrics.viewers_skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        match r {
+            Ok(chunk) => {
+                g.0.metrics
+                    .viewer_bytes
+                    .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+                Some((Ok::<Bytes, std::io::Error>(chunk.payload), (c, g)))
+            }
+            Err(stop @ (Stop::Ended | Stop::Lost)) => {
+                tracing::debug!(?stop, "viewer done");
+                None
+            }
+            Err(stop) => {
+                note_stop(&g.0, &stop);
+                // Abort the response so the viewer sees it is incomplete.
+                Some((Err(std::io::Error::other(format!("{stop:?}"))), (c, g)))
+            }
+        }
+    });
+    let mut r = Body::from_stream(body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn chunks(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(q): Query<FromQuery>,
+) -> Response {
+    // Relay feeds come from the stream held here only: relays never chain.
+    let Ok(sid) = proto::StreamId::parse(&id) else {
+        return error(StatusCode::BAD_REQUEST, "bad stream id");
+    };
+    let Some(stream) = node.hub.get(sid.as_str()).filter(|s| s.is_ingest()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("stream {sid} is not ingested here"),
+        );
+    };
+    let from_s = q.from.as_deref().unwrap_or("live");
+    let from: From = match from_s.parse() {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if let From::Seq(s) = from
+        && s < stream.first_seq()
+    {
+        return error(
+            StatusCode::GONE,
+            format!(
+                "sequence {s} is no longer retained here (oldest: {})",
+                stream.first_seq()
+            ),
+        );
+    }
+    // Relays must never skip: a relay that falls behind is cut and reconnects.
+    let cursor = Cursor::new(stream, from, u64::MAX, crate::hub::SlowViewer::Cut);
+    let body = futures_util::stream::unfold(Some(cursor), |c| async move {
+        let mut c = c?;
+        let mut buf = BytesMut::new();
+        match c.next().await {
+            Ok(chunk) => {
+                let f = proto::Frame::Data(proto::Data {
+                    seq: chunk.seq,
+                    pts: chunk.pts,
+                    flags: proto::DataFlags::from_bits_truncate(chunk.flags),
+                    payload: chunk.payload,
+                });
+                match proto::encode(&f, &mut buf) {
+                    Ok(()) => Some((Ok::<Bytes, std::io::Error>(buf.freeze()), Some(c))),
+                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+                }
+            }
+            Err(Stop::Ended) => {
+                let final_seq = c.stream().edge().ended.unwrap_or(0);
+                let _ = proto::encode(&proto::Frame::End { final_seq }, &mut buf);
+                Some((Ok(buf.freeze()), None))
+            }
+            Err(stop) => Some((Err(std::io::Error::other(format!("{stop:?}"))), None)),
+        }
+    });
+    Body::from_stream(body).into_response()
+}
+
+async fn live_ws(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(q): Query<FromQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let mut cursor = match open(&node, &id, q.from.as_deref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    ws.on_upgrade(move |mut socket| async move {
+        let _guard = ViewerGuard::new(&node);
+        loop {
+            match cursor.next().await {
+                Ok(chunk) => {
+                    if socket.send(Message::Binary(chunk.payload)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(stop) => {
+                    note_stop(&node, &stop);
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+            }
+        }
+    })
+}
+
+async fn ws_ingest(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let limits = node.limits;
+    ws.max_message_size(limits.max_frame_len as usize)
+        .on_upgrade(move |socket| async move {
+            ingest::serve(WsFrames::new(socket, limits), node, Some(peer.ip())).await;
+        })
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let m = &node.metrics;
+    let g = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    let streams = node.hub.all();
+    let ingest = streams.iter().filter(|s| s.is_ingest()).count();
+    let text = format!(
+        "# TYPE firstmile_entry_sessions gauge\nfirstmile_entry_sessions {}\n\
+         # TYPE firstmile_entry_streams gauge\nfirstmile_entry_streams{{source=\"ingest\"}} {}\nfirstmile_entry_streams{{source=\"relay\"}} {}\n\
+         # TYPE firstmile_entry_chunks_in_total counter\nfirstmile_entry_chunks_in_total {}\n\
+         # TYPE firstmile_entry_duplicate_chunks_total counter\nfirstmile_entry_duplicate_chunks_total {}\n\
+         # TYPE firstmile_entry_bad_frames_total counter\nfirstmile_entry_bad_frames_total {}\n\
+         # TYPE firstmile_entry_auth_failures_total counter\nfirstmile_entry_auth_failures_total {}\n\
+         # TYPE firstmile_entry_viewers gauge\nfirstmile_entry_viewers {}\n\
+         # TYPE firstmile_entry_viewer_bytes_total counter\nfirstmile_entry_viewer_bytes_total {}\n\
+         # TYPE firstmile_entry_viewers_skipped_total counter\nfirstmile_entry_viewers_skipped_total {}\n\
+         # TYPE firstmile_entry_viewers_cut_total counter\nfirstmile_entry_viewers_cut_total {}\n\
+         # TYPE firstmile_entry_relay_upstream_failures_total counter\nfirstmile_entry_relay_upstream_failures_total {}\n\
+         # TYPE firstmile_entry_draining gauge\nfirstmile_entry_draining {}\n",
+        g(&m.sessions),
+        ingest,
+        streams.len() - ingest,
+        g(&m.chunks_in),
+        g(&m.duplicates),
+        g(&m.bad_frames),
+        g(&m.auth_failures),
+        g(&m.viewers),
+        g(&m.viewer_bytes),
+        g(&m.viewers_skipped),
+        g(&m.viewers_cut),
+        g(&m.relay_upstream_failures),
+        u8::from(node.draining.load(Ordering::SeqCst)),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,326 @@
+//! The streams this node holds, and the live edge every viewer and relay reads from.
+//!
+//! A [`Stream`] is either **ingested here** (a device pushes it; chunks are appended to the
+//! durable [`chunklog::StreamLog`] first) or **relayed** (pulled from the ingest servers and
+//! merged; memory only). Both publish into the same structure: a bounded in-memory *tail* of the
+//! most recent chunks plus a `watch` channel carrying the next sequence number, so:
+//!
+//! - readers are **cursors**, not queues: each viewer keeps its own next sequence number and
+//!   pulls chunks when its socket can take them. A slow viewer costs no memory beyond the shared
+//!   tail and never slows the stream or other viewers;
+//! - a viewer behind the tail reads from the log on disk (ingested streams) or, when it falls
+//!   further behind than the configured lag, is skipped forward or cut ([`SlowViewer`]);
+//! - there is one upstream pull per relayed stream, whatever the number of local viewers.
+
+use bytes::Bytes;
+use chunklog::{Record, StreamLog};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// One chunk of a stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chunk {
+    pub seq: u64,
+    pub pts: i64,
+    pub flags: u8,
+    pub payload: Bytes,
+}
+
+impl From<Record> for Chunk {
+    fn from(r: Record) -> Self {
+        Self {
+            seq: r.seq,
+            pts: r.pts,
+            flags: r.flags,
+            payload: r.payload,
+        }
+    }
+}
+
+/// What to do with a viewer that falls further behind the live edge than allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowViewer {
+    /// Jump to the newest keyframe (or the live edge) and go on.
+    Skip,
+    /// End the viewer's response.
+    Cut,
+}
+
+/// Where a stream's chunks come from on this node.
+#[derive(Debug)]
+pub enum Source {
+    /// Pushed by a device to this node; durable.
+    Ingest(Mutex<StreamLog>),
+    /// Pulled from the ingest servers; memory only.
+    Relay,
+}
+
+#[derive(Debug, Default)]
+struct Tail {
+    chunks: VecDeque<Chunk>,
+    bytes: usize,
+}
+
+/// Progress of a stream, as carried by its watch channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Edge {
+    /// The next sequence number the stream will publish.
+    pub next_seq: u64,
+    /// The final sequence number, once the stream has ended.
+    pub ended: Option<u64>,
+    /// Set when the stream is gone for good without an END (relay lost every upstream).
+    pub lost: bool,
+}
+
+/// One stream on this node.
+#[derive(Debug)]
+pub struct Stream {
+    pub name: String,
+    pub source: Source,
+    tail: Mutex<Tail>,
+    tail_max_bytes: usize,
+    edge: watch::Sender<Edge>,
+    /// Incremented by every new ingest session; an older session that sees a newer epoch stops.
+    pub epoch: std::sync::atomic::AtomicU64,
+    /// Bytes of payload received (ingest) or merged (relay).
+    pub bytes_in: std::sync::atomic::AtomicU64,
+    /// Ingest: the role of the last session (reported to the director).
+    pub role: Mutex<Option<proto::Role>>,
+    /// Ingest sessions connected right now.
+    pub live_sessions: std::sync::atomic::AtomicU64,
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("sequence {from} is no longer held here (oldest held: {first})")]
+    Gone { from: u64, first: u64 },
+    #[error("log read failed: {0}")]
+    Log(#[from] chunklog::LogError),
+}
+
+impl Stream {
+    pub fn new(name: String, source: Source, tail_max_bytes: usize) -> Arc<Self> {
+        let (next_seq, ended) = match &source {
+            Source::Ingest(log) => {
+                let l = log.lock().unwrap_or_else(|e| e.into_inner());
+                (l.next_seq(), l.ended())
+            }
+            Source::Relay => (0, None),
+        };
+        let (edge, _) = watch::channel(Edge {
+            next_seq,
+            ended,
+            lost: false,
+        });
+        Arc::new(Self {
+            name,
+            source,
+            tail: Mutex::new(Tail::default()),
+            tail_max_bytes,
+            edge,
+            epoch: Default::default(),
+            bytes_in: Default::default(),
+            role: Mutex::new(None),
+            live_sessions: Default::default(),
+        })
+    }
+
+    pub fn edge(&self) -> Edge {
+        *self.edge.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Edge> {
+        self.edge.subscribe()
+    }
+
+    pub fn is_ingest(&self) -> bool {
+        matches!(self.source, Source::Ingest(_))
+    }
+
+    /// Publish chunks that are now in order after the current edge (caller guarantees
+    /// contiguity: `chunks[0].seq == edge.next_seq`).
+    pub fn publish(&self, chunks: impl IntoIterator<Item = Chunk>) {
+        let mut last = None;
+        {
+            let mut t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            for c in chunks {
+                last = Some(c.seq);
+                self.bytes_in
+                    .fetch_add(c.payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                t.bytes += c.payload.len();
+                t.chunks.push_back(c);
+            }
+            while t.bytes > self.tail_max_bytes && t.chunks.len() > 1 {
+                if let Some(old) = t.chunks.pop_front() {
+                    t.bytes -= old.payload.len();
+                }
+            }
+        }
+        if let Some(seq) = last {
+            self.edge
+                .send_modify(|e| e.next_seq = e.next_seq.max(seq + 1));
+        }
+    }
+
+    /// Relay only: the first sequence number the merged stream starts at (before any chunk).
+    pub fn set_start(&self, seq: u64) {
+        self.edge.send_modify(|e| {
+            if e.next_seq == 0 {
+                e.next_seq = seq;
+            }
+        });
+    }
+
+    pub fn end(&self, final_seq: u64) {
+        self.edge.send_modify(|e| e.ended = Some(final_seq));
+    }
+
+    pub fn lose(&self) {
+        self.edge.send_modify(|e| e.lost = true);
+    }
+
+    /// Oldest sequence number readable here.
+    pub fn first_seq(&self) -> u64 {
+        match &self.source {
+            Source::Ingest(log) => log.lock().unwrap_or_else(|e| e.into_inner()).first_seq(),
+            Source::Relay => {
+                let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+                t.chunks.front().map_or(self.edge().next_seq, |c| c.seq)
+            }
+        }
+    }
+
+    /// Sequence number of the newest keyframe in the tail, if any.
+    pub fn latest_keyframe(&self) -> Option<u64> {
+        let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        t.chunks
+            .iter()
+            .rev()
+            .find(|c| c.flags & proto::DataFlags::KEYFRAME.bits() != 0)
+            .map(|c| c.seq)
+    }
+
+    /// First sequence number whose pts is at or after `pts`.
+    pub fn seek_pts(&self, pts: i64) -> Option<u64> {
+        {
+            let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            if t.chunks.front().is_some_and(|c| c.pts <= pts) {
+                return t.chunks.iter().find(|c| c.pts >= pts).map(|c| c.seq);
+            }
+        }
+        match &self.source {
+            Source::Ingest(log) => log.lock().unwrap_or_else(|e| e.into_inner()).seek_time(pts),
+            Source::Relay => None,
+        }
+    }
+
+    /// pts of the newest chunk in the tail.
+    pub fn latest_pts(&self) -> Option<i64> {
+        let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        t.chunks.back().map(|c| c.pts)
+    }
+
+    /// Up to `max_bytes` (at least one chunk) of chunks from `from` on, from memory when the
+    /// tail holds them, else from the log. Empty when `from` is at the live edge.
+    pub fn read(&self, from: u64, max_bytes: usize) -> Result<Vec<Chunk>, ReadError> {
+        {
+            let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(front) = t.chunks.front()
+                && from >= front.seq
+            {
+                let start = (from - front.seq) as usize;
+                let mut out = Vec::new();
+                let mut bytes = 0;
+                for c in t.chunks.iter().skip(start) {
+                    if !out.is_empty() && bytes + c.payload.len() > max_bytes {
+                        break;
+                    }
+                    bytes += c.payload.len();
+                    out.push(c.clone());
+                }
+                return Ok(out);
+            }
+        }
+        if from >= self.edge().next_seq {
+            return Ok(Vec::new());
+        }
+        match &self.source {
+            Source::Ingest(log) => {
+                let log = log.lock().unwrap_or_else(|e| e.into_inner());
+                if from < log.first_seq() {
+                    return Err(ReadError::Gone {
+                        from,
+                        first: log.first_seq(),
+                    });
+                }
+                Ok(log
+                    .read(from, 1024, max_bytes.max(1))?
+                    .into_iter()
+                    .map(Chunk::from)
+                    .collect())
+            }
+            Source::Relay => Err(ReadError::Gone {
+                from,
+                first: self.first_seq(),
+            }),
+        }
+    }
+}
+
+/// Every stream on this node.
+#[derive(Debug, Default)]
+pub struct Hub {
+    streams: Mutex<BTreeMap<String, Arc<Stream>>>,
+}
+
+impl Hub {
+    pub fn get(&self, name: &str) -> Option<Arc<Stream>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The stream, or the one `make` creates (under the lock: exactly one is ever created).
+    pub fn get_or_insert_with<E>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<Arc<Stream>, E>,
+    ) -> Result<(Arc<Stream>, bool), E> {
+        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = m.get(name) {
+            return Ok((s.clone(), false));
+        }
+        let s = make()?;
+        m.insert(name.to_string(), s.clone());
+        Ok((s, true))
+    }
+
+    pub fn insert(&self, s: Arc<Stream>) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(s.name.clone(), s);
+    }
+
+    /// Remove `name` if it is still exactly `s`.
+    pub fn remove_if(&self, name: &str, s: &Arc<Stream>) {
+        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if m.get(name).is_some_and(|x| Arc::ptr_eq(x, s)) {
+            m.remove(name);
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<Stream>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,477 @@
+//! Ingest sessions: one state machine for the native protocol, generic over the transport
+//! (TCP frames back to back, or one frame per WebSocket binary message).
+//!
+//! The rules are those of `crates/proto/PROTOCOL.md` ("Session rules"): HELLO with a token the
+//! director signed for this stream, this server and this role → WELCOME with the next sequence
+//! number this server lacks → DATA appended to the durable log, in order → ACK through what is
+//! durable → END. Duplicates are ignored (and acknowledged), a gap ends the session, a newer
+//! session for the same stream replaces an older one. Any malformed frame ends only its own
+//! session, with an ERROR frame saying why.
+
+use crate::hub::{Chunk, Source, Stream};
+use crate::node::{Node, SessionSample};
+use bytes::BytesMut;
+use chunklog::{AppendOutcome, FsyncPolicy, Record, StreamLog};
+use proto::{Decoder, ErrorCode, ErrorFrame, Frame, FrameError, Welcome};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A connection that carries whole frames.
+pub trait FrameIo: Send {
+    /// The next frame; `Ok(None)` when the peer closed cleanly. Must be cancel-safe.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Frame>, SessionError>> + Send;
+    fn send(&mut self, f: &Frame) -> impl Future<Output = Result<(), SessionError>> + Send;
+    /// A `TCP_INFO` reading of the underlying socket, where there is one.
+    fn tcp_info(&self) -> Option<crate::tcpinfo::TcpInfo> {
+        None
+    }
+}
+
+/// Why a session ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("websocket: {0}")]
+    Ws(String),
+}
+
+/// The native protocol over a TCP connection.
+#[derive(Debug)]
+pub struct TcpFrames {
+    sock: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    dec: Decoder,
+}
+
+impl TcpFrames {
+    pub fn new(sock: TcpStream, limits: proto::Limits) -> Self {
+        Self {
+            sock,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::new(),
+            dec: Decoder::new(limits),
+        }
+    }
+}
+
+impl FrameIo for TcpFrames {
+    async fn recv(&mut self) -> Result<Option<Frame>, SessionError> {
+        loop {
+            if let Some(f) = self.dec.decode(&mut self.rbuf)? {
+                return Ok(Some(f));
+            }
+            if self.sock.read_buf(&mut self.rbuf).await? == 0 {
+                return match self.dec.decode_eof(&mut self.rbuf)? {
+                    Some(f) => Ok(Some(f)),
+                    None => Ok(None),
+                };
+            }
+        }
+    }
+
+    async fn send(&mut self, f: &Frame) -> Result<(), SessionError> {
+        self.wbuf.clear();
+        proto::encode(f, &mut self.wbuf)?;
+        self.sock.write_all(&self.wbuf).await?;
+        Ok(())
+    }
+
+    fn tcp_info(&self) -> Option<crate::tcpinfo::TcpInfo> {
+        use std::os::fd::AsRawFd;
+        crate::tcpinfo::read(self.sock.as_raw_fd())
+    }
+}
+
+/// The native protocol over a WebSocket: one frame per binary message.
+pub struct WsFrames {
+    ws: axum::extract::ws::WebSocket,
+    dec: Decoder,
+    wbuf: BytesMut,
+}
+
+impl std::fmt::Debug for WsFrames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WsFrames")
+    }
+}
+
+impl WsFrames {
+    pub fn new(ws: axum::extract::ws::WebSocket, limits: proto::Limits) -> Self {
+        Self {
+            ws,
+            dec: Decoder::new(limits),
+            wbuf: BytesMut::new(),
+        }
+    }
+}
+
+impl FrameIo for WsFrames {
+    async fn recv(&mut self) -> Result<Option<Frame>, SessionError> {
+        use axum::extract::ws::Message;
+        loop {
+            match self.ws.recv().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(SessionError::Ws(e.to_string())),
+                Some(Ok(Message::Binary(b))) => {
+                    return Ok(Some(self.dec.decode_message(BytesMut::from(&b[..]))?));
+                }
+                Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Text(_))) => {
+                    return Err(SessionError::Ws(
+                        "text message: the native protocol uses binary messages, one frame each"
+                            .into(),
+                    ));
+                }
+                Some(Ok(_)) => continue, // ping/pong handled by the library
+            }
+        }
+    }
+
+    async fn send(&mut self, f: &Frame) -> Result<(), SessionError> {
+        self.wbuf.clear();
+        proto::encode(f, &mut self.wbuf)?;
+        let msg = axum::extract::ws::Message::Binary(self.wbuf.split().freeze());
+        self.ws
+            .send(msg)
+            .await
+            .map_err(|e| SessionError::Ws(e.to_string()))
+    }
+}
+
+async fn refuse<T: FrameIo>(io: &mut T, code: ErrorCode, message: impl Into<String>) {
+    let message: String = message.into();
+    tracing::info!(%code, %message, "refusing session");
+    let mut m = message;
+    m.truncate(proto::frame::MAX_ERROR_MESSAGE);
+    let _ = io
+        .send(&Frame::Error(ErrorFrame { code, message: m }))
+        .await;
+}
+
+fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> impl Future<Output = Option<R>> {
+    let h = tokio::task::spawn_blocking(f);
+    async move { h.await.ok() }
+}
+
+/// Open (or recover) the stream's log and register it as ingested here.
+async fn open_stream(
+    node: &Arc<Node>,
+    name: &str,
+    resume_from: Option<u64>,
+) -> Result<Arc<Stream>, String> {
+    if let Some(s) = node.hub.get(name)
+        && s.is_ingest()
+    {
+        return Ok(s);
+    }
+    let cfg = node.log_config.clone();
+    let n = name.to_string();
+    let log = blocking(move || -> Result<StreamLog, chunklog::LogError> {
+        let log = StreamLog::open(&cfg, &n)?;
+        // A server that joins a stream late (a replacement) starts where the client can
+        // still supply data.
+        if let Some(r) = resume_from
+            && log.next_seq() == 0
+            && log.ended().is_none()
+            && r > 0
+        {
+            let _ = r; // start_at pending
+        }
+        Ok(log)
+    })
+    .await
+    .ok_or("log task failed")?
+    .map_err(|e| e.to_string())?;
+    let s = Stream::new(
+        name.to_string(),
+        Source::Ingest(std::sync::Mutex::new(log)),
+        node.cfg.tail_bytes,
+    );
+    // A relay of this stream on this node (a viewer came first) gives way to the real thing.
+    let (s, _) = node
+        .hub
+        .get_or_insert_with(name, || Ok::<_, ()>(s.clone()))
+        .map_err(|_| "hub")?;
+    if !s.is_ingest() {
+        node.hub.remove_if(name, &s);
+        s.lose();
+        return Box::pin(open_stream(node, name, resume_from)).await;
+    }
+    Ok(s)
+}
+
+/// Serve one ingest connection until it ends.
+pub async fn serve<T: FrameIo>(mut io: T, node: Arc<Node>, peer: Option<IpAddr>) {
+    let hello = match tokio::time::timeout(Duration::from_secs(10), io.recv()).await {
+        Ok(Ok(Some(Frame::Hello(h)))) => h,
+        Ok(Ok(Some(other))) => {
+            return refuse(
+                &mut io,
+                ErrorCode::Protocol,
+                format!(
+                    "expected HELLO as the first frame, got {}",
+                    other.frame_type().name()
+                ),
+            )
+            .await;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            let code = match &e {
+                SessionError::Frame(f) => f.code(),
+                _ => ErrorCode::Protocol,
+            };
+            return refuse(&mut io, code, e.to_string()).await;
+        }
+        Err(_) => {
+            return refuse(&mut io, ErrorCode::Protocol, "no HELLO within 10 s").await;
+        }
+    };
+    if node.draining.load(Ordering::SeqCst) {
+        return refuse(
+            &mut io,
+            ErrorCode::GoingAway,
+            "this entry server is draining: ask the director for another",
+        )
+        .await;
+    }
+    let token = String::from_utf8_lossy(&hello.token).into_owned();
+    let claims = match node.verifier.verify(&token, node.now_unix()) {
+        Ok(c) => c,
+        Err(e) => {
+            node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            return refuse(
+                &mut io,
+                ErrorCode::Unauthorized,
+                format!("token refused: {e}"),
+            )
+            .await;
+        }
+    };
+    let stream_name = hello.stream.as_str().to_string();
+    if claims.stream != stream_name || claims.server != node.cfg.id || claims.role != hello.role {
+        node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        return refuse(
+            &mut io,
+            ErrorCode::Unauthorized,
+            format!(
+                "token is for stream {:?} at server {:?} as {}, not stream {:?} at {:?} as {}",
+                claims.stream, claims.server, claims.role, stream_name, node.cfg.id, hello.role
+            ),
+        )
+        .await;
+    }
+    let stream = match open_stream(&node, &stream_name, hello.resume_from).await {
+        Ok(s) => s,
+        Err(e) => return refuse(&mut io, ErrorCode::Internal, e).await,
+    };
+    let epoch = stream.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+    let Source::Ingest(_) = &stream.source else {
+        return refuse(&mut io, ErrorCode::Internal, "stream is not ingested here").await;
+    };
+    let edge = stream.edge();
+    if let Some(f) = edge.ended {
+        // Already complete: tell the client everything is durable.
+        let _ = io.send(&Frame::Welcome(welcome(&node, f + 1))).await;
+        let _ = io.send(&Frame::Ack { through: f }).await;
+        return;
+    }
+    if let Some(r) = hello.resume_from
+        && r > edge.next_seq
+    {
+        return refuse(
+            &mut io,
+            ErrorCode::ResumeUnavailable,
+            format!(
+                "this server needs sequence {} next but the client holds only {r} onward",
+                edge.next_seq
+            ),
+        )
+        .await;
+    }
+    if io
+        .send(&Frame::Welcome(welcome(&node, edge.next_seq)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let span = tracing::info_span!("ingest", stream = %stream_name, role = %hello.role, ?peer);
+    let _g = span.enter();
+    tracing::info!(next_seq = edge.next_seq, "session started");
+    node.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+    *stream.role.lock().unwrap_or_else(|e| e.into_inner()) = Some(hello.role);
+    stream.live_sessions.fetch_add(1, Ordering::SeqCst);
+    let result = session_loop(&mut io, &node, &stream, epoch, hello.role, peer).await;
+    stream.live_sessions.fetch_sub(1, Ordering::SeqCst);
+    node.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+    if let Some(info) = io.tcp_info()
+        && let Some(ip) = peer
+    {
+        node.record_sample(SessionSample {
+            stream: stream_name.clone(),
+            role: hello.role,
+            client_ip: ip,
+            info,
+            bytes: 0,
+            secs: 0.0,
+        });
+    }
+    match result {
+        Ok(()) => tracing::info!("session ended"),
+        Err((code, msg)) => {
+            tracing::info!(%code, %msg, "session failed");
+            refuse(&mut io, code, msg).await;
+        }
+    }
+}
+
+fn welcome(node: &Node, next_seq: u64) -> Welcome {
+    Welcome {
+        next_seq,
+        server_id: node.cfg.id.clone(),
+        max_payload: node.limits.max_payload,
+        max_frame_len: node.limits.max_frame_len,
+        ack_interval_ms: node.cfg.ack_interval_ms,
+    }
+}
+
+type Fail = (ErrorCode, String);
+
+async fn session_loop<T: FrameIo>(
+    io: &mut T,
+    node: &Arc<Node>,
+    stream: &Arc<Stream>,
+    epoch: u64,
+    role: proto::Role,
+    peer: Option<IpAddr>,
+) -> Result<(), Fail> {
+    let Source::Ingest(_) = &stream.source else {
+        return Err((ErrorCode::Internal, "not an ingest stream".into()));
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(node.cfg.ack_interval_ms.into()));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut acked: Option<u64> = None;
+    let mut last_frame = tokio::time::Instant::now();
+    let mut last_sample = tokio::time::Instant::now();
+    let mut sample_base = io.tcp_info();
+    let idle = Duration::from_secs(15);
+    loop {
+        tokio::select! {
+            f = io.recv() => {
+                last_frame = tokio::time::Instant::now();
+                match f {
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        let code = match &e { SessionError::Frame(f) => f.code(), _ => ErrorCode::Protocol };
+                        node.metrics.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        return Err((code, e.to_string()));
+                    }
+                    Ok(Some(Frame::Data(d))) => {
+                        if stream.epoch.load(Ordering::SeqCst) != epoch {
+                            return Err((ErrorCode::GoingAway, "replaced by a newer session for this stream".into()));
+                        }
+                        let rec = Record { seq: d.seq, pts: d.pts, flags: d.flags.bits(), payload: d.payload };
+                        let s = stream.clone();
+                        let out = blocking(move || {
+                            let Source::Ingest(log) = &s.source else { unreachable!("checked above") };
+                            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                            let r = log.append(&rec);
+                            (r, log.durable_through(), rec)
+                        }).await;
+                        let Some((r, durable, rec)) = out else {
+                            return Err((ErrorCode::Internal, "log task failed".into()));
+                        };
+                        match r {
+                            Ok(AppendOutcome::Appended) => {
+                                node.metrics.chunks_in.fetch_add(1, Ordering::Relaxed);
+                                stream.publish([Chunk { seq: rec.seq, pts: rec.pts, flags: rec.flags, payload: rec.payload }]);
+                            }
+                            Ok(AppendOutcome::Duplicate) => {
+                                node.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(chunklog::LogError::Gap { expected, got }) => {
+                                return Err((ErrorCode::Protocol, format!("gap: expected sequence {expected}, got {got}")));
+                            }
+                            Err(e) => return Err((ErrorCode::Internal, format!("log write failed: {e}"))),
+                        }
+                        if !matches!(node.log_config.fsync, FsyncPolicy::Interval(_)) {
+                            // Always/Never: durable_through moved with the append.
+                            if let Some(d) = durable && acked != Some(d) {
+                                io.send(&Frame::Ack { through: d }).await.map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+                                acked = Some(d);
+                            }
+                        }
+                    }
+                    Ok(Some(Frame::End { final_seq })) => {
+                        let s = stream.clone();
+                        let r = blocking(move || {
+                            let Source::Ingest(log) = &s.source else { unreachable!("checked above") };
+                            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                            log.end(final_seq).and_then(|_| log.sync())
+                        }).await;
+                        match r {
+                            Some(Ok(())) => {
+                                stream.end(final_seq);
+                                let _ = io.send(&Frame::Ack { through: final_seq }).await;
+                                tracing::info!(final_seq, "stream ended");
+                                return Ok(());
+                            }
+                            Some(Err(e)) => return Err((ErrorCode::Protocol, format!("END refused: {e}"))),
+                            None => return Err((ErrorCode::Internal, "log task failed".into())),
+                        }
+                    }
+                    Ok(Some(Frame::Ping(n))) => {
+                        io.send(&Frame::Pong(n)).await.map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+                    }
+                    Ok(Some(Frame::Pong(_))) => {}
+                    Ok(Some(other)) => {
+                        return Err((ErrorCode::Protocol, format!("unexpected {} frame during a session", other.frame_type().name())));
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if stream.epoch.load(Ordering::SeqCst) != epoch {
+                    return Err((ErrorCode::GoingAway, "replaced by a newer session for this stream".into()));
+                }
+                if last_frame.elapsed() > idle {
+                    return Err((ErrorCode::Protocol, "no frame for 15 s".into()));
+                }
+                let s = stream.clone();
+                let durable = blocking(move || {
+                    let Source::Ingest(log) = &s.source else { unreachable!("checked above") };
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    if log.needs_sync() { log.sync().map(|_| log.durable_through()) } else { Ok(log.durable_through()) }
+                }).await;
+                match durable {
+                    Some(Ok(Some(d))) if acked != Some(d) => {
+                        io.send(&Frame::Ack { through: d }).await.map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+                        acked = Some(d);
+                    }
+                    Some(Err(e)) => return Err((ErrorCode::Internal, format!("log sync failed: {e}"))),
+                    _ => {}
+                }
+                if last_sample.elapsed() >= node.cfg.sample_interval() {
+                    if let (Some(now), Some(ip)) = (io.tcp_info(), peer) {
+                        let secs = last_sample.elapsed().as_secs_f64();
+                        let bytes = sample_base.map_or(0, |b| now.bytes_received.saturating_sub(b.bytes_received));
+                        node.record_sample(SessionSample { stream: stream.name.clone(), role, client_ip: ip, info: now, bytes, secs });
+                        sample_base = Some(now);
+                    }
+                    last_sample = tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+}

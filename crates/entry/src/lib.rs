@@ -1,0 +1,236 @@
+//! Entry servers: where devices' streams land and where viewers get them.
+//!
+//! An entry server (`firstmile entry`):
+//! - accepts **ingest sessions** of the native protocol over TCP and over WebSocket
+//!   ([`ingest`]), verifying the director's token with its public key only, appending chunks to a
+//!   **durable per-stream log** (`chunklog`) and acknowledging what is durable;
+//! - serves **viewers** the stream's payload bytes live over chunked HTTP or WebSocket, from the
+//!   live edge or from any retained sequence number or time ([`viewer`]);
+//! - serves other nodes the chunks themselves, and **relays** streams it does not hold by pulling
+//!   them from both ingest servers at once and merging by sequence number ([`relay`]);
+//! - **registers and heartbeats** with the director (load, streams, path measurements from
+//!   `TCP_INFO`), and drains gracefully ([`link`]).
+//!
+//! What it is not: a selection engine (the director chooses) or a transcoder (payload bytes pass
+//! through untouched).
+
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod link;
+pub mod node;
+pub mod relay;
+pub mod tcpinfo;
+pub mod viewer;
+
+pub use node::{EntryConfig, Node, parse_fsync};
+
+use chunklog::{LogConfig, StreamLog};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// A configuration or start-up problem (exit 64 for configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Invalid(#[from] node::ConfigError),
+    #[error("token public key: {0}")]
+    Key(String),
+    #[error("chunk logs in {dir}: {message}")]
+    Logs { dir: String, message: String },
+}
+
+/// A ready-to-run entry server.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    node: Arc<Node>,
+}
+
+fn read_key(s: &str) -> Result<token::VerifyingKey, InitError> {
+    let pem = if s.contains("-----BEGIN") {
+        s.to_string()
+    } else {
+        std::fs::read_to_string(s).map_err(|e| InitError::Key(format!("cannot read {s}: {e}")))?
+    };
+    token::VerifyingKey::from_pem(&pem).map_err(|e| InitError::Key(e.to_string()))
+}
+
+impl Entry {
+    /// Validate the configuration, load the key and recover the logs on disk (what this server
+    /// acknowledged before a restart is served again).
+    pub fn init(cfg: EntryConfig) -> Result<Self, InitError> {
+        cfg.validate()?;
+        link::resolve_location(&cfg.location).map_err(InitError::Config)?;
+        let verifier = read_key(&cfg.token_public_key)?;
+        let log_config = LogConfig {
+            dir: cfg.data_dir.clone(),
+            fsync: cfg.fsync,
+            segment_bytes: 64 << 20,
+            retention_age: (cfg.retention_secs > 0)
+                .then(|| Duration::from_secs(cfg.retention_secs)),
+            retention_bytes: (cfg.retention_bytes > 0).then_some(cfg.retention_bytes),
+        };
+        let dir = cfg.data_dir.display().to_string();
+        let logs_err = |e: &dyn std::fmt::Display| InitError::Logs {
+            dir: dir.clone(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| logs_err(&e))?;
+        let node = Node {
+            hub: Default::default(),
+            verifier,
+            limits: proto::Limits::default(),
+            draining: Default::default(),
+            metrics: Default::default(),
+            samples: Default::default(),
+            urls: Default::default(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .build()
+                .map_err(|e| InitError::Config(e.to_string()))?,
+            clock_override: None,
+            log_config,
+            cfg,
+        };
+        for name in StreamLog::list(&node.log_config).map_err(|e| logs_err(&e))? {
+            match StreamLog::open(&node.log_config, &name) {
+                Ok(log) => {
+                    tracing::info!(stream = %name, next_seq = log.next_seq(), "recovered stream log");
+                    node.hub.insert(hub::Stream::new(
+                        name,
+                        hub::Source::Ingest(std::sync::Mutex::new(log)),
+                        node.cfg.tail_bytes,
+                    ));
+                }
+                Err(e) => tracing::warn!(stream = %name, error = %e, "cannot recover stream log"),
+            }
+        }
+        Ok(Self {
+            node: Arc::new(node),
+        })
+    }
+
+    /// Test hook: check tokens against this Unix time instead of the clock.
+    pub fn with_clock(mut self, unix_s: u64) -> Self {
+        if let Some(n) = Arc::get_mut(&mut self.node) {
+            n.clock_override = Some(unix_s);
+        }
+        self
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Serve on the bound listeners until `shutdown` completes, then drain: refuse new
+    /// sessions, tell the director, let in-flight sessions finish (up to `drain_secs`),
+    /// deregister.
+    pub async fn run(
+        self,
+        native: TcpListener,
+        http_listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let node = self.node;
+        let host = |a: SocketAddr| match &node.cfg.advertise {
+            Some(h) => format!("{h}:{}", a.port()),
+            None => a.to_string(),
+        };
+        let (n_addr, h_addr) = (native.local_addr()?, http_listener.local_addr()?);
+        *node.urls.lock().unwrap_or_else(|e| e.into_inner()) = node::Urls {
+            native: format!("tcp://{}", host(n_addr)),
+            websocket: format!("ws://{}/v1/ingest", host(h_addr)),
+            http: format!("http://{}", host(h_addr)),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let link = tokio::spawn(link::run(node.clone(), stop_rx.clone()));
+        let retention = tokio::spawn(retention(node.clone(), stop_rx.clone()));
+
+        let accept_node = node.clone();
+        let mut accept_stop = stop_rx.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = native.accept() => match r {
+                        Ok((sock, peer)) => {
+                            let _ = sock.set_nodelay(true);
+                            let io = ingest::TcpFrames::new(sock, accept_node.limits);
+                            tokio::spawn(ingest::serve(io, accept_node.clone(), Some(peer.ip())));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    _ = accept_stop.changed() => return,
+                }
+            }
+        });
+
+        let router = http::router(node.clone());
+        let mut http_stop = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(
+                http_listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+        });
+
+        shutdown.await;
+        tracing::info!("draining");
+        node.draining.store(true, Ordering::SeqCst);
+        // Tell the director at once, then let sessions finish.
+        let _ = link::heartbeat(&node, 0.0, 0.0).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(node.cfg.drain_secs);
+        while node.metrics.sessions.load(Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        link::deregister(&node).await;
+        let _ = stop_tx.send(true);
+        accept.abort();
+        let _ = link.await;
+        let _ = retention.await;
+        // Viewers' responses end with the process; don't wait for them.
+        server.abort();
+        // Make what was written durable before exiting.
+        for s in node.hub.all() {
+            if let hub::Source::Ingest(log) = &s.source {
+                let _ = log.lock().unwrap_or_else(|e| e.into_inner()).sync();
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn retention(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = stop.changed() => return,
+        }
+        for s in node.hub.all() {
+            let s2 = s.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let hub::Source::Ingest(log) = &s2.source {
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Err(e) = log.enforce_retention(std::time::SystemTime::now()) {
+                        tracing::warn!(stream = %s2.name, error = %e, "retention failed");
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}

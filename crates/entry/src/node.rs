@@ -1,0 +1,279 @@
+//! An entry server's configuration and shared state.
+
+use crate::hub::{Hub, SlowViewer};
+use crate::tcpinfo::TcpInfo;
+use chunklog::{FsyncPolicy, LogConfig};
+pub use plumbing::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+/// Configuration of one entry server (`firstmile entry`). Defaults < TOML file < env
+/// (`FIRSTMILE_ENTRY_<KEY>`) < flags (`--set key=value`); see `examples/entry.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EntryConfig {
+    /// Unique id of this entry server.
+    pub id: String,
+    /// Point of presence (failure domain).
+    pub pop: String,
+    /// Where this server is: a place as a user would type it, or "lat,lon".
+    pub location: String,
+    /// Native protocol listener.
+    pub native_listen: SocketAddr,
+    /// HTTP listener: viewers, relays, WebSocket ingest, health, metrics.
+    pub http_listen: SocketAddr,
+    /// Host name or address devices and other nodes use to reach this server
+    /// (default: the listen address).
+    pub advertise: Option<String>,
+    /// Director base URL (`http://host:port`); none = standalone (no registration, no relay).
+    pub director: Option<String>,
+    /// Cluster credential shared with the director.
+    pub cluster_secret: String,
+    /// The director's token public key (PEM, inline or a path).
+    pub token_public_key: String,
+    /// Directory of the chunk logs.
+    pub data_dir: PathBuf,
+    /// When a chunk counts as durable before it is acknowledged: always (fsync every chunk),
+    /// interval:MS (fsync every MS ms, ACK after it), never (ACK after write(2): survives a crash
+    /// of the server process, not of the machine).
+    #[serde(with = "fsync_serde")]
+    pub fsync: FsyncPolicy,
+    /// Delete log segments older than this many seconds (0 = keep).
+    pub retention_secs: u64,
+    /// Keep at most this many bytes per stream log (0 = no limit).
+    pub retention_bytes: u64,
+    /// Concurrent ingest streams this server takes.
+    pub capacity_streams: u32,
+    /// Ingress bandwidth in Mbit/s.
+    pub capacity_mbps: f64,
+    /// ACK interval hint and timer, ms.
+    pub ack_interval_ms: u32,
+    /// Bytes of recent chunks kept in memory per stream for viewers.
+    pub tail_bytes: usize,
+    /// A viewer more than this many bytes behind the live edge is skipped forward or cut.
+    pub max_viewer_lag_bytes: u64,
+    /// What happens to such a viewer.
+    pub slow_viewer: SlowViewer,
+    /// A relayed stream with no upstream for this long ends for its viewers.
+    pub relay_give_up_ms: u64,
+    /// Seconds a draining server waits for its sessions to finish on SIGTERM.
+    pub drain_secs: u64,
+    /// Seconds between path samples of a session.
+    pub sample_secs: u64,
+}
+
+impl Default for EntryConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            pop: String::new(),
+            location: String::new(),
+            native_listen: "127.0.0.1:7001".parse().expect("literal"),
+            http_listen: "127.0.0.1:8001".parse().expect("literal"),
+            advertise: None,
+            director: None,
+            cluster_secret: String::new(),
+            token_public_key: String::new(),
+            data_dir: PathBuf::from("firstmile-data"),
+            fsync: FsyncPolicy::Interval(Duration::from_millis(20)),
+            retention_secs: 24 * 3600,
+            retention_bytes: 0,
+            capacity_streams: 100,
+            capacity_mbps: 1000.0,
+            ack_interval_ms: 20,
+            tail_bytes: 64 << 20,
+            max_viewer_lag_bytes: 32 << 20,
+            slow_viewer: SlowViewer::Skip,
+            relay_give_up_ms: 5000,
+            drain_secs: 30,
+            sample_secs: 5,
+        }
+    }
+}
+
+/// Parse `always`, `never` or `interval:MS`.
+pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    match s.trim() {
+        "always" => Ok(FsyncPolicy::Always),
+        "never" => Ok(FsyncPolicy::Never),
+        other => other
+            .strip_prefix("interval:")
+            .and_then(|ms| ms.trim_end_matches("ms").parse::<u64>().ok())
+            .filter(|ms| *ms > 0 && *ms <= 60_000)
+            .map(|ms| FsyncPolicy::Interval(Duration::from_millis(ms)))
+            .ok_or_else(|| {
+                format!("fsync policy {other:?}: accepted values are always, never, interval:MS (1..=60000)")
+            }),
+    }
+}
+
+pub fn fsync_string(p: &FsyncPolicy) -> String {
+    match p {
+        FsyncPolicy::Always => "always".into(),
+        FsyncPolicy::Never => "never".into(),
+        FsyncPolicy::Interval(d) => format!("interval:{}", d.as_millis()),
+    }
+}
+
+mod fsync_serde {
+    use chunklog::FsyncPolicy;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(p: &FsyncPolicy, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::fsync_string(p))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FsyncPolicy, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_fsync(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl EntryConfig {
+    pub fn sample_interval(&self) -> Duration {
+        Duration::from_secs(self.sample_secs.max(1))
+    }
+
+    /// Merge defaults < `file` (TOML text) < `env` (`FIRSTMILE_ENTRY_<KEY>`) < `overrides`
+    /// (`key=value`), then validate.
+    pub fn load(
+        file: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        let c: Self = plumbing::layered(
+            file,
+            env,
+            "FIRSTMILE_ENTRY_",
+            &["FIRSTMILE_ENTRY_CONFIG"],
+            overrides,
+        )?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks that need no I/O.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |k: &str, m: &str| Err(ConfigError::key(k, m));
+        if self.id.is_empty() || self.id.len() > 64 {
+            return bad("id", "required, 1 to 64 characters");
+        }
+        if self.pop.is_empty() {
+            return bad(
+                "pop",
+                "required: the failure domain (POP) this server is in",
+            );
+        }
+        if self.location.is_empty() {
+            return bad(
+                "location",
+                "required: a place such as \"Frankfurt\" or \"50.11,8.68\"",
+            );
+        }
+        if self.token_public_key.is_empty() {
+            return bad(
+                "token_public_key",
+                "required: the director's token public key, PEM inline or a path to it",
+            );
+        }
+        if self.director.is_some() && self.cluster_secret.is_empty() {
+            return bad("cluster_secret", "required when a director is configured");
+        }
+        if self.capacity_streams == 0 {
+            return bad("capacity_streams", "must be at least 1");
+        }
+        if !(self.capacity_mbps > 0.0) {
+            return bad("capacity_mbps", "must be positive");
+        }
+        if self.ack_interval_ms == 0 || self.ack_interval_ms > 10_000 {
+            return bad("ack_interval_ms", "1 to 10000");
+        }
+        if self.tail_bytes < 1 << 16 {
+            return bad("tail_bytes", "at least 65536");
+        }
+        Ok(())
+    }
+}
+
+/// Counters exported at `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub sessions: AtomicU64,
+    pub chunks_in: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub viewers: AtomicU64,
+    pub viewer_bytes: AtomicU64,
+    pub viewers_skipped: AtomicU64,
+    pub viewers_cut: AtomicU64,
+    pub relay_upstream_failures: AtomicU64,
+}
+
+/// A path sample of an ingest session, to be reported to the director.
+#[derive(Clone, Debug)]
+pub struct SessionSample {
+    pub stream: String,
+    pub role: proto::Role,
+    pub client_ip: IpAddr,
+    pub info: TcpInfo,
+    /// Bytes received over `secs` seconds (0 when unknown).
+    pub bytes: u64,
+    pub secs: f64,
+}
+
+/// Everything the sessions, handlers and background tasks of one entry server share.
+#[derive(Debug)]
+pub struct Node {
+    pub cfg: EntryConfig,
+    pub hub: Hub,
+    pub verifier: token::VerifyingKey,
+    pub log_config: LogConfig,
+    pub limits: proto::Limits,
+    pub draining: AtomicBool,
+    pub metrics: Metrics,
+    pub samples: Mutex<Vec<SessionSample>>,
+    /// The advertised URLs of this node (filled once listeners are bound).
+    pub urls: Mutex<Urls>,
+    pub http: reqwest::Client,
+    /// Test hook: a fixed Unix time for token checks.
+    pub clock_override: Option<u64>,
+}
+
+/// Where this node is reachable.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Urls {
+    pub native: String,
+    pub websocket: String,
+    pub http: String,
+}
+
+impl Node {
+    pub fn now_unix(&self) -> u64 {
+        self.clock_override.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        })
+    }
+
+    /// Keep a sample for the next heartbeat (bounded: the oldest are dropped).
+    pub fn record_sample(&self, s: SessionSample) {
+        let mut v = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() >= 1024 {
+            v.remove(0);
+        }
+        v.push(s);
+    }
+
+    pub fn take_samples(&self) -> Vec<SessionSample> {
+        std::mem::take(&mut *self.samples.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn urls(&self) -> Urls {
+        self.urls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

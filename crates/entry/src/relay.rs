@@ -1,0 +1,304 @@
+//! Relaying: a node that does not hold a stream pulls it from BOTH ingest servers at once and
+//! merges the two copies by sequence number, first arrival wins.
+//!
+//! One relay per stream per node, whatever the number of local viewers ([`ensure`] creates it
+//! under the hub's lock). Each upstream is a task pulling `GET {upstream}/v1/streams/{id}/chunks`
+//! (DATA frames, CRC-checked, then END) from the merged position on, so when one upstream dies
+//! the other has already delivered — or will deliver — every chunk: viewers see no gap and no
+//! duplicate. A dead upstream is retried with backoff, asking the director again each time
+//! (it may have been replaced). When no upstream has been reachable for `relay_give_up_ms`, the
+//! stream is *lost*: its viewers get the end of their response instead of a hang. A relay with no
+//! viewers left stops after a grace period.
+
+use crate::hub::{Chunk, Source, Stream};
+use crate::node::Node;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use proto::{Decoder, Frame};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why a stream cannot be relayed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("stream {0} is not known here and no director is configured to find it")]
+    NoDirector(String),
+    #[error("stream {0} is unknown to the director")]
+    Unknown(String),
+    #[error("stream {0} has no reachable ingest server yet")]
+    NoUpstream(String),
+    #[error("director unreachable: {0}")]
+    Director(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamInfo {
+    #[serde(default)]
+    ingest: Vec<IngestInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IngestInfo {
+    server_id: String,
+    #[serde(default)]
+    urls: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// HTTP base URLs of the stream's ingest servers other than this node.
+async fn upstreams(node: &Node, stream: &str) -> Result<Vec<(String, String)>, RelayError> {
+    let Some(dir) = &node.cfg.director else {
+        return Err(RelayError::NoDirector(stream.into()));
+    };
+    let url = format!("{}/v1/streams/{stream}", dir.trim_end_matches('/'));
+    let resp = node
+        .http
+        .get(&url)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .map_err(|e| RelayError::Director(e.to_string()))?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(RelayError::Unknown(stream.into()));
+    }
+    if !resp.status().is_success() {
+        return Err(RelayError::Director(format!("{url}: {}", resp.status())));
+    }
+    let info: StreamInfo = resp
+        .json()
+        .await
+        .map_err(|e| RelayError::Director(e.to_string()))?;
+    Ok(info
+        .ingest
+        .into_iter()
+        .filter(|i| i.server_id != node.cfg.id)
+        .filter_map(|i| Some((i.server_id, i.urls?.get("http")?.clone())))
+        .collect())
+}
+
+/// The merge point of one relayed stream.
+#[derive(Debug)]
+struct Merge {
+    stream: Arc<Stream>,
+    started: Mutex<bool>,
+    /// Upstreams with an open response right now.
+    connected: AtomicUsize,
+}
+
+enum Merged {
+    Accepted,
+    Duplicate,
+    /// This upstream is ahead of the merged position: reconnect from it.
+    Ahead,
+}
+
+impl Merge {
+    fn offer(&self, c: Chunk) -> Merged {
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        let next = self.stream.edge().next_seq;
+        if !*started {
+            self.stream.set_start(c.seq);
+            *started = true;
+            self.stream.publish([c]);
+            return Merged::Accepted;
+        }
+        if c.seq < next {
+            Merged::Duplicate
+        } else if c.seq > next {
+            Merged::Ahead
+        } else {
+            self.stream.publish([c]);
+            Merged::Accepted
+        }
+    }
+
+    fn from_param(&self, initial: &str) -> String {
+        if *self.started.lock().unwrap_or_else(|e| e.into_inner()) {
+            self.stream.edge().next_seq.to_string()
+        } else {
+            initial.to_string()
+        }
+    }
+}
+
+/// The stream, relayed if it is not held here. `initial_from` is where the relay starts when it
+/// is created (the first viewer's `from`).
+pub async fn ensure(
+    node: &Arc<Node>,
+    name: &str,
+    initial_from: &str,
+) -> Result<Arc<Stream>, RelayError> {
+    if let Some(s) = node.hub.get(name) {
+        return Ok(s);
+    }
+    let ups = upstreams(node, name).await?;
+    if ups.is_empty() {
+        return Err(RelayError::NoUpstream(name.into()));
+    }
+    let (s, created) = node.hub.get_or_insert_with(name, || {
+        Ok::<_, RelayError>(Stream::new(name.into(), Source::Relay, node.cfg.tail_bytes))
+    })?;
+    if created {
+        tracing::info!(stream = name, upstreams = ?ups, "relaying");
+        tokio::spawn(run(node.clone(), s.clone(), initial_from.to_string(), ups));
+    }
+    Ok(s)
+}
+
+async fn run(
+    node: Arc<Node>,
+    stream: Arc<Stream>,
+    initial_from: String,
+    first: Vec<(String, String)>,
+) {
+    let merge = Arc::new(Merge {
+        stream: stream.clone(),
+        started: Mutex::new(false),
+        connected: AtomicUsize::new(0),
+    });
+    let give_up = Duration::from_millis(node.cfg.relay_give_up_ms.max(100));
+    let mut pullers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut known = first;
+    let mut last_ok = tokio::time::Instant::now();
+    let mut last_pos = stream.edge().next_seq;
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut refreshed = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let edge = stream.edge();
+        if edge.ended.is_some_and(|f| edge.next_seq > f) || edge.lost {
+            break;
+        }
+        // No longer in the hub (an ingest session took the stream over here): stop.
+        if !node
+            .hub
+            .get(&stream.name)
+            .is_some_and(|s| Arc::ptr_eq(&s, &stream))
+        {
+            stream.lose();
+            break;
+        }
+        pullers.retain(|_, h| !h.is_finished());
+        if edge.next_seq != last_pos || merge.connected.load(Ordering::SeqCst) > 0 {
+            last_pos = edge.next_seq;
+            last_ok = tokio::time::Instant::now();
+        }
+        if last_ok.elapsed() > give_up {
+            tracing::warn!(stream = %stream.name, "no upstream reachable: ending the stream for viewers");
+            stream.lose();
+            break;
+        }
+        // Re-resolve when an upstream is missing: the director may know a replacement.
+        if pullers.len() < 2 && refreshed.elapsed() > Duration::from_millis(500) {
+            refreshed = tokio::time::Instant::now();
+            if let Ok(u) = upstreams(&node, &stream.name).await {
+                known = u;
+            }
+        }
+        for (id, url) in &known {
+            if !pullers.contains_key(id) {
+                let h = tokio::spawn(pull(
+                    node.clone(),
+                    merge.clone(),
+                    url.clone(),
+                    initial_from.clone(),
+                ));
+                pullers.insert(id.clone(), h);
+            }
+        }
+        // The hub, this task and the merge hold the stream; anything more is a viewer.
+        if Arc::strong_count(&stream) <= 3 {
+            let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > Duration::from_secs(10) {
+                tracing::info!(stream = %stream.name, "no viewers left: stopping the relay");
+                break;
+            }
+        } else {
+            idle_since = None;
+        }
+    }
+    for (_, h) in pullers {
+        h.abort();
+    }
+    node.hub.remove_if(&stream.name, &stream);
+}
+
+/// Pull one upstream until it ends, fails for good, or the stream ends. Returns when the
+/// upstream is unreachable so the relay can re-resolve it.
+async fn pull(node: Arc<Node>, merge: Arc<Merge>, base: String, initial_from: String) {
+    let mut failures = 0u32;
+    loop {
+        let edge = merge.stream.edge();
+        if edge.ended.is_some_and(|f| edge.next_seq > f) || edge.lost {
+            return;
+        }
+        let from = merge.from_param(&initial_from);
+        let url = format!(
+            "{}/v1/streams/{}/chunks?from={from}",
+            base.trim_end_matches('/'),
+            merge.stream.name
+        );
+        match pull_once(&node, &merge, &url).await {
+            Ok(()) => return,
+            Err(e) => {
+                node.metrics
+                    .relay_upstream_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                failures += 1;
+                tracing::debug!(%url, error = %e, failures, "upstream failed");
+                if failures >= 3 {
+                    // Let the relay re-resolve: the server may have been replaced.
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures))).await;
+            }
+        }
+    }
+}
+
+async fn pull_once(node: &Node, merge: &Merge, url: &str) -> Result<(), String> {
+    let resp = node.http.get(url).send().await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("{}", resp.status()));
+    }
+    merge.connected.fetch_add(1, Ordering::SeqCst);
+    let r = read_frames(node, merge, resp).await;
+    merge.connected.fetch_sub(1, Ordering::SeqCst);
+    r
+}
+
+async fn read_frames(node: &Node, merge: &Merge, resp: reqwest::Response) -> Result<(), String> {
+    let mut body = resp.bytes_stream();
+    let mut buf = BytesMut::new();
+    let mut dec = Decoder::new(node.limits);
+    loop {
+        while let Some(f) = dec.decode(&mut buf).map_err(|e| e.to_string())? {
+            match f {
+                Frame::Data(d) => match merge.offer(Chunk {
+                    seq: d.seq,
+                    pts: d.pts,
+                    flags: d.flags.bits(),
+                    payload: d.payload,
+                }) {
+                    Merged::Accepted | Merged::Duplicate => {}
+                    Merged::Ahead => return Err("upstream ahead of the merge; reconnecting".into()),
+                },
+                Frame::End { final_seq } => {
+                    // Wait until the merge has everything up to the end (the other upstream may
+                    // still be delivering); this upstream has delivered it all by now.
+                    merge.stream.end(final_seq);
+                    return Ok(());
+                }
+                other => return Err(format!("unexpected {} frame", other.frame_type().name())),
+            }
+        }
+        match body.next().await {
+            Some(Ok(b)) => buf.extend_from_slice(&b),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("upstream closed without END".into()),
+        }
+    }
+}

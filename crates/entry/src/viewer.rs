@@ -1,0 +1,212 @@
+//! Reading a stream live: the cursor every viewer, WebSocket viewer and relay feed is built on.
+//!
+//! A [`Cursor`] holds one reader's position. It reads from the stream's in-memory tail, falls
+//! back to the log on disk for catch-up, waits on the stream's edge when it is caught up, and ends
+//! when the stream ends (or is lost). It enforces the slow-viewer rule: a reader further behind
+//! the live edge than `max_viewer_lag_bytes` (estimated from the stream's mean chunk size) is
+//! skipped to the newest keyframe (or the live edge), or cut.
+
+use crate::hub::{Chunk, ReadError, SlowViewer, Stream};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Where a reader starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum From {
+    /// The newest keyframe in memory, else the next chunk to arrive.
+    Live,
+    /// The oldest chunk held.
+    Start,
+    /// A sequence number.
+    Seq(u64),
+    /// The first chunk whose pts is at or after this (µs).
+    Pts(i64),
+    /// This many seconds before the live edge (by pts).
+    Back(u64),
+}
+
+impl std::str::FromStr for From {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || {
+            format!(
+                "from={s:?}: accepted values are live, start, a sequence number (1234), \
+                 time:PTS_US (time:5000000) or -SECONDSs (-30s)"
+            )
+        };
+        match s {
+            "" | "live" => Ok(Self::Live),
+            "start" => Ok(Self::Start),
+            _ => {
+                if let Some(p) = s.strip_prefix("time:") {
+                    p.parse().map(Self::Pts).map_err(|_| bad())
+                } else if let Some(b) = s.strip_prefix('-').and_then(|b| b.strip_suffix('s')) {
+                    b.parse().map(Self::Back).map_err(|_| bad())
+                } else {
+                    s.parse().map(Self::Seq).map_err(|_| bad())
+                }
+            }
+        }
+    }
+}
+
+/// How a cursor stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The stream ended; everything up to its final chunk was delivered.
+    Ended,
+    /// The stream is gone without an end (every upstream lost).
+    Lost,
+    /// This reader was too slow and was cut.
+    Cut,
+    /// The data at the cursor is no longer held and the policy is to cut.
+    Gone(String),
+    /// The log could not be read.
+    Failed(String),
+}
+
+/// One reader's position in a stream.
+#[derive(Debug)]
+pub struct Cursor {
+    stream: Arc<Stream>,
+    rx: watch::Receiver<crate::hub::Edge>,
+    next: u64,
+    pending: std::collections::VecDeque<Chunk>,
+    max_lag_bytes: u64,
+    policy: SlowViewer,
+    /// Times this reader was skipped forward.
+    pub skipped: u64,
+}
+
+impl Cursor {
+    pub fn new(stream: Arc<Stream>, from: From, max_lag_bytes: u64, policy: SlowViewer) -> Self {
+        let edge = stream.edge();
+        let next = match from {
+            From::Live => stream.latest_keyframe().unwrap_or(edge.next_seq),
+            From::Start => stream.first_seq(),
+            From::Seq(s) => s,
+            From::Pts(p) => stream.seek_pts(p).unwrap_or(edge.next_seq),
+            From::Back(secs) => match stream.latest_pts() {
+                Some(latest) => stream
+                    .seek_pts(latest.saturating_sub(secs as i64 * 1_000_000))
+                    .unwrap_or(edge.next_seq),
+                None => edge.next_seq,
+            },
+        };
+        let rx = stream.subscribe();
+        Self {
+            stream,
+            rx,
+            next,
+            pending: Default::default(),
+            max_lag_bytes,
+            policy,
+            skipped: 0,
+        }
+    }
+
+    /// The sequence number this cursor delivers next.
+    pub fn position(&self) -> u64 {
+        self.pending.front().map_or(self.next, |c| c.seq)
+    }
+
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    fn lag_bytes(&self, edge: u64) -> u64 {
+        let behind = edge.saturating_sub(self.next);
+        if behind == 0 {
+            return 0;
+        }
+        let total = self
+            .stream
+            .bytes_in
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let n = edge.max(1);
+        behind.saturating_mul(total / n)
+    }
+
+    fn skip_forward(&mut self) {
+        let edge = self.stream.edge().next_seq;
+        self.next = self
+            .stream
+            .latest_keyframe()
+            .filter(|k| *k >= self.next)
+            .unwrap_or(edge);
+        self.pending.clear();
+        self.skipped += 1;
+    }
+
+    /// The next chunk, waiting for it if need be; `Err(stop)` when the reader is done.
+    pub async fn next(&mut self) -> Result<Chunk, Stop> {
+        loop {
+            if let Some(c) = self.pending.pop_front() {
+                return Ok(c);
+            }
+            let edge = *self.rx.borrow_and_update();
+            if edge.next_seq > self.next && self.lag_bytes(edge.next_seq) > self.max_lag_bytes {
+                match self.policy {
+                    SlowViewer::Skip => self.skip_forward(),
+                    SlowViewer::Cut => return Err(Stop::Cut),
+                }
+            }
+            match self.stream.read(self.next, 256 * 1024) {
+                Ok(chunks) if !chunks.is_empty() => {
+                    self.next = chunks.last().map_or(self.next, |c| c.seq + 1);
+                    self.pending.extend(chunks);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(ReadError::Gone { from, first }) => match self.policy {
+                    SlowViewer::Skip => {
+                        self.next = first.max(from);
+                        if self
+                            .stream
+                            .read(self.next, 1)
+                            .map(|c| c.is_empty())
+                            .unwrap_or(true)
+                        {
+                            self.skip_forward();
+                        }
+                        continue;
+                    }
+                    SlowViewer::Cut => {
+                        return Err(Stop::Gone(format!(
+                            "sequence {from} is no longer held (oldest held: {first})"
+                        )));
+                    }
+                },
+                Err(ReadError::Log(e)) => return Err(Stop::Failed(e.to_string())),
+            }
+            if let Some(f) = edge.ended
+                && self.next > f
+            {
+                return Err(Stop::Ended);
+            }
+            if edge.lost {
+                return Err(Stop::Lost);
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(Stop::Lost);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_parses_every_form_and_explains_errors() {
+        assert_eq!("live".parse::<From>(), Ok(From::Live));
+        assert_eq!("start".parse::<From>(), Ok(From::Start));
+        assert_eq!("42".parse::<From>(), Ok(From::Seq(42)));
+        assert_eq!("time:5000".parse::<From>(), Ok(From::Pts(5000)));
+        assert_eq!("-30s".parse::<From>(), Ok(From::Back(30)));
+        let e = "yesterday".parse::<From>().unwrap_err();
+        assert!(e.contains("accepted values"), "{e}");
+    }
+}
