@@ -27,6 +27,12 @@ enum Command {
     Entry(cmd::entry::EntryArgs),
     /// Run a whole network locally: a director and entry servers in world cities.
     Up(cmd::up::UpArgs),
+    /// Run the director: the assignment service entry servers register with and devices ask.
+    Director(cmd::director::DirectorArgs),
+    /// Validate a director configuration and print the effective result.
+    CheckConfig(cmd::director::CheckConfigArgs),
+    /// Make an Ed25519 key pair for the director's assignment tokens.
+    Keygen(cmd::keygen::KeygenArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -70,6 +76,9 @@ fn main() -> ExitCode {
         Command::Sim(a) => cmd::sim::run(a),
         Command::Entry(a) => cmd::entry::run(a),
         Command::Up(a) => cmd::up::run(a),
+        Command::Director(a) => cmd::director::run(a),
+        Command::CheckConfig(a) => cmd::director::check(a),
+        Command::Keygen(a) => cmd::keygen::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

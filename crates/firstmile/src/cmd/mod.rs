@@ -1,4 +1,6 @@
+pub mod director;
 pub mod entry;
 pub mod geo;
+pub mod keygen;
 pub mod sim;
 pub mod up;
