@@ -78,6 +78,12 @@ pub enum LogError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// [`StreamLog::start_at`](crate::StreamLog::start_at) on a log that already has records.
+    #[error("chunk log: cannot move the start of a stream that already holds records (next sequence {next_seq})")]
+    NotEmpty {
+        /// Where the log continues.
+        next_seq: u64,
+    },
     /// Another handle (in this or another process) holds the stream's write lock.
     #[error("chunk log: stream is already open for writing ({path} is locked)")]
     Locked {

@@ -648,6 +648,49 @@ impl StreamLog {
         Ok(AppendOutcome::Appended)
     }
 
+    /// Starts an empty log at `seq` instead of 0: an entry server that joins a stream late (the
+    /// replacement for a dead path) holds it from the oldest chunk the device still has. Only a
+    /// log with no record and no END can move; `seq` equal to the current start is a no-op.
+    pub fn start_at(&mut self, seq: u64) -> Result<(), LogError> {
+        self.check()?;
+        let (records, next, ended) = {
+            let st = self.shared.read();
+            (
+                st.segments.iter().map(Segment::records).sum::<u64>(),
+                st.next_seq,
+                st.ended,
+            )
+        };
+        if records > 0 || ended.is_some() {
+            return Err(LogError::NotEmpty { next_seq: next });
+        }
+        if seq == next {
+            return Ok(());
+        }
+        self.roll(seq, wall_ms(SystemTime::now()))?;
+        self.pending.clear();
+        let dropped: Vec<Segment> = {
+            let mut st = self.shared.write();
+            let mut dropped = Vec::new();
+            while st.segments.len() > 1 {
+                if let Some(s) = st.segments.pop_front() {
+                    st.total_bytes -= s.len;
+                    dropped.push(s);
+                }
+            }
+            st.next_seq = seq;
+            st.durable_through = seq.checked_sub(1);
+            dropped
+        };
+        for s in dropped {
+            fs::remove_file(&s.path).map_err(LogError::io("remove empty segment", &s.path))?;
+        }
+        let dir = self.shared.dir().to_owned();
+        fsync_dir(&dir).map_err(|e| self.poison(e))?;
+        self.dir_dirty = false;
+        Ok(())
+    }
+
     /// Writes `bytes` at `offset` of the active segment; on failure cuts the file back to
     /// `offset` so no partial record stays, or poisons the log if even that fails.
     fn write_at(&mut self, bytes: &[u8], offset: u64) -> Result<(), LogError> {

@@ -178,7 +178,7 @@ async fn open_stream(
     let cfg = node.log_config.clone();
     let n = name.to_string();
     let log = blocking(move || -> Result<StreamLog, chunklog::LogError> {
-        let log = StreamLog::open(&cfg, &n)?;
+        let mut log = StreamLog::open(&cfg, &n)?;
         // A server that joins a stream late (a replacement) starts where the client can
         // still supply data.
         if let Some(r) = resume_from
@@ -186,7 +186,7 @@ async fn open_stream(
             && log.ended().is_none()
             && r > 0
         {
-            let _ = r; // start_at pending
+            log.start_at(r)?;
         }
         Ok(log)
     })
