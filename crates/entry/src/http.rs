@@ -91,6 +91,27 @@ async fn open(node: &Arc<Node>, id: &str, from: Option<&str>) -> Result<Cursor, 
             crate::relay::RelayError::Director(_) => error(StatusCode::BAD_GATEWAY, e.to_string()),
             _ => error(StatusCode::NOT_FOUND, e.to_string()),
         })?;
+    if !stream.is_ingest() {
+        // A catch-up viewer on a relay: fetch what the relay started after.
+        let want = match from {
+            From::Start => Some(0),
+            From::Seq(s) => Some(s),
+            _ => None,
+        };
+        if let Some(w) = want {
+            // Wait (bounded) for the relay's first chunk, so there is a front to fill up to.
+            let mut rx = stream.subscribe();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while stream.edge().next_seq == 0 && !stream.edge().lost {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            crate::relay::backfill(node, &stream, w).await;
+        }
+    }
     let cursor = Cursor::new(
         stream,
         from,

@@ -165,6 +165,26 @@ impl Stream {
         }
     }
 
+    /// Relay only: put older chunks, contiguous with the tail's front, before it (catch-up
+    /// viewers asked for data from before the relay started). Returns how many were added.
+    pub fn prepend(&self, chunks: Vec<Chunk>) -> usize {
+        let mut t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(front) = t.chunks.front().map(|c| c.seq) else {
+            return 0;
+        };
+        let mut added = 0;
+        for c in chunks.into_iter().rev() {
+            let expected = front - added as u64;
+            if c.seq + 1 != expected || t.bytes + c.payload.len() > self.tail_max_bytes {
+                break;
+            }
+            t.bytes += c.payload.len();
+            t.chunks.push_front(c);
+            added += 1;
+        }
+        added
+    }
+
     /// Relay only: the first sequence number the merged stream starts at (before any chunk).
     pub fn set_start(&self, seq: u64) {
         self.edge.send_modify(|e| {

@@ -209,7 +209,11 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
                 .filter(|s| s.is_ingest())
                 .map(|s| s.bytes_in.load(Ordering::Relaxed))
                 .sum();
-            let cpu = ((cpu_now - last.1) / secs / cores).clamp(0.0, 1.0);
+            let cpu = if node.cfg.report_cpu {
+                ((cpu_now - last.1) / secs / cores).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
             let mbps = bytes.saturating_sub(last.2) as f64 * 8.0 / secs / 1e6;
             last = (now, cpu_now, bytes);
             match heartbeat(&node, cpu, mbps).await {

@@ -64,6 +64,9 @@ pub struct EntryConfig {
     pub drain_secs: u64,
     /// Seconds between path samples of a session.
     pub sample_secs: u64,
+    /// Report this process's CPU use as load (turn off when several servers share a process,
+    /// as in tests, where the figure would be the sum of all of them).
+    pub report_cpu: bool,
 }
 
 impl Default for EntryConfig {
@@ -91,6 +94,7 @@ impl Default for EntryConfig {
             relay_give_up_ms: 5000,
             drain_secs: 30,
             sample_secs: 5,
+            report_cpu: true,
         }
     }
 }
@@ -184,7 +188,7 @@ impl EntryConfig {
         if self.capacity_streams == 0 {
             return bad("capacity_streams", "must be at least 1");
         }
-        if !(self.capacity_mbps > 0.0) {
+        if self.capacity_mbps.is_nan() || self.capacity_mbps <= 0.0 {
             return bad("capacity_mbps", "must be positive");
         }
         if self.ack_interval_ms == 0 || self.ack_interval_ms > 10_000 {

@@ -78,6 +78,67 @@ async fn upstreams(node: &Node, stream: &str) -> Result<Vec<(String, String)>, R
         .collect())
 }
 
+/// Fetch chunks `[from, stream.first_seq())` from an upstream and put them before the relay's
+/// tail, so a catch-up viewer on this node gets them. Best effort, bounded by the tail size.
+pub async fn backfill(node: &Arc<Node>, stream: &Arc<Stream>, from: u64) {
+    let first = stream.first_seq();
+    if from >= first || stream.is_ingest() {
+        return;
+    }
+    let Ok(ups) = upstreams(node, &stream.name).await else {
+        return;
+    };
+    for (_, base) in ups {
+        let url = format!(
+            "{}/v1/streams/{}/chunks?from={from}",
+            base.trim_end_matches('/'),
+            stream.name
+        );
+        let Ok(resp) = node.http.get(&url).send().await else {
+            continue;
+        };
+        if !resp.status().is_success() {
+            continue;
+        }
+        let mut body = resp.bytes_stream();
+        let mut buf = BytesMut::new();
+        let mut dec = Decoder::new(node.limits);
+        let mut got = Vec::new();
+        let mut budget = node.cfg.tail_bytes / 2;
+        'read: loop {
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(Frame::Data(d))) if d.seq < first => {
+                        budget = budget.saturating_sub(d.payload.len());
+                        got.push(Chunk {
+                            seq: d.seq,
+                            pts: d.pts,
+                            flags: d.flags.bits(),
+                            payload: d.payload,
+                        });
+                        if budget == 0 {
+                            break 'read;
+                        }
+                    }
+                    Ok(Some(_)) => break 'read,
+                    Ok(None) => break,
+                    Err(_) => break 'read,
+                }
+            }
+            match body.next().await {
+                Some(Ok(b)) => buf.extend_from_slice(&b),
+                _ => break,
+            }
+        }
+        // Only a run that reaches the relay front is usable.
+        if got.last().is_some_and(|c| c.seq + 1 == first) {
+            let n = stream.prepend(got);
+            tracing::debug!(stream = %stream.name, from, added = n, "backfilled relay");
+            return;
+        }
+    }
+}
+
 /// The merge point of one relayed stream.
 #[derive(Debug)]
 struct Merge {
@@ -114,7 +175,7 @@ impl Merge {
         }
     }
 
-    fn from_param(&self, initial: &str) -> String {
+    fn resume_point(&self, initial: &str) -> String {
         if *self.started.lock().unwrap_or_else(|e| e.into_inner()) {
             self.stream.edge().next_seq.to_string()
         } else {
@@ -235,7 +296,7 @@ async fn pull(node: Arc<Node>, merge: Arc<Merge>, base: String, initial_from: St
         if edge.ended.is_some_and(|f| edge.next_seq > f) || edge.lost {
             return;
         }
-        let from = merge.from_param(&initial_from);
+        let from = merge.resume_point(&initial_from);
         let url = format!(
             "{}/v1/streams/{}/chunks?from={from}",
             base.trim_end_matches('/'),

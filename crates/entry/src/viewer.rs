@@ -210,3 +210,83 @@ mod tests {
         assert!(e.contains("accepted values"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod slow_viewer_tests {
+    use super::*;
+    use crate::hub::{Source, Stream};
+    use bytes::Bytes;
+
+    fn chunk(seq: u64) -> Chunk {
+        Chunk {
+            seq,
+            pts: seq as i64 * 1000,
+            flags: if seq.is_multiple_of(10) {
+                proto::DataFlags::KEYFRAME.bits()
+            } else {
+                0
+            },
+            payload: Bytes::from(vec![b'x'; 1000]),
+        }
+    }
+
+    fn stream_with(n: u64) -> Arc<Stream> {
+        let s = Stream::new("s".into(), Source::Relay, 1 << 20);
+        s.set_start(0);
+        s.publish((0..n).map(chunk));
+        s
+    }
+
+    #[tokio::test]
+    async fn a_viewer_too_far_behind_is_skipped_to_the_newest_keyframe() {
+        let s = stream_with(100);
+        let mut c = Cursor::new(s.clone(), From::Start, 20_000, SlowViewer::Skip);
+        // 100 chunks of 1000 bytes behind, 20 kB allowed: skipped to keyframe 90.
+        let first = c.next().await.unwrap();
+        assert_eq!(first.seq, 90);
+        assert_eq!(c.skipped, 1);
+        for want in 91..100 {
+            assert_eq!(c.next().await.unwrap().seq, want);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_viewer_too_far_behind_is_cut_when_so_configured() {
+        let s = stream_with(100);
+        let mut c = Cursor::new(s, From::Start, 20_000, SlowViewer::Cut);
+        assert_eq!(c.next().await, Err(Stop::Cut));
+    }
+
+    #[tokio::test]
+    async fn a_viewer_within_the_lag_gets_everything_then_the_end() {
+        let s = stream_with(10);
+        let mut c = Cursor::new(s.clone(), From::Start, 1 << 20, SlowViewer::Cut);
+        for want in 0..10 {
+            assert_eq!(c.next().await.unwrap().seq, want);
+        }
+        s.end(9);
+        assert_eq!(c.next().await, Err(Stop::Ended));
+    }
+
+    #[tokio::test]
+    async fn a_lost_stream_ends_its_viewers_instead_of_hanging() {
+        let s = stream_with(3);
+        let mut c = Cursor::new(s.clone(), From::Live, 1 << 20, SlowViewer::Skip);
+        // From::Live starts at the newest keyframe (0 here) and delivers what follows.
+        assert_eq!(c.next().await.unwrap().seq, 0);
+        let waiter = tokio::spawn(async move {
+            let mut c = c;
+            let mut seqs = Vec::new();
+            loop {
+                match c.next().await {
+                    Ok(ch) => seqs.push(ch.seq),
+                    Err(stop) => return (seqs, stop),
+                }
+            }
+        });
+        s.lose();
+        let (seqs, stop) = waiter.await.unwrap();
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(stop, Stop::Lost);
+    }
+}

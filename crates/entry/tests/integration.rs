@@ -1,1 +1,758 @@
+//! Entry servers end to end on loopback: a real director, entry servers on 127.0.0.x, a
+//! protocol-level pusher, viewers over HTTP. Each entry server runs on its own runtime so it can
+//! be killed abruptly (its runtime dropped: every socket closes at once, nothing drains).
 
+use bytes::{Bytes, BytesMut};
+use entry::{Entry, EntryConfig};
+use proto::{Data, DataFlags, Decoder, ErrorCode, Frame, Hello, Role, StreamId};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CLUSTER: &str = "test-cluster-secret";
+
+struct Director {
+    url: String,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Director {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A listener bound now (so its address is known), to be handed to a runtime.
+fn bind(addr: &str) -> std::net::TcpListener {
+    let l = std::net::TcpListener::bind(addr).unwrap();
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+fn start_director() -> Director {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = token::SigningKey::from_bytes(&[7u8; 32]);
+    let mut cfg = director::DirectorConfig::default();
+    cfg.auth.cluster_token = CLUSTER.into();
+    cfg.auth.admin_token = "admin".into();
+    cfg.heartbeat.interval_ms = 100;
+    cfg.http.rate_limit.per_second = 10_000.0;
+    cfg.http.rate_limit.burst = 10_000;
+    let d = director::Director::new(cfg, key.clone(), geo::ip::IpLocator::new()).unwrap();
+    let listener = bind("127.0.0.1:0");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(async move {
+        let l = tokio::net::TcpListener::from_std(listener).unwrap();
+        director::run(d, l, std::future::pending()).await
+    });
+    Director { url, rt: Some(rt) }
+}
+
+struct Server {
+    native: SocketAddr,
+    http: SocketAddr,
+    cfg: EntryConfig,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Server {
+    fn start(cfg: EntryConfig, host: &str) -> Server {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (n, h) = (bind(&format!("{host}:0")), bind(&format!("{host}:0")));
+        let (native, http) = (n.local_addr().unwrap(), h.local_addr().unwrap());
+        let e = Entry::init(cfg.clone()).unwrap();
+        rt.spawn(async move {
+            let n = tokio::net::TcpListener::from_std(n).unwrap();
+            let h = tokio::net::TcpListener::from_std(h).unwrap();
+            e.run(n, h, std::future::pending()).await
+        });
+        Server {
+            native,
+            http,
+            cfg,
+            rt: Some(rt),
+        }
+    }
+
+    /// Abrupt death: the runtime and every socket of this server go away at once.
+    fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Start again on the same data directory (and new ports).
+    fn restart(&mut self) {
+        self.kill();
+        let host = self.native.ip().to_string();
+        *self = Server::start(self.cfg.clone(), &host);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn entry_config(
+    id: &str,
+    pop: &str,
+    place: &str,
+    dir: &std::path::Path,
+    d: Option<&Director>,
+) -> EntryConfig {
+    EntryConfig {
+        id: id.into(),
+        pop: pop.into(),
+        location: place.into(),
+        director: d.map(|d| d.url.clone()),
+        cluster_secret: CLUSTER.into(),
+        token_public_key: token::SigningKey::from_bytes(&[7u8; 32])
+            .public_key()
+            .to_pem(),
+        data_dir: dir.join(id),
+        relay_give_up_ms: 3000,
+        report_cpu: false,
+        ..EntryConfig::default()
+    }
+}
+
+/// Wait (bounded) until the director has `n` healthy servers.
+async fn wait_registered(d: &Director, n: usize) {
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        let r: Value = http
+            .get(format!("{}/v1/admin/entry-servers", d.url))
+            .bearer_auth("admin")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        let healthy = r["entry_servers"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|s| s["health"] == "healthy").count());
+        if healthy >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("entry servers did not register");
+}
+
+async fn assign(d: &Director, stream: &str, location: &str) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/assignments", d.url))
+        .json(&json!({"stream": stream, "location": location, "bitrate_kbps": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    r.json().await.unwrap()
+}
+
+/// A minimal device side of the native protocol.
+struct Path {
+    sock: TcpStream,
+    buf: BytesMut,
+    dec: Decoder,
+}
+
+impl Path {
+    async fn connect(addr: &str) -> std::io::Result<Path> {
+        let a = addr.trim_start_matches("tcp://");
+        Ok(Path {
+            sock: TcpStream::connect(a).await?,
+            buf: BytesMut::new(),
+            dec: Decoder::default(),
+        })
+    }
+
+    async fn send(&mut self, f: &Frame) -> std::io::Result<()> {
+        let mut b = BytesMut::new();
+        proto::encode(f, &mut b).unwrap();
+        self.sock.write_all(&b).await
+    }
+
+    async fn recv(&mut self) -> std::io::Result<Option<Frame>> {
+        loop {
+            if let Some(f) = self
+                .dec
+                .decode(&mut self.buf)
+                .map_err(std::io::Error::other)?
+            {
+                return Ok(Some(f));
+            }
+            if tokio::time::timeout(Duration::from_secs(10), self.sock.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| std::io::Error::other("timeout"))??
+                == 0
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn hello(
+        &mut self,
+        stream: &str,
+        role: Role,
+        token: &str,
+        resume: Option<u64>,
+    ) -> std::io::Result<Frame> {
+        self.send(&Frame::Hello(Hello {
+            max_version: 1,
+            role,
+            stream: StreamId::parse(stream).unwrap(),
+            token: Bytes::from(token.to_string()),
+            resume_from: resume,
+        }))
+        .await?;
+        self.recv()
+            .await?
+            .ok_or_else(|| std::io::Error::other("closed"))
+    }
+
+    async fn data(&mut self, seq: u64, payload: Bytes) -> std::io::Result<()> {
+        self.send(&Frame::Data(Data {
+            seq,
+            pts: seq as i64 * 1000,
+            flags: if seq.is_multiple_of(10) {
+                DataFlags::KEYFRAME
+            } else {
+                DataFlags::NONE
+            },
+            payload,
+        }))
+        .await
+    }
+
+    /// Read frames until ACK through `seq` (or an error frame / close).
+    async fn until_ack(&mut self, seq: u64) -> Result<(), String> {
+        loop {
+            match self.recv().await {
+                Ok(Some(Frame::Ack { through })) if through >= seq => return Ok(()),
+                Ok(Some(Frame::Ack { .. } | Frame::Pong(_))) => {}
+                Ok(Some(Frame::Error(e))) => return Err(format!("{}: {}", e.code, e.message)),
+                other => return Err(format!("{other:?}")),
+            }
+        }
+    }
+}
+
+fn source(n: usize) -> Arc<Vec<Bytes>> {
+    Arc::new(
+        (0..n)
+            .map(|i| Bytes::from(format!("chunk {i:05} ").repeat(40 + i % 7)))
+            .collect(),
+    )
+}
+
+fn concat(chunks: &[Bytes]) -> Vec<u8> {
+    chunks.iter().flat_map(|c| c.iter().copied()).collect()
+}
+
+/// Push chunks `from..to` on one path (paced), then END if `end`. Returns the error if the path
+/// died.
+async fn push(
+    addr: String,
+    stream: String,
+    role: Role,
+    token: String,
+    chunks: Arc<Vec<Bytes>>,
+    to: usize,
+    end: bool,
+) -> Result<u64, String> {
+    let mut p = Path::connect(&addr).await.map_err(|e| e.to_string())?;
+    let next = match p
+        .hello(&stream, role, &token, None)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Frame::Welcome(w) => w.next_seq,
+        other => return Err(format!("{other:?}")),
+    };
+    for seq in next..to as u64 {
+        p.data(seq, chunks[seq as usize].clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if end {
+        p.send(&Frame::End {
+            final_seq: to as u64 - 1,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    p.until_ack(to as u64 - 1).await?;
+    Ok(next)
+}
+
+async fn read_live(http: SocketAddr, stream: &str, from: &str) -> Result<Vec<u8>, String> {
+    let r = reqwest::Client::new()
+        .get(format!(
+            "http://{http}/v1/streams/{stream}/live?from={from}"
+        ))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!(
+            "{}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        ));
+    }
+    r.bytes()
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|e| e.to_string())
+}
+
+fn pick<'a>(a: &'a Value, role: &str) -> (&'a str, String, String) {
+    let p = &a[role];
+    (
+        p["server_id"].as_str().unwrap(),
+        p["urls"]["native"].as_str().unwrap().to_string(),
+        p["token"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The proof of the data path: dual upload, viewers on a third node through the relay, the
+/// primary (then in another run the backup) killed abruptly mid-stream; the viewer's bytes equal
+/// the source's exactly.
+async fn failover_case(kill_role: &str) {
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let mut servers = [
+        Server::start(
+            entry_config("lon-1", "lon", "London", &dp, Some(&d)),
+            "127.0.0.2",
+        ),
+        Server::start(
+            entry_config("fra-1", "fra", "Frankfurt", &dp, Some(&d)),
+            "127.0.0.3",
+        ),
+        Server::start(
+            entry_config("nyc-1", "nyc", "New York City", &dp, Some(&d)),
+            "127.0.0.4",
+        ),
+    ];
+    wait_registered(&d, 3).await;
+    let stream = format!("cam-{kill_role}");
+    let a = assign(&d, &stream, "Paris, FR").await;
+    let (pid, paddr, ptok) = pick(&a, "primary");
+    let (bid, baddr, btok) = pick(&a, "backup");
+    assert_eq!((pid, bid), ("lon-1", "fra-1"), "{a}");
+    let chunks = source(600);
+    let n = chunks.len();
+    let primary = tokio::spawn(push(
+        paddr,
+        stream.clone(),
+        Role::Primary,
+        ptok,
+        chunks.clone(),
+        n,
+        true,
+    ));
+    let backup = tokio::spawn(push(
+        baddr,
+        stream.clone(),
+        Role::Backup,
+        btok,
+        chunks.clone(),
+        n,
+        true,
+    ));
+    // A viewer on the third node, from the start, while the stream is live.
+    let nyc = servers[2].http;
+    // Wait until both ingest servers hold data (the director learns it from heartbeats).
+    for s in &servers[..2] {
+        for _ in 0..200 {
+            let v: Value = reqwest::get(format!("http://{}/v1/streams", s.http))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["streams"][0]["next_seq"].as_u64().unwrap_or(0) > 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let viewer = tokio::spawn({
+        let stream = stream.clone();
+        async move { read_live(nyc, &stream, "start").await }
+    });
+    let live_viewer = tokio::spawn({
+        let stream = stream.clone();
+        async move { read_live(nyc, &stream, "live").await }
+    });
+    // Kill mid-stream.
+    let victim = if kill_role == "primary" { 0 } else { 1 };
+    loop {
+        let v: Value = reqwest::get(format!("http://{}/v1/streams", servers[victim].http))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["streams"][0]["next_seq"].as_u64().unwrap_or(0) >= 250 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    servers[victim].kill();
+    let (p, b) = (primary.await.unwrap(), backup.await.unwrap());
+    let (dead, alive) = if kill_role == "primary" {
+        (p, b)
+    } else {
+        (b, p)
+    };
+    assert!(dead.is_err(), "the killed path must fail: {dead:?}");
+    assert_eq!(alive, Ok(0));
+    let got = viewer.await.unwrap().expect("viewer");
+    let want = concat(&chunks);
+    if got != want {
+        let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
+        panic!(
+            "viewer got {} bytes, source {}; first difference at {first_diff:?}: got {:?} want {:?}",
+            got.len(),
+            want.len(),
+            first_diff
+                .map(|i| String::from_utf8_lossy(&got[i..(i + 40).min(got.len())]).into_owned()),
+            first_diff.map(|i| String::from_utf8_lossy(&want[i..i + 40]).into_owned()),
+        );
+    }
+    assert!(
+        got == concat(&chunks),
+        "viewer bytes differ from the source"
+    );
+    // A live viewer joined mid-stream: what it got is a contiguous run ending at the end.
+    let live = live_viewer.await.unwrap().expect("live viewer");
+    assert!(!live.is_empty());
+    assert!(
+        concat(&chunks).ends_with(&live),
+        "live viewer bytes are not a suffix of the source"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_primary_mid_stream_loses_nothing_for_viewers() {
+    failover_case("primary").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_backup_mid_stream_loses_nothing_for_viewers() {
+    failover_case("backup").await;
+}
+
+/// A restarted entry server keeps what it acknowledged and the device resumes it with no loss
+/// and no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_from_what_was_acknowledged() {
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let mut s = Server::start(
+        entry_config("lon-1", "lon", "London", &dp, Some(&d)),
+        "127.0.0.5",
+    );
+    wait_registered(&d, 1).await;
+    let a = assign(&d, "resume", "London").await;
+    let (_, _, tok) = pick(&a, "primary");
+    let chunks = source(300);
+    // Phase 1: 150 chunks, acknowledged.
+    let mut p = Path::connect(&s.native.to_string()).await.unwrap();
+    assert!(
+        matches!(p.hello("resume", Role::Primary, &tok, None).await.unwrap(), Frame::Welcome(w) if w.next_seq == 0)
+    );
+    for seq in 0..150u64 {
+        p.data(seq, chunks[seq as usize].clone()).await.unwrap();
+    }
+    p.until_ack(149).await.unwrap();
+    // Abrupt death, then a restart on the same disk.
+    s.restart();
+    let mut p = Path::connect(&s.native.to_string()).await.unwrap();
+    let next = match p
+        .hello("resume", Role::Primary, &tok, Some(120))
+        .await
+        .unwrap()
+    {
+        Frame::Welcome(w) => w.next_seq,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(next, 150, "everything acknowledged survives the restart");
+    // The device resends from what it still holds (some duplicates), then the rest.
+    for seq in 120..300u64 {
+        p.data(seq, chunks[seq as usize].clone()).await.unwrap();
+    }
+    p.send(&Frame::End { final_seq: 299 }).await.unwrap();
+    p.until_ack(299).await.unwrap();
+    let got = read_live(s.http, "resume", "start").await.unwrap();
+    assert!(got == concat(&chunks), "no loss, no duplicate after resume");
+    // Catch-up from a sequence number.
+    let tail = read_live(s.http, "resume", "290").await.unwrap();
+    assert!(tail == concat(&chunks[290..]));
+    // Bad `from` is a clear 400.
+    let e = read_live(s.http, "resume", "yesterday").await.unwrap_err();
+    assert!(e.contains("400") && e.contains("accepted values"), "{e}");
+}
+
+fn token_for(key: &token::SigningKey, stream: &str, server: &str, role: Role, exp: u64) -> String {
+    key.sign(&token::Claims {
+        stream: stream.into(),
+        server: server.into(),
+        role,
+        iat: 0,
+        exp,
+    })
+}
+
+fn far_future() -> u64 {
+    u64::MAX / 2
+}
+
+async fn expect_error(p: &mut Path) -> (ErrorCode, String) {
+    loop {
+        match p.recv().await {
+            Ok(Some(Frame::Error(e))) => return (e.code, e.message),
+            Ok(Some(Frame::Ack { .. })) => {}
+            other => panic!("expected ERROR, got {other:?}"),
+        }
+    }
+}
+
+/// Hostile input ends only the offending session with a clear ERROR; a good session on the same
+/// server carries on and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_corrupt_truncated_and_replayed_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let s = Server::start(
+        entry_config("solo", "p", "Frankfurt", &dp, None),
+        "127.0.0.6",
+    );
+    let key = token::SigningKey::from_bytes(&[7u8; 32]);
+    let addr = s.native.to_string();
+    let chunks = source(200);
+    // A good session runs through all of it.
+    let good = tokio::spawn(push(
+        addr.clone(),
+        "good".into(),
+        Role::Primary,
+        token_for(&key, "good", "solo", Role::Primary, far_future()),
+        chunks.clone(),
+        200,
+        true,
+    ));
+
+    // Forged: signed by another key.
+    let forger = token::SigningKey::from_bytes(&[9u8; 32]);
+    let mut p = Path::connect(&addr).await.unwrap();
+    let f = p
+        .hello(
+            "x",
+            Role::Primary,
+            &token_for(&forger, "x", "solo", Role::Primary, far_future()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&f, Frame::Error(e) if e.code == ErrorCode::Unauthorized),
+        "{f:?}"
+    );
+    // For another server, another role, another stream, expired, garbage.
+    for (tok, stream) in [
+        (
+            token_for(&key, "x", "other", Role::Primary, far_future()),
+            "x",
+        ),
+        (
+            token_for(&key, "x", "solo", Role::Backup, far_future()),
+            "x",
+        ),
+        (
+            token_for(&key, "y", "solo", Role::Primary, far_future()),
+            "x",
+        ),
+        (token_for(&key, "x", "solo", Role::Primary, 1), "x"),
+        ("not a token".to_string(), "x"),
+    ] {
+        let mut p = Path::connect(&addr).await.unwrap();
+        let f = p.hello(stream, Role::Primary, &tok, None).await.unwrap();
+        assert!(
+            matches!(&f, Frame::Error(e) if e.code == ErrorCode::Unauthorized),
+            "{f:?}"
+        );
+    }
+
+    // Corrupt: a DATA frame with a flipped payload byte → bad_crc; what was acked survives.
+    let tok = token_for(&key, "victim", "solo", Role::Primary, far_future());
+    let mut p = Path::connect(&addr).await.unwrap();
+    assert!(matches!(
+        p.hello("victim", Role::Primary, &tok, None).await.unwrap(),
+        Frame::Welcome(_)
+    ));
+    for seq in 0..10u64 {
+        p.data(seq, chunks[seq as usize].clone()).await.unwrap();
+    }
+    p.until_ack(9).await.unwrap();
+    let mut bad = BytesMut::new();
+    proto::encode(
+        &Frame::Data(Data {
+            seq: 10,
+            pts: 0,
+            flags: DataFlags::NONE,
+            payload: chunks[10].clone(),
+        }),
+        &mut bad,
+    )
+    .unwrap();
+    bad[30] ^= 0x40;
+    p.sock.write_all(&bad).await.unwrap();
+    let (code, msg) = expect_error(&mut p).await;
+    assert_eq!(code, ErrorCode::BadCrc, "{msg}");
+
+    // Replay and resume: duplicates are ignored; a gap is refused.
+    let mut p = Path::connect(&addr).await.unwrap();
+    let next = match p
+        .hello("victim", Role::Primary, &tok, Some(0))
+        .await
+        .unwrap()
+    {
+        Frame::Welcome(w) => w.next_seq,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(next, 10);
+    for seq in 0..15u64 {
+        p.data(seq, chunks[seq as usize].clone()).await.unwrap();
+    }
+    p.until_ack(14).await.unwrap();
+    p.data(20, chunks[20].clone()).await.unwrap();
+    let (code, msg) = expect_error(&mut p).await;
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("gap"), "{msg}");
+
+    // Truncated frame then close; garbage; a frame claiming 4 GiB; DATA before HELLO.
+    for junk in [
+        {
+            let mut b = BytesMut::new();
+            proto::encode(
+                &Frame::Data(Data {
+                    seq: 15,
+                    pts: 0,
+                    flags: DataFlags::NONE,
+                    payload: chunks[15].clone(),
+                }),
+                &mut b,
+            )
+            .unwrap();
+            b.truncate(b.len() / 2);
+            b.to_vec()
+        },
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![b'F', b'M', 1, 3, 0, 0xff, 0xff, 0xff, 0xff],
+    ] {
+        let mut p = Path::connect(&addr).await.unwrap();
+        p.sock.write_all(&junk).await.unwrap();
+        let _ = p.sock.shutdown().await;
+        // The server answers with an ERROR or just closes; either way it must not hang or die.
+        let _ = tokio::time::timeout(Duration::from_secs(5), p.recv())
+            .await
+            .expect("server answered");
+    }
+    let mut p = Path::connect(&addr).await.unwrap();
+    p.data(0, chunks[0].clone()).await.unwrap();
+    let (code, msg) = expect_error(&mut p).await;
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("HELLO"), "{msg}");
+
+    assert_eq!(good.await.unwrap(), Ok(0));
+    assert!(read_live(s.http, "good", "start").await.unwrap() == concat(&chunks));
+    // The victim stream holds exactly its acknowledged chunks 0..=14, once each.
+    let v = reqwest::get(format!("http://{}/v1/streams", s.http))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let victim = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["stream"] == "victim")
+        .unwrap();
+    assert_eq!(victim["next_seq"], 15);
+    let body = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v1/streams/victim/live?from=start",
+            s.http
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = body.bytes_stream();
+    let want = concat(&chunks[..15]);
+    let mut got = Vec::new();
+    use futures_util::StreamExt;
+    while got.len() < want.len() {
+        got.extend_from_slice(
+            &tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(got == want);
+    // Metrics saw it all.
+    let m = reqwest::get(format!("http://{}/metrics", s.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("firstmile_entry_auth_failures_total 6"), "{m}");
+}
+
+/// Viewing a stream nobody knows is a clear 404, a bad id a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_streams_and_bad_ids() {
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        entry_config(
+            "lon-1",
+            "lon",
+            "London",
+            dir.path(),
+            Some(&d),
+        ),
+        "127.0.0.7",
+    );
+    let e = read_live(s.http, "nobody", "live").await.unwrap_err();
+    assert!(e.starts_with("404"), "{e}");
+    let e = read_live(s.http, "..%2Fetc", "live").await.unwrap_err();
+    assert!(e.starts_with("400"), "{e}");
+}

@@ -58,12 +58,19 @@ fn select_primary_and_backup(bencher: divan::Bencher, n: usize) {
     let params = Params::default();
     let mut st = 7;
     let default = Location::new(0.0, 0.0).unwrap();
-    bencher
-        .with_inputs(|| Request {
+    let requests: Vec<Request> = (0..1024)
+        .map(|_| Request {
             typed: Some(random_location(&mut st)),
             ip: Some(random_location(&mut st)),
             protocol: Protocol::Native,
             bitrate_kbps: 6000,
+        })
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    bencher
+        .with_inputs(|| {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            requests[i % requests.len()].clone()
         })
         .bench_refs(|r| select(&fleet, r, &params, None, &default, 0).unwrap());
 }

@@ -164,10 +164,11 @@ impl Corrections {
         let r = m.rtt_ms - params.rtt.rtt_ms(m.client.distance_km(server_location));
         let cells = self.servers.entry(m.server_id.clone()).or_default();
         let key = cell_key(&m.client);
-        if !cells.contains_key(&key) && cells.len() >= MAX_CELLS_PER_SERVER {
-            if let Some(oldest) = cells.iter().min_by_key(|(_, c)| c.at).map(|(k, _)| *k) {
-                cells.remove(&oldest);
-            }
+        if !cells.contains_key(&key)
+            && cells.len() >= MAX_CELLS_PER_SERVER
+            && let Some(oldest) = cells.iter().min_by_key(|(_, c)| c.at).map(|(k, _)| *k)
+        {
+            cells.remove(&oldest);
         }
         let cell = cells.entry(key).or_insert_with(|| Cell {
             at: m.at,

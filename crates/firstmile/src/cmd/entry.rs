@@ -138,8 +138,8 @@ pub fn run(a: EntryArgs) -> Result<(), Failure> {
             .with_context(|| format!("cannot listen on {}", cfg.http_listen))
             .map_err(Failure::usage)?;
         let (n, h) = (
-            native.local_addr().map_err(|e| Failure::other(e))?,
-            http.local_addr().map_err(|e| Failure::other(e))?,
+            native.local_addr().map_err(Failure::other)?,
+            http.local_addr().map_err(Failure::other)?,
         );
         // One machine-readable line when ready (scripts and tests wait for it).
         println!("entry {} native tcp://{n} http http://{h}", cfg.id);
@@ -147,6 +147,6 @@ pub fn run(a: EntryArgs) -> Result<(), Failure> {
         entry
             .run(native, http, terminated())
             .await
-            .map_err(|e| Failure::other(e))
+            .map_err(Failure::other)
     })
 }

@@ -139,11 +139,13 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
     let key = token::SigningKey::generate(&mut rand::rng());
     let public_pem = key.public_key().to_pem();
     let cluster = secret();
-    let mut config = director::DirectorConfig::default();
-    config.listen = ([127, 0, 0, 1], a.port).into();
+    let mut config = director::DirectorConfig {
+        listen: ([127, 0, 0, 1], a.port).into(),
+        default_place: "Frankfurt am Main, DE".into(),
+        ..Default::default()
+    };
     config.auth.cluster_token = cluster.clone();
     config.auth.admin_token = secret();
-    config.default_place = "Frankfurt am Main, DE".into();
     config.sites.insert(
         "127.0.0.1/32".parse().map_err(Failure::other)?,
         a.client_site.clone(),
@@ -157,7 +159,7 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))
             .map_err(Failure::usage)?;
-        let url = format!("http://{}", listener.local_addr().map_err(|e| Failure::other(e))?);
+        let url = format!("http://{}", listener.local_addr().map_err(Failure::other)?);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let director_task = tokio::spawn(director::run(d, listener, async move {
             let _ = stop_rx.await;
@@ -182,7 +184,7 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
             let (child, native, http) =
                 tokio::task::spawn_blocking(move || spawn_entry(&exe2, &args2, &cluster2, &log))
                     .await
-                    .map_err(|e| Failure::other(e))??;
+                    .map_err(Failure::other)??;
             servers.push(Server { id, place, child, native, http, args });
         }
 
@@ -211,16 +213,23 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
             tokio::select! {
                 _ = &mut term => break,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    for s in servers.iter_mut() {
-                        if let Ok(Some(status)) = s.child.try_wait() {
+                    servers.retain_mut(|s| match s.child.try_wait() {
+                        Ok(Some(status)) => {
+                            let args: Vec<String> = s
+                                .args
+                                .iter()
+                                .map(|a| if a.contains([' ', '\n']) { format!("'{a}'") } else { a.clone() })
+                                .collect();
                             println!("entry {} exited ({status}); to start it again:", s.id);
-                            println!("  FIRSTMILE_ENTRY_CLUSTER_SECRET={} {} {}", cluster, exe.display(),
-                                s.args.iter().map(|a| if a.contains(' ') || a.contains('\n') { format!("'{a}'") } else { a.clone() }).collect::<Vec<_>>().join(" "));
-                            s.native.clear();
-                            s.child = Command::new("true").spawn().map_err(|e| Failure::other(e))?;
+                            println!(
+                                "  FIRSTMILE_ENTRY_CLUSTER_SECRET={cluster} {} {}",
+                                exe.display(),
+                                args.join(" ")
+                            );
+                            false
                         }
-                    }
-                    servers.retain(|s| !s.native.is_empty());
+                        _ => true,
+                    });
                 }
             }
         }
