@@ -281,3 +281,39 @@ impl Node {
         self.urls.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_loads_and_layers_apply_in_order() {
+        let text = include_str!("../../../examples/entry.toml");
+        let c = EntryConfig::load(Some(text), Vec::new(), &[]).unwrap();
+        assert_eq!((c.id.as_str(), c.pop.as_str()), ("fra-1", "fra"));
+        assert_eq!(c.fsync, FsyncPolicy::Interval(Duration::from_millis(20)));
+        let env = vec![
+            ("FIRSTMILE_ENTRY_POP".to_string(), "env-pop".to_string()),
+            ("FIRSTMILE_ENTRY_FSYNC".to_string(), "always".to_string()),
+        ];
+        let c = EntryConfig::load(Some(text), env.clone(), &[]).unwrap();
+        assert_eq!((c.pop.as_str(), c.fsync), ("env-pop", FsyncPolicy::Always));
+        let c = EntryConfig::load(Some(text), env, &["pop=\"flag-pop\"".into()]).unwrap();
+        assert_eq!(c.pop, "flag-pop");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_what_is_accepted() {
+        let e = EntryConfig::load(None, Vec::new(), &[]).unwrap_err();
+        assert!(e.to_string().contains("id"), "{e}");
+        let text = include_str!("../../../examples/entry.toml");
+        let e =
+            EntryConfig::load(Some(text), Vec::new(), &["fsync=\"sometimes\"".into()]).unwrap_err();
+        assert!(e.to_string().contains("always, never, interval:MS"), "{e}");
+        let e = EntryConfig::load(Some(text), Vec::new(), &["slow_viewer=\"wait\"".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("slow_viewer"), "{e}");
+        let e = EntryConfig::load(Some(text), Vec::new(), &["colour=\"red\"".into()]).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+}

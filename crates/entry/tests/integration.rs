@@ -742,13 +742,7 @@ async fn unknown_streams_and_bad_ids() {
     let d = start_director();
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(
-        entry_config(
-            "lon-1",
-            "lon",
-            "London",
-            dir.path(),
-            Some(&d),
-        ),
+        entry_config("lon-1", "lon", "London", dir.path(), Some(&d)),
         "127.0.0.7",
     );
     let e = read_live(s.http, "nobody", "live").await.unwrap_err();
