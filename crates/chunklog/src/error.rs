@@ -79,7 +79,9 @@ pub enum LogError {
         reason: &'static str,
     },
     /// [`StreamLog::start_at`](crate::StreamLog::start_at) on a log that already has records.
-    #[error("chunk log: cannot move the start of a stream that already holds records (next sequence {next_seq})")]
+    #[error(
+        "chunk log: cannot move the start of a stream that already holds records (next sequence {next_seq})"
+    )]
     NotEmpty {
         /// Where the log continues.
         next_seq: u64,

@@ -828,15 +828,31 @@ fn start_at_moves_an_empty_log_and_survives_reopen() {
         log.start_at(500).unwrap();
         assert_eq!((log.first_seq(), log.next_seq()), (500, 500));
         assert!(matches!(
-            log.append(&Record { seq: 0, pts: 0, flags: 0, payload: bytes::Bytes::from_static(b"old") }),
+            log.append(&Record {
+                seq: 0,
+                pts: 0,
+                flags: 0,
+                payload: bytes::Bytes::from_static(b"old")
+            }),
             Ok(AppendOutcome::Duplicate)
         ));
-        log.append(&Record { seq: 500, pts: 1, flags: 0, payload: bytes::Bytes::from_static(b"x") })
-            .unwrap();
-        assert!(matches!(log.start_at(7), Err(LogError::NotEmpty { next_seq: 501 })));
+        log.append(&Record {
+            seq: 500,
+            pts: 1,
+            flags: 0,
+            payload: bytes::Bytes::from_static(b"x"),
+        })
+        .unwrap();
+        assert!(matches!(
+            log.start_at(7),
+            Err(LogError::NotEmpty { next_seq: 501 })
+        ));
     }
     let log = StreamLog::open(&cfg, "late").unwrap();
     assert!(log.recovery().is_clean(), "{:?}", log.recovery());
     assert_eq!((log.first_seq(), log.next_seq()), (500, 501));
-    assert_eq!(log.read(500, 10, 1 << 20).unwrap()[0].payload.as_ref(), b"x");
+    assert_eq!(
+        log.read(500, 10, 1 << 20).unwrap()[0].payload.as_ref(),
+        b"x"
+    );
 }

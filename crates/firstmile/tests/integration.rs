@@ -18,7 +18,10 @@ fn stderr(o: &Output) -> String {
 }
 
 fn shared_latency() -> String {
-    let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/latency/wonderproxy-2020-dev");
+    let d = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/latency/wonderproxy-2020-dev"
+    );
     assert!(std::path::Path::new(d).is_dir(), "{d} is missing");
     d.to_string()
 }

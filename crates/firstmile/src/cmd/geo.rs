@@ -110,7 +110,10 @@ fn human_ip(l: &IpLocation, no_db: bool) -> String {
             let mut s = format!(
                 "{ip}: {}{}\n  at {:.4}, {:.4}\n  source: {source:?}\n",
                 city.as_deref().unwrap_or("(no city)"),
-                country.as_deref().map(|c| format!(", {c}")).unwrap_or_default(),
+                country
+                    .as_deref()
+                    .map(|c| format!(", {c}"))
+                    .unwrap_or_default(),
                 location.lat,
                 location.lon,
             );
