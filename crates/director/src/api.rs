@@ -530,11 +530,8 @@ async fn assign(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     rate_limit(&d, ip)?;
-    let result = assign_inner(&d, ip, body);
-    if result.is_err() {
-        // Outcomes of selection are counted inside; here only invalid input remains.
-    }
-    result.map(IntoResponse::into_response)
+    // Every outcome is counted inside (invalid, no_server, ok, no_backup).
+    assign_inner(&d, ip, body).map(IntoResponse::into_response)
 }
 
 fn assign_inner(

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use geo::Location;
@@ -190,6 +191,10 @@ impl Inner {
 pub struct MemoryRegistry {
     inner: Mutex<Inner>,
     max_servers: usize,
+    /// Copies of `Inner::versions`, readable without the lock (the request path reads them on
+    /// every assignment).
+    structure: AtomicU64,
+    load: AtomicU64,
 }
 
 impl MemoryRegistry {
@@ -197,7 +202,16 @@ impl MemoryRegistry {
         Self {
             inner: Mutex::new(Inner::default()),
             max_servers,
+            structure: AtomicU64::new(0),
+            load: AtomicU64::new(0),
         }
+    }
+
+    /// Publish the versions after a change (called with the lock held).
+    fn publish(&self, g: &Inner) {
+        self.structure
+            .store(g.versions.structure, Ordering::Release);
+        self.load.store(g.versions.load, Ordering::Release);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -240,6 +254,7 @@ impl Registry for MemoryRegistry {
             },
         );
         g.versions.structure += 1;
+        self.publish(&g);
         Ok(())
     }
 
@@ -271,6 +286,7 @@ impl Registry for MemoryRegistry {
         } else {
             g.versions.load += 1;
         }
+        self.publish(&g);
         Ok(())
     }
 
@@ -281,6 +297,7 @@ impl Registry for MemoryRegistry {
         }
         g.drop_reports(id);
         g.versions.structure += 1;
+        self.publish(&g);
         Ok(())
     }
 
@@ -292,6 +309,7 @@ impl Registry for MemoryRegistry {
         rec.admin_drained = drained;
         let out = rec.clone();
         g.versions.structure += 1;
+        self.publish(&g);
         Ok(out)
     }
 
@@ -313,6 +331,7 @@ impl Registry for MemoryRegistry {
         }
         if !out.unhealthy.is_empty() || !out.forgotten.is_empty() {
             g.versions.structure += 1;
+            self.publish(&g);
         }
         out.unhealthy.sort();
         out.forgotten.sort();
@@ -353,6 +372,9 @@ impl Registry for MemoryRegistry {
     }
 
     fn versions(&self) -> Versions {
-        self.lock().versions
+        Versions {
+            structure: self.structure.load(Ordering::Acquire),
+            load: self.load.load(Ordering::Acquire),
+        }
     }
 }

@@ -1000,6 +1000,29 @@ fn config_layers_defaults_file_env_flags() {
     let c = DirectorConfig::load(Some(ok_auth), Vec::new(), &[]).unwrap();
     let e = Director::from_config(c).unwrap_err().to_string();
     assert!(e.contains("signing_key"), "{e}");
+    // Missing TLS material and MMDB files are found before binding, naming the key.
+    let key = token::SigningKey::generate(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).to_pem();
+    let with_key = |extra: &str| {
+        DirectorConfig::load(
+            Some(&format!(
+                "{ok_auth}[tokens]\nsigning_key_pem = '''{key}'''\n{extra}"
+            )),
+            Vec::new(),
+            &[],
+        )
+        .unwrap()
+    };
+    assert!(Director::from_config(with_key("")).is_ok());
+    let e = Director::from_config(with_key(
+        "[tls]\ncert_file = \"/nonexistent.crt\"\nkey_file = \"/nonexistent.key\"\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("TLS certificate file"), "{e}");
+    let e = Director::from_config(with_key("[geoip]\ncity_db = \"/nonexistent.mmdb\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("geoip.city_db"), "{e}");
 }
 
 #[test]
