@@ -253,65 +253,11 @@ impl Default for LimitsConfig {
     }
 }
 
-/// A configuration that cannot be used. The operator is at fault; the binary exits 64.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file: {0}")]
-    Syntax(String),
-    #[error("environment variable {var}: {message}")]
-    Env { var: String, message: String },
-    #[error("override {arg:?}: {message}; overrides are key.path=value")]
-    Override { arg: String, message: String },
-    #[error("config key {key}: {message}")]
-    Key { key: String, message: String },
-    #[error("{what} {path}: {message}")]
-    File {
-        what: &'static str,
-        path: String,
-        message: String,
-    },
-}
+/// A configuration that cannot be used (shared with the entry server's configuration).
+pub use plumbing::ConfigError;
 
 fn key_err(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Key {
-        key: key.into(),
-        message: message.into(),
-    }
-}
-
-/// Parse an env/override value: a TOML literal if it is one, else a string.
-fn literal(v: &str) -> toml::Value {
-    let wrapped = format!("v = {v}");
-    match toml::from_str::<toml::Table>(&wrapped) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(v.into())),
-        Err(_) => toml::Value::String(v.into()),
-    }
-}
-
-fn set_path(root: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    let Some((last, parents)) = path.split_last() else {
-        return Err("empty key".into());
-    };
-    let mut t = root;
-    for p in parents {
-        if p.is_empty() {
-            return Err("empty key segment".into());
-        }
-        let entry = t
-            .entry(p.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = match entry {
-            toml::Value::Table(inner) => inner,
-            _ => return Err(format!("{p} is not a table")),
-        };
-    }
-    if last.is_empty() {
-        return Err("empty key segment".into());
-    }
-    t.insert(last.clone(), value);
-    Ok(())
+    ConfigError::key(key, message)
 }
 
 impl DirectorConfig {
@@ -323,50 +269,8 @@ impl DirectorConfig {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[String],
     ) -> Result<Self, ConfigError> {
-        let mut root: toml::Table = match file {
-            Some(text) => toml::from_str(text)
-                .map_err(|e| ConfigError::Syntax(e.to_string().trim().into()))?,
-            None => toml::Table::new(),
-        };
-        let mut env: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != ENV_CONFIG_FILE)
-            .collect();
-        env.sort();
-        for (var, value) in env {
-            let path: Vec<String> = var[ENV_PREFIX.len()..]
-                .to_ascii_lowercase()
-                .split("__")
-                .map(str::to_owned)
-                .collect();
-            set_path(&mut root, &path, literal(&value)).map_err(|message| ConfigError::Env {
-                var: var.clone(),
-                message,
-            })?;
-        }
-        for arg in overrides {
-            let Some((k, v)) = arg.split_once('=') else {
-                return Err(ConfigError::Override {
-                    arg: arg.clone(),
-                    message: "no '='".into(),
-                });
-            };
-            let path: Vec<String> = k.trim().split('.').map(str::to_owned).collect();
-            set_path(&mut root, &path, literal(v.trim())).map_err(|message| {
-                ConfigError::Override {
-                    arg: arg.clone(),
-                    message,
-                }
-            })?;
-        }
-        let config: DirectorConfig = serde_path_to_error::deserialize(toml::Value::Table(root))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                key_err(
-                    if path == "." { "(top level)" } else { &path },
-                    e.into_inner().to_string(),
-                )
-            })?;
+        let config: DirectorConfig =
+            plumbing::layered(file, env, ENV_PREFIX, &[ENV_CONFIG_FILE], overrides)?;
         config.validate()?;
         Ok(config)
     }
