@@ -33,6 +33,12 @@ enum Command {
     CheckConfig(cmd::director::CheckConfigArgs),
     /// Make an Ed25519 key pair for the director's assignment tokens.
     Keygen(cmd::keygen::KeygenArgs),
+    /// Upload a stream to a primary and a backup entry server at once.
+    Push(cmd::push::PushArgs),
+    /// Write a stream's bytes to standard output (pipe into a player).
+    Play(cmd::play::PlayArgs),
+    /// Ask the director for an assignment and show why.
+    Assign(cmd::assign::AssignArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -67,6 +73,13 @@ impl Failure {
             error: e.into(),
         }
     }
+    /// A server (director, entry) could not be reached or is unavailable (EX_UNAVAILABLE).
+    pub fn unavailable(e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 69,
+            error: e.into(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -79,6 +92,9 @@ fn main() -> ExitCode {
         Command::Director(a) => cmd::director::run(a),
         Command::CheckConfig(a) => cmd::director::check(a),
         Command::Keygen(a) => cmd::keygen::run(a),
+        Command::Push(a) => cmd::push::run(a),
+        Command::Play(a) => cmd::play::run(a),
+        Command::Assign(a) => cmd::assign::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

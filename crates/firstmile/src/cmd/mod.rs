@@ -1,6 +1,9 @@
+pub mod assign;
 pub mod director;
 pub mod entry;
 pub mod geo;
 pub mod keygen;
+pub mod play;
+pub mod push;
 pub mod sim;
 pub mod up;
