@@ -209,7 +209,7 @@ async fn chunks(
     let Ok(sid) = proto::StreamId::parse(&id) else {
         return error(StatusCode::BAD_REQUEST, "bad stream id");
     };
-    let Some(stream) = node.hub.get(sid.as_str()).filter(|s| s.is_ingest()) else {
+    let Some(stream) = node.hub.get_ingest(sid.as_str()) else {
         return error(
             StatusCode::NOT_FOUND,
             format!("stream {sid} is not ingested here"),

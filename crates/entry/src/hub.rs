@@ -290,57 +290,75 @@ impl Stream {
     }
 }
 
-/// Every stream on this node.
+/// Every stream on this node: those ingested here and those relayed here. A stream can be in
+/// both for a while — a node relaying a stream to its viewers can become one of its ingest
+/// servers (a replacement the director picked); the relay then serves its existing viewers until
+/// they leave, while new viewers and other nodes' relays read the ingested copy.
 #[derive(Debug, Default)]
 pub struct Hub {
-    streams: Mutex<BTreeMap<String, Arc<Stream>>>,
+    ingest: Mutex<BTreeMap<String, Arc<Stream>>>,
+    relay: Mutex<BTreeMap<String, Arc<Stream>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Hub {
+    /// The stream for a viewer: the ingested copy if there is one, else the relay.
     pub fn get(&self, name: &str) -> Option<Arc<Stream>> {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.get_ingest(name)
+            .or_else(|| lock(&self.relay).get(name).cloned())
     }
 
-    /// The stream, or the one `make` creates (under the lock: exactly one is ever created).
-    pub fn get_or_insert_with<E>(
+    pub fn get_ingest(&self, name: &str) -> Option<Arc<Stream>> {
+        lock(&self.ingest).get(name).cloned()
+    }
+
+    pub fn is_current_relay(&self, s: &Arc<Stream>) -> bool {
+        lock(&self.relay)
+            .get(&s.name)
+            .is_some_and(|x| Arc::ptr_eq(x, s))
+    }
+
+    /// The relayed stream, or the one `make` creates (under the lock: exactly one is created).
+    pub fn relay_or_insert_with(
         &self,
         name: &str,
-        make: impl FnOnce() -> Result<Arc<Stream>, E>,
-    ) -> Result<(Arc<Stream>, bool), E> {
-        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        make: impl FnOnce() -> Arc<Stream>,
+    ) -> (Arc<Stream>, bool) {
+        let mut m = lock(&self.relay);
         if let Some(s) = m.get(name) {
-            return Ok((s.clone(), false));
+            return (s.clone(), false);
         }
-        let s = make()?;
+        let s = make();
         m.insert(name.to_string(), s.clone());
-        Ok((s, true))
+        (s, true)
     }
 
-    pub fn insert(&self, s: Arc<Stream>) {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(s.name.clone(), s);
+    /// Register an ingested stream (replacing nothing: callers check first, under their own
+    /// serialisation).
+    pub fn insert_ingest(&self, s: Arc<Stream>) {
+        lock(&self.ingest).insert(s.name.clone(), s);
     }
 
-    /// Remove `name` if it is still exactly `s`.
-    pub fn remove_if(&self, name: &str, s: &Arc<Stream>) {
-        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        if m.get(name).is_some_and(|x| Arc::ptr_eq(x, s)) {
-            m.remove(name);
+    /// Remove the relay of `name` if it is still exactly `s`.
+    pub fn remove_relay(&self, s: &Arc<Stream>) {
+        let mut m = lock(&self.relay);
+        if m.get(&s.name).is_some_and(|x| Arc::ptr_eq(x, s)) {
+            m.remove(&s.name);
         }
     }
 
+    /// Streams ingested here.
+    pub fn ingested(&self) -> Vec<Arc<Stream>> {
+        lock(&self.ingest).values().cloned().collect()
+    }
+
+    /// Every stream object: ingested, then relayed.
     pub fn all(&self) -> Vec<Arc<Stream>> {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        let mut v = self.ingested();
+        v.extend(lock(&self.relay).values().cloned());
+        v
     }
 }

@@ -164,15 +164,15 @@ fn blocking<R: Send + 'static>(
     async move { h.await.ok() }
 }
 
-/// Open (or recover) the stream's log and register it as ingested here.
+/// Open (or recover) the stream's log and register it as ingested here. Openings are
+/// serialised per node, so two sessions racing for a new stream share one log.
 async fn open_stream(
     node: &Arc<Node>,
     name: &str,
     resume_from: Option<u64>,
 ) -> Result<Arc<Stream>, String> {
-    if let Some(s) = node.hub.get(name)
-        && s.is_ingest()
-    {
+    let _one_at_a_time = node.opening.lock().await;
+    if let Some(s) = node.hub.get_ingest(name) {
         return Ok(s);
     }
     let cfg = node.log_config.clone();
@@ -198,16 +198,7 @@ async fn open_stream(
         Source::Ingest(std::sync::Mutex::new(log)),
         node.cfg.tail_bytes,
     );
-    // A relay of this stream on this node (a viewer came first) gives way to the real thing.
-    let (s, _) = node
-        .hub
-        .get_or_insert_with(name, || Ok::<_, ()>(s.clone()))
-        .map_err(|_| "hub")?;
-    if !s.is_ingest() {
-        node.hub.remove_if(name, &s);
-        s.lose();
-        return Box::pin(open_stream(node, name, resume_from)).await;
-    }
+    node.hub.insert_ingest(s.clone());
     Ok(s)
 }
 

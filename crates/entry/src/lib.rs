@@ -95,6 +95,7 @@ impl Entry {
                 .build()
                 .map_err(|e| InitError::Config(e.to_string()))?,
             clock_override: None,
+            opening: Default::default(),
             log_config,
             cfg,
         };
@@ -102,7 +103,7 @@ impl Entry {
             match StreamLog::open(&node.log_config, &name) {
                 Ok(log) => {
                     tracing::info!(stream = %name, next_seq = log.next_seq(), "recovered stream log");
-                    node.hub.insert(hub::Stream::new(
+                    node.hub.insert_ingest(hub::Stream::new(
                         name,
                         hub::Source::Ingest(std::sync::Mutex::new(log)),
                         node.cfg.tail_bytes,

@@ -70,9 +70,8 @@ pub async fn register(node: &Node) -> Result<Duration, String> {
 fn heartbeat_body(node: &Node, cpu: f64, mbps: f64) -> Value {
     let streams: Vec<Value> = node
         .hub
-        .all()
+        .ingested()
         .into_iter()
-        .filter(|s| s.is_ingest())
         .filter_map(|s| {
             let role = (*s.role.lock().unwrap_or_else(|e| e.into_inner()))?;
             let edge = s.edge();
@@ -204,9 +203,8 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
             let cpu_now = cpu_seconds().unwrap_or(last.1);
             let bytes: u64 = node
                 .hub
-                .all()
+                .ingested()
                 .iter()
-                .filter(|s| s.is_ingest())
                 .map(|s| s.bytes_in.load(Ordering::Relaxed))
                 .sum();
             let cpu = if node.cfg.report_cpu {

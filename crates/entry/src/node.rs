@@ -244,6 +244,8 @@ pub struct Node {
     pub http: reqwest::Client,
     /// Test hook: a fixed Unix time for token checks.
     pub clock_override: Option<u64>,
+    /// Serialises opening stream logs (one log handle per stream).
+    pub opening: tokio::sync::Mutex<()>,
 }
 
 /// Where this node is reachable.

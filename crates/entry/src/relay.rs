@@ -198,9 +198,9 @@ pub async fn ensure(
     if ups.is_empty() {
         return Err(RelayError::NoUpstream(name.into()));
     }
-    let (s, created) = node.hub.get_or_insert_with(name, || {
-        Ok::<_, RelayError>(Stream::new(name.into(), Source::Relay, node.cfg.tail_bytes))
-    })?;
+    let (s, created) = node.hub.relay_or_insert_with(name, || {
+        Stream::new(name.into(), Source::Relay, node.cfg.tail_bytes)
+    });
     if created {
         tracing::info!(stream = name, upstreams = ?ups, "relaying");
         tokio::spawn(run(node.clone(), s.clone(), initial_from.to_string(), ups));
@@ -233,13 +233,7 @@ async fn run(
         if edge.ended.is_some_and(|f| edge.next_seq > f) || edge.lost {
             break;
         }
-        // No longer in the hub (an ingest session took the stream over here): stop.
-        if !node
-            .hub
-            .get(&stream.name)
-            .is_some_and(|s| Arc::ptr_eq(&s, &stream))
-        {
-            stream.lose();
+        if !node.hub.is_current_relay(&stream) {
             break;
         }
         pullers.retain(|_, h| !h.is_finished());
@@ -284,7 +278,7 @@ async fn run(
     for (_, h) in pullers {
         h.abort();
     }
-    node.hub.remove_if(&stream.name, &stream);
+    node.hub.remove_relay(&stream);
 }
 
 /// Pull one upstream until it ends, fails for good, or the stream ends. Returns when the
