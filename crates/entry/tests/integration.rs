@@ -750,3 +750,102 @@ async fn unknown_streams_and_bad_ids() {
     let e = read_live(s.http, "..%2Fetc", "live").await.unwrap_err();
     assert!(e.starts_with("400"), "{e}");
 }
+
+/// SIGTERM's path: the server stops taking new sessions (ERROR going_away), tells the director it
+/// is draining, lets the session in flight finish, deregisters and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_refuses_new_sessions_and_lets_current_ones_finish() {
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = entry_config("drn-1", "drn", "Paris", dir.path(), Some(&d));
+    cfg.drain_secs = 20;
+    let (n, h) = (bind("127.0.0.8:0"), bind("127.0.0.8:0"));
+    let addr = n.local_addr().unwrap().to_string();
+    let entry = Entry::init(cfg).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let n = tokio::net::TcpListener::from_std(n).unwrap();
+        let h = tokio::net::TcpListener::from_std(h).unwrap();
+        entry
+            .run(n, h, async move {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    wait_registered(&d, 1).await;
+    let a = assign(&d, "drain", "Paris").await;
+    let (_, _, tok) = pick(&a, "primary");
+    let chunks = source(40);
+    let mut p = Path::connect(&addr).await.unwrap();
+    assert!(matches!(
+        p.hello("drain", Role::Primary, &tok, None).await.unwrap(),
+        Frame::Welcome(_)
+    ));
+    for seq in 0..20u64 {
+        p.data(seq, chunks[seq as usize].clone()).await.unwrap();
+    }
+    p.until_ack(19).await.unwrap();
+
+    stop_tx.send(()).unwrap();
+    // The director hears about it: the server is no longer selectable.
+    let http = reqwest::Client::new();
+    let mut drained = false;
+    for _ in 0..200 {
+        let r: Value = http
+            .get(format!("{}/v1/admin/entry-servers", d.url))
+            .bearer_auth("admin")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if r["entry_servers"][0]["state"] == "draining" {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(drained, "the director never saw the drain");
+    // A new session is refused with going_away...
+    let tok2 = token_for(
+        &token::SigningKey::from_bytes(&[7u8; 32]),
+        "other",
+        "drn-1",
+        Role::Primary,
+        far_future(),
+    );
+    let mut q = Path::connect(&addr).await.unwrap();
+    let f = q.hello("other", Role::Primary, &tok2, None).await.unwrap();
+    assert!(
+        matches!(&f, Frame::Error(e) if e.code == ErrorCode::GoingAway),
+        "{f:?}"
+    );
+    // ...while the one in flight finishes normally.
+    for seq in 20..40u64 {
+        p.data(seq, chunks[seq as usize].clone()).await.unwrap();
+    }
+    p.send(&Frame::End { final_seq: 39 }).await.unwrap();
+    p.until_ack(39).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops once its sessions are done")
+        .unwrap()
+        .unwrap();
+    // Deregistered.
+    let r: Value = http
+        .get(format!("{}/v1/admin/entry-servers", d.url))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["entry_servers"].as_array().map(Vec::len), Some(0), "{r}");
+    // And what was acknowledged is on disk for the next start.
+    let log =
+        chunklog::StreamLog::open(&chunklog::LogConfig::new(dir.path().join("drn-1")), "drain")
+            .unwrap();
+    assert_eq!((log.next_seq(), log.ended()), (40, Some(39)));
+}
