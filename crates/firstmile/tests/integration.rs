@@ -92,3 +92,168 @@ fn sim_with_a_missing_directory_exits_66() {
     assert_eq!(o.status.code(), Some(66));
     assert!(stderr(&o).contains("servers.csv"), "{}", stderr(&o));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The whole system as a user runs it: `firstmile up`, `push`, `play`, and `kill -9`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+struct Up {
+    child: Child,
+    director: String,
+    /// id → (http url, pid)
+    servers: std::collections::BTreeMap<String, (String, u32)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SIGTERM: `up` stops its children.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_up(servers: u8) -> Up {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firstmile"))
+        .args(["up", "--servers", &servers.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut director = String::new();
+    let mut map = std::collections::BTreeMap::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.first() {
+            Some(&"director") => director = f[1].to_string(),
+            Some(&"entry") => {
+                let http = f[f.iter().position(|x| *x == "http").unwrap() + 1].to_string();
+                let pid: u32 = f[f.iter().position(|x| *x == "pid").unwrap() + 1].parse().unwrap();
+                map.insert(f[1].to_string(), (http, pid));
+            }
+            Some(&"Ctrl-C") => break,
+            _ => {}
+        }
+    }
+    // Keep draining up's output so it never blocks.
+    std::thread::spawn(move || for _ in lines {});
+    assert!(director.starts_with("http://"), "no director line");
+    assert_eq!(map.len(), usize::from(servers));
+    Up {
+        child,
+        director,
+        servers: map,
+        _dir: dir,
+    }
+}
+
+fn pseudo_random(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn wait_for_registration(up: &Up, stream: &str) -> serde_json::Value {
+    // `assign` retries are the user's; here: poll (bounded) until every server is selectable.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = firstmile(&[
+            "assign", "--director", &up.director, "--location", "Paris, FR", "--stream", stream,
+            "--json",
+        ]);
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            if !v["backup"].is_null() {
+                return v;
+            }
+        }
+        assert!(Instant::now() < deadline, "entry servers never became selectable: {}", stderr(&o));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The README's promise: push through primary and backup, watch from another node, kill the
+/// primary with SIGKILL mid-stream: the viewer's bytes equal the source's, exactly.
+#[test]
+fn up_push_play_and_kill_the_primary() {
+    let up = start_up(4);
+    let stream = "e2e-kill";
+    let a = wait_for_registration(&up, stream);
+    let primary = a["primary"]["server_id"].as_str().unwrap().to_string();
+    let backup = a["backup"]["server_id"].as_str().unwrap().to_string();
+    // Watch from a node that is neither.
+    let (viewer_id, (viewer_http, _)) = up
+        .servers
+        .iter()
+        .rev()
+        .find(|(id, _)| **id != primary && **id != backup)
+        .unwrap();
+    let source = pseudo_random(3 << 20);
+
+    let mut push = Command::new(env!("CARGO_BIN_EXE_firstmile"))
+        .args(["push", "--director", &up.director, "--location", "Paris, FR", "--stream", stream])
+        .args(["--quiet", "--json-summary", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = push.stdin.take().unwrap();
+    // First third, then the viewer joins (from the start), then the kill mid-stream.
+    let third = source.len() / 3;
+    for c in source[..third].chunks(32 << 10) {
+        input.write_all(c).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut play = Command::new(env!("CARGO_BIN_EXE_firstmile"))
+        .args(["play", "--from-url", viewer_http, "--from", "start", "--wait", "30s", stream])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = play.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        out.read_to_end(&mut v).map(|_| v)
+    });
+    for c in source[third..2 * third].chunks(32 << 10) {
+        input.write_all(c).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = up.servers[&primary].1;
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    for c in source[2 * third..].chunks(32 << 10) {
+        input.write_all(c).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(input);
+    let pushed = push.wait_with_output().unwrap();
+    assert!(pushed.status.success(), "push failed: {}", String::from_utf8_lossy(&pushed.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&pushed.stdout).unwrap();
+    let got = reader.join().unwrap().unwrap();
+    let status = play.wait().unwrap();
+    assert!(status.success(), "play on {viewer_id} failed");
+    assert_eq!(got.len(), source.len(), "viewer on {viewer_id}: summary {summary}");
+    assert!(got == source, "the viewer's bytes differ from the source");
+}
