@@ -15,7 +15,7 @@ use proto::{Protocol, Role, StreamId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::ClientError;
+use crate::error::{ClientError, chain};
 
 /// How long one director request may take, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -316,18 +316,15 @@ pub(crate) async fn json_answer(
     url: &str,
     resp: Result<reqwest::Response, reqwest::Error>,
 ) -> Result<Value, ClientError> {
-    let resp = resp.map_err(|source| ClientError::Unreachable {
+    let resp = resp.map_err(|e| ClientError::Unreachable {
         url: url.to_owned(),
-        source,
+        detail: chain(&e),
     })?;
     let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|source| ClientError::Unreachable {
-            url: url.to_owned(),
-            source,
-        })?;
+    let body = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+        url: url.to_owned(),
+        detail: chain(&e),
+    })?;
     if !status.is_success() {
         return Err(ClientError::Status {
             url: url.to_owned(),

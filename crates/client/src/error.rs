@@ -3,6 +3,23 @@
 
 use std::time::Duration;
 
+/// An error and its causes as one line, skipping causes its message already contains (reqwest
+/// repeats them). Errors here carry this instead of a `source()` chain, so `{:#}` does not print
+/// every cause twice.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cur = c.source();
+    }
+    out
+}
+
 /// Talking to the director or an entry server's HTTP API failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -15,13 +32,12 @@ pub enum ClientError {
         reason: String,
     },
     /// Nothing answered, or the connection broke (the network or the server: retry may help).
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}: {detail}")]
     Unreachable {
         /// The URL.
         url: String,
-        /// The transport error.
-        #[source]
-        source: reqwest::Error,
+        /// The transport error with its causes, flattened (see [`chain`]).
+        detail: String,
     },
     /// The server answered with an error status; `message` is its own explanation.
     #[error("{url} answered HTTP {status}: {message}")]
@@ -67,7 +83,7 @@ impl ClientError {
 pub enum PushError {
     /// Reading the source failed (the input's fault).
     #[error("reading the input: {0}")]
-    Input(#[source] std::io::Error),
+    Input(std::io::Error),
     /// No path was welcomed by any entry server in time (network or servers: retry may help).
     #[error("no entry server accepted the stream within {after:?}: {detail}")]
     NoServer {
@@ -117,17 +133,16 @@ pub enum PlayError {
         waited: Duration,
     },
     /// The body broke off before the stream ended.
-    #[error("the stream broke off after {bytes} bytes: {source}")]
+    #[error("the stream broke off after {bytes} bytes: {detail}")]
     BrokenOff {
         /// Bytes copied before.
         bytes: u64,
-        /// The transport error.
-        #[source]
-        source: reqwest::Error,
+        /// The transport error with its causes, flattened.
+        detail: String,
     },
     /// Writing the output failed.
     #[error("writing the output: {0}")]
-    Output(#[source] std::io::Error),
+    Output(std::io::Error),
 }
 
 impl PlayError {

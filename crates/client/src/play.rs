@@ -19,7 +19,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep};
 
 use crate::director::{Director, check_http_url, error_message, http_client};
-use crate::error::{ClientError, PlayError};
+use crate::error::{ClientError, PlayError, chain};
 
 /// Where in the stream playback starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,9 +132,9 @@ pub async fn play<W: AsyncWrite + Unpin>(
             .get(&url)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable {
+            .map_err(|e| ClientError::Unreachable {
                 url: url.clone(),
-                source,
+                detail: chain(&e),
             })?;
         let status = resp.status();
         if status.is_success() {
@@ -166,7 +166,12 @@ pub async fn play<W: AsyncWrite + Unpin>(
         let chunk = match resp.chunk().await {
             Ok(Some(c)) => c,
             Ok(None) => break,
-            Err(source) => return Err(PlayError::BrokenOff { bytes, source }),
+            Err(e) => {
+                return Err(PlayError::BrokenOff {
+                    bytes,
+                    detail: chain(&e),
+                });
+            }
         };
         match out.write_all(&chunk).await.and(out.flush().await) {
             Ok(()) => bytes += chunk.len() as u64,
