@@ -1180,28 +1180,46 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Ready when upkeep runs and the registry's view has been loaded. A director whose shared
+/// registry (etcd) is unreachable stays ready (200) with `"status": "degraded"`: its last
+/// snapshot still assigns well, and taking every director out of a load balancer at once because
+/// etcd is down would turn a degraded fleet view into no service at all.
 async fn readyz(State(d): State<Director>) -> Response {
     let snap = d.snapshot();
-    let body = json!({
+    let reg = d.registry().status();
+    d.inner
+        .metrics
+        .registry_degraded
+        .set(i64::from(reg.degraded));
+    let mut b = json!({
         "registered_entry_servers": snap.fleet.len(),
         "healthy_entry_servers": snap.healthy,
     });
-    if d.upkeep_fresh(Instant::now()) {
-        let mut b = body;
-        b["status"] = "ready".into();
-        (StatusCode::OK, Json(b)).into_response()
-    } else {
-        let mut b = body;
+    if reg.backend != "memory" {
+        b["registry"] = json!(reg);
+    }
+    if !d.upkeep_fresh(Instant::now()) {
         b["status"] = "not_ready".into();
         b["reason"] =
             "the upkeep task (heartbeat expiry, snapshot refresh) has not run recently".into();
         (StatusCode::SERVICE_UNAVAILABLE, Json(b)).into_response()
+    } else if !reg.synced {
+        b["status"] = "not_ready".into();
+        b["reason"] = "the fleet view has not been loaded from the shared registry yet".into();
+        (StatusCode::SERVICE_UNAVAILABLE, Json(b)).into_response()
+    } else {
+        b["status"] = if reg.degraded { "degraded" } else { "ready" }.into();
+        (StatusCode::OK, Json(b)).into_response()
     }
 }
 
 async fn metrics(State(d): State<Director>) -> Response {
     // Refresh the gauges if the structure changed since the last snapshot.
     let _ = d.snapshot();
+    d.inner
+        .metrics
+        .registry_degraded
+        .set(i64::from(d.registry().status().degraded));
     (
         [(
             CONTENT_TYPE,

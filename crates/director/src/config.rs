@@ -67,6 +67,8 @@ pub struct DirectorConfig {
     pub scoring: select::Params,
     pub learning: LearningConfig,
     pub limits: LimitsConfig,
+    /// Where the fleet view lives: in this process, or shared with other directors on etcd.
+    pub registry: RegistryConfig,
 }
 
 impl Default for DirectorConfig {
@@ -87,6 +89,7 @@ impl Default for DirectorConfig {
             scoring: select::Params::default(),
             learning: LearningConfig::default(),
             limits: LimitsConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -253,6 +256,144 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Which registry backend holds the fleet view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryBackend {
+    /// In this process: one director (the default).
+    #[default]
+    Memory,
+    /// Shared on etcd (v3 API) by several directors: see [`crate::etcd`].
+    Etcd,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    pub backend: RegistryBackend,
+    /// Used when `backend = "etcd"`.
+    pub etcd: EtcdConfig,
+}
+
+/// How to reach etcd and how much to write to it (see [`crate::etcd`] for the key layout).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd members (`http://` or `https://`), all of one cluster.
+    pub endpoints: Vec<String>,
+    /// Every key of this fleet starts with `<prefix>/`: several fleets can share one etcd.
+    pub prefix: String,
+    /// etcd user (etcd's auth), with `password`.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM CA bundle that signed the etcd members' certificates (`https://` endpoints).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, when etcd asks for client certificates.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Connecting to an endpoint gives up after this long.
+    pub connect_timeout_ms: u64,
+    /// Each etcd request gives up after this long (then the director is degraded and retries).
+    pub request_timeout_ms: u64,
+    /// Longest wait between reconnection attempts (the backoff doubles from 100 ms up to this).
+    pub retry_max_ms: u64,
+    /// A server's load (and its streams' sequence numbers) is written at most this often;
+    /// registration, state changes and streams starting, stopping or going live are written at
+    /// once. With 1,000 servers and 5000 ms: at most 200 load writes per second.
+    pub load_write_interval_ms: u64,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/firstmile/default".into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            connect_timeout_ms: 2000,
+            request_timeout_ms: 2000,
+            retry_max_ms: 5000,
+            load_write_interval_ms: 5000,
+        }
+    }
+}
+
+impl EtcdConfig {
+    /// Check the etcd settings (no I/O): every error names its key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.endpoints.is_empty() {
+            return Err(key_err(
+                "registry.etcd.endpoints",
+                "is required with registry.backend = \"etcd\": the client URLs of the etcd members",
+            ));
+        }
+        for e in &self.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://"))
+                || e.chars().any(char::is_whitespace)
+            {
+                return Err(key_err(
+                    "registry.etcd.endpoints",
+                    format!(
+                        "{e:?} is not an etcd client URL (http://host:port or https://host:port)"
+                    ),
+                ));
+            }
+        }
+        let p = &self.prefix;
+        if !p.starts_with('/')
+            || p.ends_with('/')
+            || p.len() > 200
+            || p.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(key_err(
+                "registry.etcd.prefix",
+                "must start with '/', not end with '/', and have no spaces (e.g. /firstmile/prod)",
+            ));
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err(key_err(
+                "registry.etcd.username",
+                "username and password go together",
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(key_err(
+                "registry.etcd.cert_file",
+                "cert_file and key_file go together",
+            ));
+        }
+        let tls = self.ca_file.is_some() || self.cert_file.is_some();
+        if tls && self.endpoints.iter().any(|e| e.starts_with("http://")) {
+            return Err(key_err(
+                "registry.etcd.endpoints",
+                "use https:// endpoints with ca_file / cert_file",
+            ));
+        }
+        if self.connect_timeout_ms == 0 || self.request_timeout_ms == 0 {
+            return Err(key_err(
+                "registry.etcd.request_timeout_ms",
+                "connect_timeout_ms and request_timeout_ms must be positive",
+            ));
+        }
+        if self.retry_max_ms < 100 {
+            return Err(key_err(
+                "registry.etcd.retry_max_ms",
+                "must be at least 100",
+            ));
+        }
+        if self.load_write_interval_ms < 100 {
+            return Err(key_err(
+                "registry.etcd.load_write_interval_ms",
+                "must be at least 100",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A configuration that cannot be used (shared with the entry server's configuration).
 pub use plumbing::ConfigError;
 
@@ -361,6 +502,9 @@ impl DirectorConfig {
                 "candidates must be at least 1 and the RTT model finite",
             ));
         }
+        if self.registry.backend == RegistryBackend::Etcd {
+            self.registry.etcd.validate()?;
+        }
         self.default_location()?;
         for (net, place) in &self.sites {
             resolve_place(place).map_err(|m| key_err(&format!("sites.\"{net}\""), m))?;
@@ -385,6 +529,9 @@ impl DirectorConfig {
         };
         redact(&mut c.auth.cluster_token);
         redact(&mut c.auth.admin_token);
+        if c.registry.etcd.password.is_some() {
+            c.registry.etcd.password = Some("<redacted>".into());
+        }
         if c.tokens.signing_key_pem.is_some() {
             c.tokens.signing_key_pem = Some("<redacted>".into());
         }

@@ -16,6 +16,7 @@
 //!
 //! - [`config`]: the configuration and its layering;
 //! - [`registry`]: the entry-server registry behind a trait ([`Registry`], [`MemoryRegistry`]);
+//! - [`etcd`]: the registry shared by several directors on etcd ([`EtcdRegistry`]);
 //! - [`state`]: the fleet snapshot (lock-free reads), learned corrections, remembered
 //!   assignments, heartbeat expiry;
 //! - [`api`]: the HTTP handlers, input validation, client-IP rules;
@@ -27,6 +28,7 @@
 
 pub mod api;
 pub mod config;
+pub mod etcd;
 pub mod metrics;
 pub mod ratelimit;
 pub mod registry;
@@ -38,7 +40,8 @@ use std::net::SocketAddr;
 
 pub use api::router;
 pub use config::{ConfigError, DirectorConfig, LogFormat};
-pub use registry::{MemoryRegistry, Registry, RegistryError};
+pub use etcd::EtcdRegistry;
+pub use registry::{MemoryRegistry, Registry, RegistryError, RegistryStatus};
 pub use state::{Clock, Director, InitError, SystemClock, TokioClock};
 
 /// Serve the director on `listener` (HTTPS when `tls` is configured) until `shutdown` resolves,

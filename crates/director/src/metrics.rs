@@ -7,7 +7,9 @@
 //! - `firstmile_director_entry_servers_registered`, `..._healthy`: gauges, set at each snapshot;
 //! - `firstmile_director_heartbeats_total{result}`: `ok`, `unknown_server`, `unauthorized`,
 //!   `invalid`;
-//! - `firstmile_director_measurements_total{result}`: `accepted`, `rejected`.
+//! - `firstmile_director_measurements_total{result}`: `accepted`, `rejected`;
+//! - `firstmile_director_registry_degraded`: 1 while the shared registry (etcd) cannot be reached
+//!   and answers come from the last snapshot, else 0 (always 0 in memory).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,6 +28,7 @@ pub struct Metrics {
     pub healthy: Gauge,
     heartbeats: Family<Labels, Counter>,
     measurements: Family<Labels, Counter>,
+    pub registry_degraded: Gauge,
 }
 
 impl Default for Metrics {
@@ -43,6 +46,7 @@ impl Metrics {
         let healthy = Gauge::default();
         let heartbeats = Family::<Labels, Counter>::default();
         let measurements = Family::<Labels, Counter>::default();
+        let registry_degraded = Gauge::default();
         registry.register(
             "assignments",
             "Assignment requests by outcome",
@@ -69,7 +73,13 @@ impl Metrics {
             "Path measurements from entry servers by result",
             measurements.clone(),
         );
+        registry.register(
+            "registry_degraded",
+            "1 while the shared registry (etcd) is unreachable and answers come from the last snapshot",
+            registry_degraded.clone(),
+        );
         Self {
+            registry_degraded,
             registry,
             assignments,
             selection_seconds,

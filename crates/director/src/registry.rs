@@ -1,9 +1,9 @@
 //! The entry-server registry: who is registered, their load, state, health and live streams.
 //!
 //! **What.** [`Registry`] is the store behind the director's entry-server API; [`MemoryRegistry`]
-//! keeps it in this process. A shared store (etcd, a separate issue) implements the same trait:
-//! its methods are synchronous because such an implementation keeps a local view fed by a watch
-//! and writes through, exactly as the selection wants to read it.
+//! keeps it in this process. The shared store ([`crate::etcd::EtcdRegistry`]) implements the same
+//! trait: its methods are synchronous because it keeps a local view fed by a watch and writes
+//! through in the background, exactly as the selection wants to read it.
 //!
 //! **Versions.** Every change bumps a counter: `structure` for changes that alter which servers
 //! can be picked (register, deregister, drain, state, health), `load` for heartbeat numbers. The
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 /// What an entry server says about itself when it registers.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
     pub id: String,
     pub pop: String,
@@ -143,6 +143,21 @@ pub enum RegistryError {
     Full(usize),
 }
 
+/// Where the registry's view comes from and whether it is current, for `/readyz` and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RegistryStatus {
+    /// `memory` or `etcd`.
+    pub backend: &'static str,
+    /// The view has been loaded from the shared store at least once (always true in memory).
+    pub synced: bool,
+    /// The shared store cannot be reached: answers come from the last view, and changes made
+    /// through this director are written when the store returns.
+    pub degraded: bool,
+    /// Why it is degraded or not synced yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 /// The registry's interface (see the module docs).
 pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// Add a server, or replace the one with the same id. It is healthy from now.
@@ -161,6 +176,22 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     /// Which servers report ingesting `stream`.
     fn ingest_of(&self, stream: &str) -> Vec<IngestReport>;
     fn versions(&self) -> Versions;
+    /// Where the view comes from and whether it is current. In memory: always current.
+    fn status(&self) -> RegistryStatus {
+        RegistryStatus {
+            backend: "memory",
+            synced: true,
+            degraded: false,
+            detail: None,
+        }
+    }
+    /// Share an assignment with other directors (a shared store does; memory has no one to
+    /// tell: the director remembers its own assignments itself).
+    fn remember_assignment(&self, _stream: &str, _rec: &crate::state::AssignmentRecord) {}
+    /// An assignment another director made and shared.
+    fn assignment(&self, _stream: &str) -> Option<crate::state::AssignmentRecord> {
+        None
+    }
 }
 
 #[derive(Debug, Default)]

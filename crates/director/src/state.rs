@@ -30,7 +30,8 @@ use proto::Role;
 use select::{Corrections, Fleet, Health, Measurement, Params};
 use tokio::time::Instant;
 
-use crate::config::DirectorConfig;
+use crate::config::{DirectorConfig, RegistryBackend};
+use crate::etcd::EtcdRegistry;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::registry::{MemoryRegistry, Registry};
@@ -103,7 +104,7 @@ impl Snapshot {
 }
 
 /// What the director remembers of an assignment it made.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AssignmentRecord {
     pub primary: PickRecord,
     pub backup: Option<PickRecord>,
@@ -111,7 +112,7 @@ pub struct AssignmentRecord {
     pub expires_at: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PickRecord {
     pub server_id: String,
     /// The location the pick was scored from: where measurements of this path are attributed.
@@ -193,6 +194,8 @@ pub enum InitError {
     Key(#[from] token::KeyError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::EtcdError),
 }
 
 impl Director {
@@ -226,8 +229,13 @@ impl Director {
         }
         let rl = &config.http.rate_limit;
         let limiter = RateLimiter::new(rl.per_second, rl.burst, rl.max_clients);
-        let registry =
-            registry.unwrap_or_else(|| Arc::new(MemoryRegistry::new(config.limits.max_servers)));
+        let registry: Arc<dyn Registry> = match (registry, config.registry.backend) {
+            (Some(r), _) => r,
+            (None, RegistryBackend::Memory) => {
+                Arc::new(MemoryRegistry::new(config.limits.max_servers))
+            }
+            (None, RegistryBackend::Etcd) => Arc::new(EtcdRegistry::from_config(&config)?),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 key,
@@ -372,6 +380,7 @@ impl Director {
     }
 
     pub(crate) fn remember(&self, stream: String, rec: AssignmentRecord) {
+        self.inner.registry.remember_assignment(&stream, &rec);
         let max = self.inner.config.limits.max_tracked_streams;
         let now = self.unix_now();
         self.inner
@@ -381,14 +390,17 @@ impl Director {
             .insert(stream, rec, max, now);
     }
 
+    /// An assignment this director made, else one another director shared (etcd backend).
     pub(crate) fn assignment(&self, stream: &str) -> Option<AssignmentRecord> {
-        self.inner
+        let own = self
+            .inner
             .assignments
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .map
             .get(stream)
-            .cloned()
+            .cloned();
+        own.or_else(|| self.inner.registry.assignment(stream))
     }
 
     /// Take in measurements reported by `server_id`. Each is attributed to the location its pick

@@ -23,6 +23,8 @@ use rand::SeedableRng;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod etcd;
+
 const CLUSTER: &str = "cluster-secret-0123456789";
 const ADMIN: &str = "admin-secret-0123456789";
 const T0: u64 = 1_700_000_000;

@@ -1,0 +1,575 @@
+//! Several directors sharing one fleet view on a real etcd (Debian `etcd-server`, started here on
+//! 127.0.0.1 with free ports and a temporary data directory, killed on drop).
+//!
+//! If `etcd` is not installed these tests fail and say to run `scripts/etcd-deps.sh` (which
+//! `scripts/test` runs first): a shared-state feature tested against nothing is not tested.
+//!
+//! Entry servers are simulated: tasks that register and heartbeat through the directors' routers
+//! and register again when told 404, like the real ones. Timing: heartbeats every 200 ms, three
+//! missed allowed, so leases of 1 s; waits poll a condition with a deadline, never sleep for it.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use director::DirectorConfig;
+use director::config::RegistryBackend;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{Api, config, primary};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+fn etcd_binary() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("etcd"))
+            .find(|f| f.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "the etcd tests need the `etcd` server binary (Debian etcd-server): run \
+             scripts/etcd-deps.sh (scripts/test does) and try again"
+        )
+    })
+}
+
+/// One etcd member: its process, ports and data directory (kept across restarts).
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: tempfile::tempdir().expect("temporary directory"),
+            child: None,
+        }
+    }
+
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn start(&mut self, cluster: &str) {
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log file");
+        let child = Command::new(etcd_binary())
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &self.client_url()])
+            .args(["--advertise-client-urls", &self.client_url()])
+            .args(["--listen-peer-urls", &self.peer_url()])
+            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            .args(["--initial-cluster", cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "firstmile-test"])
+            // Fast elections, so leases as short as 1 s are honoured (etcd's minimum lease TTL
+            // is 1.5 election timeouts).
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An etcd cluster of one or more members on 127.0.0.1.
+struct Etcd {
+    members: Vec<Member>,
+}
+
+impl Etcd {
+    async fn start(n: usize) -> Self {
+        let members: Vec<Member> = (0..n).map(|i| Member::new(&format!("m{i}"))).collect();
+        let mut e = Self { members };
+        e.start_all().await;
+        e
+    }
+
+    fn cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    async fn start_all(&mut self) {
+        let cluster = self.cluster();
+        for m in &mut self.members {
+            m.start(&cluster);
+        }
+        self.wait_healthy().await;
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::client_url).collect()
+    }
+
+    /// Poll until a write through the first running member suceeds.
+    async fn wait_healthy(&self) {
+        let eps: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(Member::client_url)
+            .collect();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ok = async {
+                let mut c = etcd_client::Client::connect(&eps, None).await.ok()?;
+                tokio::time::timeout(Duration::from_secs(1), c.put("/health", "1", None))
+                    .await
+                    .ok()?
+                    .ok()
+            };
+            if ok.await.is_some() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self.members.iter().map(Member::log).collect();
+                panic!("etcd did not become healthy: {logs:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn etcd_config(endpoints: Vec<String>, prefix: &str) -> DirectorConfig {
+    let mut c = config();
+    c.heartbeat.interval_ms = 200;
+    c.heartbeat.missed_allowed = 3;
+    c.heartbeat.load_refresh_ms = 100;
+    c.registry.backend = RegistryBackend::Etcd;
+    let e = &mut c.registry.etcd;
+    e.endpoints = endpoints;
+    e.prefix = prefix.into();
+    e.request_timeout_ms = 1000;
+    e.connect_timeout_ms = 500;
+    e.retry_max_ms = 400;
+    e.load_write_interval_ms = 200;
+    c
+}
+
+/// A director (router + upkeep task).
+struct Dir {
+    api: Arc<Api>,
+    upkeep: JoinHandle<()>,
+}
+
+impl Dir {
+    fn new(c: DirectorConfig) -> Self {
+        let api = Arc::new(Api::new(c));
+        let upkeep = tokio::spawn(api.d.clone().upkeep());
+        Self { api, upkeep }
+    }
+
+    async fn ids(&self) -> Vec<String> {
+        let r = self.api.admin(Method::GET, "/v1/admin/entry-servers").await;
+        let mut v: Vec<String> = r.json["entry_servers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s["id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    async fn readyz(&self) -> (StatusCode, Value) {
+        let r = self.api.req(Method::GET, "/readyz", None, &[], None).await;
+        (r.status, r.json)
+    }
+
+    async fn degraded_metric(&self) -> bool {
+        let r = self.api.app.clone().oneshot_text("/metrics").await;
+        r.lines()
+            .any(|l| l.trim() == "firstmile_director_registry_degraded 1")
+    }
+
+    async fn assign_tokyo(&self) -> (StatusCode, String) {
+        let r = self
+            .api
+            .assign("203.0.113.9", json!({"location": "Tokyo"}))
+            .await;
+        (r.status, primary(&r).to_string())
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        self.upkeep.abort();
+    }
+}
+
+trait OneshotText {
+    fn oneshot_text(self, path: &str) -> impl Future<Output = String>;
+}
+
+impl OneshotText for axum::Router {
+    async fn oneshot_text(self, path: &str) -> String {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let req = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let resp = self.oneshot(req).await.expect("infallible router");
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// A simulated entry server: heartbeats through `via` every 200 ms with one live stream,
+/// registers again through `via` when told 404. Abort the task to "kill" it.
+fn entry_server(
+    id: &'static str,
+    place: &'static str,
+    via: Arc<Api>,
+    stream: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let body = json!({
+                "load": {"streams": 1, "mbps": 2.5, "cpu": 0.1},
+                "streams": [{"stream": stream, "role": "primary", "next_seq": 7, "live": true}],
+            });
+            if via.heartbeat(id, body).await.status == StatusCode::NOT_FOUND {
+                let _ = via.register(id, id, place).await;
+            }
+        }
+    })
+}
+
+/// Poll `f` until it is true or `WAIT` passes; then fail with `what`.
+async fn until<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn all_see(dirs: Vec<&Dir>, want: &[&str]) -> bool {
+    for d in dirs {
+        if d.ids().await != want {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_directors_share_one_fleet_on_etcd() {
+    let mut etcd = Etcd::start(1).await;
+    let cfg = etcd_config(etcd.endpoints(), "/firstmile/test-shared");
+    let (a, b, c) = (
+        &Dir::new(cfg.clone()),
+        &Dir::new(cfg.clone()),
+        Dir::new(cfg.clone()),
+    );
+    let c_owned = c;
+    let c = &c_owned;
+    // A different fleet on the same etcd sees none of it.
+    let other = Dir::new(etcd_config(etcd.endpoints(), "/firstmile/other"));
+
+    // Registrations through different directors; heartbeats through yet others.
+    assert_eq!(
+        a.api.register("tyo-1", "tyo", "Tokyo").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        b.api.register("fra-1", "fra", "Frankfurt").await.status,
+        StatusCode::OK
+    );
+    let c_api = c.api.clone();
+    assert_eq!(
+        c_api.register("syd-1", "syd", "Sydney").await.status,
+        StatusCode::OK
+    );
+    let hb_tyo = entry_server("tyo-1", "Tokyo", b.api.clone(), "cam-tyo");
+    let hb_fra = entry_server("fra-1", "Frankfurt", c_api.clone(), "cam-fra");
+    let hb_syd = entry_server("syd-1", "Sydney", a.api.clone(), "cam-syd");
+    until("every director sees three servers", move || {
+        all_see(vec![a, b, c], &["fra-1", "syd-1", "tyo-1"])
+    })
+    .await;
+    assert!(other.ids().await.is_empty(), "prefixes separate fleets");
+
+    // Assignments agree, whichever director answers.
+    for d in [a, b, c] {
+        assert_eq!(d.assign_tokyo().await, (StatusCode::OK, "tyo-1".into()));
+    }
+    // Stream locations: any director answers for any stream, and for assignments made by others.
+    until("stream reports reach every director", move || async move {
+        for d in [a, b, c] {
+            let r = d
+                .api
+                .req(Method::GET, "/v1/streams/cam-fra", None, &[], None)
+                .await;
+            if r.status != StatusCode::OK || r.json["ingest"][0]["server_id"] != "fra-1" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let r = a
+        .api
+        .assign(
+            "203.0.113.9",
+            json!({"stream": "cam-new", "location": "Sydney"}),
+        )
+        .await;
+    assert_eq!(primary(&r), "syd-1", "{}", r.json);
+    until(
+        "an assignment made by A is known to B",
+        move || async move {
+            let r = b
+                .api
+                .req(Method::GET, "/v1/streams/cam-new", None, &[], None)
+                .await;
+            r.status == StatusCode::OK && r.json["ingest"][0]["server_id"] == "syd-1"
+        },
+    )
+    .await;
+
+    // Operator drain through one director applies everywhere.
+    let r = b
+        .api
+        .admin(Method::POST, "/v1/admin/entry-servers/tyo-1/drain")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    until("the drain reaches A", move || async move {
+        a.assign_tokyo().await.1 != "tyo-1"
+    })
+    .await;
+    let r = a
+        .api
+        .admin(Method::POST, "/v1/admin/entry-servers/tyo-1/undrain")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    until("the undrain reaches C", move || async move {
+        c.assign_tokyo().await.1 == "tyo-1"
+    })
+    .await;
+
+    // Kill an entry server: every director drops it once its lease runs out.
+    hb_syd.abort();
+    let t0 = Instant::now();
+    until("every director drops syd-1", move || {
+        all_see(vec![a, b, c], &["fra-1", "tyo-1"])
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+
+    // Stop etcd: assignments continue from the last snapshot, and the directors say degraded.
+    etcd.members[0].stop();
+    until("A reports degraded in /readyz", move || async move {
+        let (s, j) = a.readyz().await;
+        s == StatusCode::OK && j["status"] == "degraded" && j["registry"]["degraded"] == true
+    })
+    .await;
+    assert!(a.degraded_metric().await, "metric registry_degraded is 1");
+    for d in [a, b, c] {
+        assert_eq!(d.assign_tokyo().await, (StatusCode::OK, "tyo-1".into()));
+    }
+    // Longer than a lease: nothing expires while etcd is away (no empty fleet).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for d in [a, b, c] {
+        assert_eq!(d.ids().await, ["fra-1", "tyo-1"]);
+        assert_eq!(d.assign_tokyo().await, (StatusCode::OK, "tyo-1".into()));
+    }
+    // A registration during the outage is kept and written when etcd returns.
+    assert_eq!(
+        b.api.register("par-1", "par", "Paris, FR").await.status,
+        StatusCode::OK
+    );
+    let hb_par = entry_server("par-1", "Paris, FR", a.api.clone(), "cam-par");
+
+    // Restart etcd: the directors catch up and converge.
+    etcd.start_all().await;
+    until(
+        "everyone converges after etcd returns",
+        move || async move {
+            for d in [a, b, c] {
+                if d.readyz().await.1["status"] != "ready" {
+                    return false;
+                }
+            }
+            all_see(vec![a, b, c], &["fra-1", "par-1", "tyo-1"]).await
+        },
+    )
+    .await;
+    assert!(!a.degraded_metric().await);
+
+    // A director restarted mid-way rebuilds its view from etcd.
+    hb_fra.abort();
+    drop(c_owned);
+    let hb_fra = entry_server("fra-1", "Frankfurt", a.api.clone(), "cam-fra");
+    let c2 = &Dir::new(cfg.clone());
+    until("a restarted director rebuilds its view", || {
+        all_see(vec![c2], &["fra-1", "par-1", "tyo-1"])
+    })
+    .await;
+    let (s, j) = c2.readyz().await;
+    assert_eq!(
+        (s, j["status"].as_str()),
+        (StatusCode::OK, Some("ready")),
+        "{j}"
+    );
+    assert_eq!(c2.assign_tokyo().await, (StatusCode::OK, "tyo-1".into()));
+    let r = c2
+        .api
+        .req(Method::GET, "/v1/streams/cam-par", None, &[], None)
+        .await;
+    assert_eq!(r.json["ingest"][0]["server_id"], "par-1", "{}", r.json);
+
+    for t in [hb_tyo, hb_fra, hb_par] {
+        t.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_member_cluster_survives_one_member_stopping() {
+    let mut etcd = Etcd::start(3).await;
+    let cfg = etcd_config(etcd.endpoints(), "/firstmile/test-cluster");
+    let (a, b) = (&Dir::new(cfg.clone()), &Dir::new(cfg.clone()));
+    assert_eq!(
+        a.api.register("tyo-1", "tyo", "Tokyo").await.status,
+        StatusCode::OK
+    );
+    let hb_tyo = entry_server("tyo-1", "Tokyo", b.api.clone(), "cam-tyo");
+    until("both directors see tyo-1", move || {
+        all_see(vec![a, b], &["tyo-1"])
+    })
+    .await;
+
+    etcd.members[0].stop();
+    // Clients see no change: assignments and readiness, every 100 ms for 2 s.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        for d in [a, b] {
+            assert_eq!(d.assign_tokyo().await, (StatusCode::OK, "tyo-1".into()));
+            assert_eq!(d.readyz().await.0, StatusCode::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Writes still go through: a new server via B reaches A; the lease still holds tyo-1.
+    assert_eq!(
+        b.api.register("fra-1", "fra", "Frankfurt").await.status,
+        StatusCode::OK
+    );
+    let hb_fra = entry_server("fra-1", "Frankfurt", a.api.clone(), "cam-fra");
+    until("both directors see fra-1", move || {
+        all_see(vec![a, b], &["fra-1", "tyo-1"])
+    })
+    .await;
+    until("neither director is degraded", move || async move {
+        a.readyz().await.1["status"] == "ready" && b.readyz().await.1["status"] == "ready"
+    })
+    .await;
+    // And leases still expire: stop fra-1.
+    hb_fra.abort();
+    until("both drop fra-1", move || all_see(vec![a, b], &["tyo-1"])).await;
+    hb_tyo.abort();
+}
+
+#[test]
+fn etcd_config_is_validated_and_the_example_loads() {
+    let text = include_str!("../../../../examples/director-etcd.toml");
+    let c = DirectorConfig::load(Some(text), Vec::new(), &[]).unwrap();
+    assert_eq!(c.registry.backend, RegistryBackend::Etcd);
+    assert_eq!(c.registry.etcd.endpoints.len(), 3);
+    // Secrets from the environment, redacted when printed.
+    let env = vec![(
+        "FIRSTMILE_DIRECTOR_REGISTRY__ETCD__PASSWORD".to_string(),
+        "hunter2-etcd".to_string(),
+    )];
+    let user = ["registry.etcd.username=firstmile".to_string()];
+    let c = DirectorConfig::load(Some(text), env, &user).unwrap();
+    assert_eq!(c.registry.etcd.password.as_deref(), Some("hunter2-etcd"));
+    assert!(!c.to_redacted_toml().contains("hunter2-etcd"));
+    // Each mistake names its key.
+    for (set, key) in [
+        ("registry.etcd.endpoints=[]", "registry.etcd.endpoints"),
+        (
+            "registry.etcd.endpoints=[\"127.0.0.1:2379\"]",
+            "registry.etcd.endpoints",
+        ),
+        (
+            "registry.etcd.prefix=\"firstmile/\"",
+            "registry.etcd.prefix",
+        ),
+        (
+            "registry.etcd.load_write_interval_ms=0",
+            "registry.etcd.load_write_interval_ms",
+        ),
+        ("registry.backend=\"zookeeper\"", "registry.backend"),
+        ("registry.etcd.username=firstmile", "registry.etcd.username"),
+    ] {
+        let e = DirectorConfig::load(Some(text), Vec::new(), &[set.to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{set}: {e}");
+    }
+    // The memory backend ignores the etcd section.
+    assert_eq!(config().registry.backend, RegistryBackend::Memory);
+}
