@@ -111,7 +111,9 @@ struct Up {
 impl Drop for Up {
     fn drop(&mut self) {
         // SIGTERM: `up` stops its children.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -143,7 +145,9 @@ fn start_up(servers: u8) -> Up {
             Some(&"director") => director = f[1].to_string(),
             Some(&"entry") => {
                 let http = f[f.iter().position(|x| *x == "http").unwrap() + 1].to_string();
-                let pid: u32 = f[f.iter().position(|x| *x == "pid").unwrap() + 1].parse().unwrap();
+                let pid: u32 = f[f.iter().position(|x| *x == "pid").unwrap() + 1]
+                    .parse()
+                    .unwrap();
                 map.insert(f[1].to_string(), (http, pid));
             }
             Some(&"Ctrl-C") => break,
@@ -179,7 +183,13 @@ fn wait_for_registration(up: &Up, stream: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let o = firstmile(&[
-            "assign", "--director", &up.director, "--location", "Paris, FR", "--stream", stream,
+            "assign",
+            "--director",
+            &up.director,
+            "--location",
+            "Paris, FR",
+            "--stream",
+            stream,
             "--json",
         ]);
         if o.status.success() {
@@ -188,7 +198,11 @@ fn wait_for_registration(up: &Up, stream: &str) -> serde_json::Value {
                 return v;
             }
         }
-        assert!(Instant::now() < deadline, "entry servers never became selectable: {}", stderr(&o));
+        assert!(
+            Instant::now() < deadline,
+            "entry servers never became selectable: {}",
+            stderr(&o)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -212,7 +226,15 @@ fn up_push_play_and_kill_the_primary() {
     let source = pseudo_random(3 << 20);
 
     let mut push = Command::new(env!("CARGO_BIN_EXE_firstmile"))
-        .args(["push", "--director", &up.director, "--location", "Paris, FR", "--stream", stream])
+        .args([
+            "push",
+            "--director",
+            &up.director,
+            "--location",
+            "Paris, FR",
+            "--stream",
+            stream,
+        ])
         .args(["--quiet", "--json-summary", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -227,7 +249,16 @@ fn up_push_play_and_kill_the_primary() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut play = Command::new(env!("CARGO_BIN_EXE_firstmile"))
-        .args(["play", "--from-url", viewer_http, "--from", "start", "--wait", "30s", stream])
+        .args([
+            "play",
+            "--from-url",
+            viewer_http,
+            "--from",
+            "start",
+            "--wait",
+            "30s",
+            stream,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -242,18 +273,32 @@ fn up_push_play_and_kill_the_primary() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let pid = up.servers[&primary].1;
-    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     for c in source[2 * third..].chunks(32 << 10) {
         input.write_all(c).unwrap();
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(input);
     let pushed = push.wait_with_output().unwrap();
-    assert!(pushed.status.success(), "push failed: {}", String::from_utf8_lossy(&pushed.stderr));
+    assert!(
+        pushed.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&pushed.stdout).unwrap();
     let got = reader.join().unwrap().unwrap();
     let status = play.wait().unwrap();
     assert!(status.success(), "play on {viewer_id} failed");
-    assert_eq!(got.len(), source.len(), "viewer on {viewer_id}: summary {summary}");
+    assert_eq!(
+        got.len(),
+        source.len(),
+        "viewer on {viewer_id}: summary {summary}"
+    );
     assert!(got == source, "the viewer's bytes differ from the source");
 }

@@ -14,6 +14,7 @@ use clap::Args;
 use director::{Director, DirectorConfig, LogFormat};
 
 use crate::Failure;
+use crate::cmd::serve::{init_tracing, runtime, terminated};
 
 #[derive(Debug, Args)]
 pub struct DirectorArgs {
@@ -62,18 +63,6 @@ fn load(
     DirectorConfig::load(text.as_deref(), std::env::vars(), &overrides).map_err(Failure::usage)
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => b.json().try_init(),
-        LogFormat::Compact => b.compact().try_init(),
-    };
-}
-
 /// `firstmile check-config`.
 pub fn check(a: CheckConfigArgs) -> Result<(), Failure> {
     let config = load(&a.config, None, &a.set)?;
@@ -90,48 +79,28 @@ pub fn check(a: CheckConfigArgs) -> Result<(), Failure> {
 /// `firstmile director`.
 pub fn run(a: DirectorArgs) -> Result<(), Failure> {
     let config = load(&a.config, a.listen.as_deref(), &a.set)?;
-    init_tracing(config.log_format);
+    init_tracing("info", config.log_format == LogFormat::Json);
     let listen = config.listen;
     let d = Director::from_config(config).map_err(Failure::usage)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::other(anyhow::anyhow!("cannot start the runtime: {e}")))?;
+    let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))
-            .map_err(Failure::other)?;
+            .map_err(Failure::usage)?;
+        if let Ok(addr) = listener.local_addr() {
+            // One machine-readable line when ready (scripts wait for it).
+            println!("director http://{addr}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
         if a.fake_fleet > 0 {
             tokio::spawn(fake_fleet(d.clone(), a.fake_fleet));
         }
-        director::run(d, listener, shutdown_signal())
+        director::run(d, listener, terminated())
             .await
             .context("director failed")
             .map_err(Failure::other)
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
 }
 
 /// Synthetic servers spread over the inhabited latitudes, four per POP, heartbeating in-process

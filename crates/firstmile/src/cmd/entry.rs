@@ -1,6 +1,7 @@
 //! `firstmile entry`: run one entry server.
 
 use crate::Failure;
+use crate::cmd::serve::{init_tracing, runtime, terminated};
 use anyhow::Context;
 use entry::{Entry, EntryConfig};
 use std::io::Write;
@@ -83,49 +84,13 @@ pub fn load_config(a: &EntryArgs) -> Result<EntryConfig, Failure> {
     EntryConfig::load(file.as_deref(), std::env::vars(), &overrides).map_err(Failure::usage)
 }
 
-pub fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::other(anyhow::anyhow!("cannot start the runtime: {e}")))
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn terminated() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 pub fn run(a: EntryArgs) -> Result<(), Failure> {
     let cfg = load_config(&a)?;
     if a.check {
         println!("{}", serde_json::to_string_pretty(&cfg).unwrap_or_default());
         return Ok(());
     }
-    init_tracing("info");
+    init_tracing("info", false);
     let entry = Entry::init(cfg.clone()).map_err(Failure::usage)?;
     let rt = runtime()?;
     rt.block_on(async move {

@@ -5,5 +5,6 @@ pub mod geo;
 pub mod keygen;
 pub mod play;
 pub mod push;
+pub mod serve;
 pub mod sim;
 pub mod up;

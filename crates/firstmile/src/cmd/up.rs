@@ -7,7 +7,7 @@
 //! exit unless `--data-dir` is given).
 
 use crate::Failure;
-use crate::cmd::entry::{init_tracing, runtime, terminated};
+use crate::cmd::serve::{init_tracing, runtime, terminated};
 use anyhow::Context;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -116,7 +116,7 @@ fn spawn_entry(
 }
 
 pub fn run(a: UpArgs) -> Result<(), Failure> {
-    init_tracing("warn");
+    init_tracing("warn", false);
     let exe = std::env::current_exe()
         .context("cannot find the firstmile executable")
         .map_err(Failure::other)?;
