@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod ws;
+
 const CLUSTER: &str = "test-cluster-secret";
 
 struct Director {
