@@ -302,3 +302,149 @@ fn up_push_play_and_kill_the_primary() {
     );
     assert!(got == source, "the viewer's bytes differ from the source");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The director and entry binaries: keys, configuration checks, exit 64 before binding.
+
+fn kill_on_drop(c: Child) -> impl Drop {
+    struct K(Child);
+    impl Drop for K {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    K(c)
+}
+
+#[test]
+fn keygen_check_config_and_a_director_that_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("director");
+    let o = firstmile(&["keygen", "--out", prefix.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let key = prefix.with_extension("key");
+    let public = std::fs::read_to_string(prefix.with_extension("pub")).unwrap();
+    assert!(public.contains("BEGIN PUBLIC KEY"));
+    // Refuses to overwrite without --force.
+    let again = firstmile(&["keygen", "--out", prefix.to_str().unwrap()]);
+    assert!(!again.status.success());
+
+    let sets = [
+        "--set".to_string(),
+        format!("tokens.signing_key_file={:?}", key.to_str().unwrap()),
+        "--set".into(),
+        "auth.cluster_token=\"c1\"".into(),
+        "--set".into(),
+        "auth.admin_token=\"a1\"".into(),
+    ];
+    let mut args = vec!["check-config".to_string()];
+    args.extend(sets.iter().cloned());
+    let o = firstmile(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(public.trim()),
+        "check-config prints the public key"
+    );
+    assert!(
+        !stdout(&o).contains("c1"),
+        "secrets are redacted: {}",
+        stdout(&o)
+    );
+
+    // A bad key exits 64 and names it.
+    let o = firstmile(&["check-config", "--set", "heartbeat.interval_ms=\"soon\""]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(
+        stderr(&o).contains("heartbeat.interval_ms"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The director binds, prints its ready line, and answers.
+    let mut args = vec![
+        "director".to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(sets.iter().cloned());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firstmile"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let _guard = kill_on_drop(child);
+    let line = BufReader::new(out).lines().next().unwrap().unwrap();
+    let url = line
+        .strip_prefix("director ")
+        .expect("ready line")
+        .to_string();
+    let o = firstmile(&[
+        "assign",
+        "--director",
+        &url,
+        "--location",
+        "Paris",
+        "--json",
+    ]);
+    // No entry server registered: a clear 503 from the director, exit 69.
+    assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no entry server"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_configuration_exits_64_before_binding() {
+    // The port is held by us: a service that bound before validating would fail differently.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let o = firstmile(&[
+        "director",
+        "--listen",
+        &addr,
+        "--set",
+        "auth.cluster_token=\"x\"",
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("admin_token") || stderr(&o).contains("signing_key"),
+        "{}",
+        stderr(&o)
+    );
+    let o = firstmile(&[
+        "entry",
+        "--id",
+        "e",
+        "--pop",
+        "p",
+        "--location",
+        "Nowhereville",
+        "--native-listen",
+        &addr,
+        "--token-public-key",
+        "-----BEGIN PUBLIC KEY-----x",
+        "--data-dir",
+        "/tmp/unused-firstmile",
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("location"), "{}", stderr(&o));
+    let o = firstmile(&[
+        "entry",
+        "--id",
+        "e",
+        "--pop",
+        "p",
+        "--location",
+        "Paris",
+        "--fsync",
+        "sometimes",
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("always, never, interval:MS"),
+        "{}",
+        stderr(&o)
+    );
+    drop(held);
+}
