@@ -605,6 +605,18 @@ fn assign_inner(
             iat: now,
             exp: expires_at,
         });
+        let base = urls
+            .get(protocol.as_str())
+            .map(String::as_str)
+            .unwrap_or("");
+        // RTMP: the ready-to-use publish URL (stream name and token in the key, as encoders
+        // send the part after the application as the publish name).
+        let url = match protocol {
+            Protocol::Rtmp if !base.is_empty() => {
+                format!("{}/{stream}?token={token}", base.trim_end_matches('/'))
+            }
+            _ => base.to_string(),
+        };
         serde_json::to_value(PickOut {
             role,
             server_id: &p.server_id,
@@ -612,10 +624,7 @@ fn assign_inner(
             city: &p.city,
             location,
             protocol,
-            url: urls
-                .get(protocol.as_str())
-                .map(String::as_str)
-                .unwrap_or(""),
+            url: &url,
             urls,
             token,
             estimate: &p.estimate,

@@ -7,6 +7,9 @@
 //! | `GET /v1/streams/{id}/chunks?from=` | DATA frames then END (for relays; sequence numbers kept) |
 //! | `GET /v1/streams` | the streams held here |
 //! | `GET /v1/ingest` | WebSocket ingest (native frames, one per binary message) |
+//! | `POST`/`PUT /v1/streams/{id}/push?token=` | HTTP push: the body's bytes become the stream's chunks |
+//! | `GET /live/{id}.flv?from=` | HTTP-FLV of an RTMP-ingested stream (any node: relays if needed) |
+//! | `GET /v1/streams/{id}/flv-head` | the stream's cached onMetaData + codec configuration tags |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness (503 when draining), Prometheus |
 
 use crate::hub::Stream;
@@ -37,6 +40,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/streams/{id}/live", get(live))
         .route("/v1/streams/{id}/live/ws", get(live_ws))
         .route("/v1/streams/{id}/chunks", get(chunks))
+        .route("/v1/streams/{id}/push", axum::routing::post(push).put(push))
+        .route("/v1/streams/{id}/flv-head", get(flv_head))
+        .route("/live/{file}", get(http_flv))
         .with_state(node)
 }
 
@@ -334,4 +340,315 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         u8::from(node.draining.load(Ordering::SeqCst)),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The cached FLV head of a stream held here (relays fetch it to serve HTTP-FLV from the live
+/// edge: the configuration tags are at the stream's start, before the relay began).
+async fn flv_head(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    let Some(stream) = node.hub.get_ingest(&id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("stream {id} is not ingested here"),
+        );
+    };
+    ensure_head(&node, &stream).await;
+    let b = stream
+        .flv
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .tags_bytes();
+    ([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response()
+}
+
+/// Fill an empty FLV head: from the log's first chunks (a stream recovered after a restart), or
+/// from an upstream (a relay that started mid-stream).
+pub async fn ensure_head(node: &Arc<Node>, stream: &Arc<Stream>) {
+    if !stream
+        .flv
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_empty()
+    {
+        return;
+    }
+    if stream.is_ingest() {
+        let s = stream.clone();
+        let first = tokio::task::spawn_blocking(move || {
+            let mut h = crate::flv::Head::default();
+            if let Ok(chunks) = s.read(s.first_seq(), 64 * 1024) {
+                for c in chunks.iter().take(8) {
+                    h.observe(&c.payload);
+                }
+            }
+            h.tags_bytes()
+        })
+        .await
+        .unwrap_or_default();
+        stream
+            .flv
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fill_missing(&first);
+    } else {
+        crate::relay::fetch_flv_head(node, stream).await;
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct FlvQuery {
+    from: Option<String>,
+}
+
+/// HTTP-FLV: the FLV header, then (when starting mid-stream) the cached metadata and codec
+/// configuration, then the stream's tags from the latest keyframe (or `from`).
+async fn http_flv(
+    State(node): State<Arc<Node>>,
+    Path(file): Path<String>,
+    Query(q): Query<FlvQuery>,
+) -> Response {
+    let Some(id) = file.strip_suffix(".flv") else {
+        return error(StatusCode::NOT_FOUND, "HTTP-FLV is at /live/<stream>.flv");
+    };
+    let cursor = match open(&node, id, q.from.as_deref()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if cursor
+        .stream()
+        .flv
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_not_flv()
+    {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("stream {id} is not an FLV (RTMP) stream: use /v1/streams/{id}/live"),
+        );
+    }
+    let guard = ViewerGuard::new(&node);
+    let body =
+        futures_util::stream::unfold((cursor, guard, true), |(mut c, g, first)| async move {
+            match c.next().await {
+                Ok(chunk) => {
+                    g.0.metrics
+                        .viewer_bytes
+                        .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+                    if !first {
+                        return Some((Ok::<Bytes, std::io::Error>(chunk.payload), (c, g, false)));
+                    }
+                    // The stream's own start carries its metadata and configuration: only the
+                    // file header goes first. Mid-stream, the cached ones go first.
+                    let mut b = BytesMut::new();
+                    let from_start = chunk.seq == 0;
+                    if !from_start {
+                        ensure_head(&g.0, c.stream()).await;
+                    }
+                    let head = c
+                        .stream()
+                        .flv
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    if from_start {
+                        let known = head.has_audio || head.has_video;
+                        b.extend_from_slice(&crate::flv::header(
+                            !known || head.has_audio,
+                            !known || head.has_video,
+                        ));
+                    } else {
+                        b.extend_from_slice(&head.prefix());
+                    }
+                    b.extend_from_slice(&chunk.payload);
+                    Some((Ok(b.freeze()), (c, g, false)))
+                }
+                Err(stop @ (Stop::Ended | Stop::Lost)) => {
+                    tracing::debug!(?stop, "flv viewer done");
+                    None
+                }
+                Err(stop) => {
+                    note_stop(&g.0, &stop);
+                    Some((
+                        Err(std::io::Error::other(format!("{stop:?}"))),
+                        (c, g, false),
+                    ))
+                }
+            }
+        });
+    let mut r = Body::from_stream(body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("video/x-flv"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+#[derive(Debug, Deserialize)]
+struct PushQuery {
+    token: Option<String>,
+}
+
+/// Bytes per HTTP-push chunk: 174 MPEG-TS packets. Fixed, so the same bytes pushed to the
+/// primary and the backup are numbered identically (chunk n = bytes [n·SIZE, (n+1)·SIZE)) and
+/// the relay merge works for HTTP push as for the native protocol.
+pub const PUSH_CHUNK: usize = 188 * 174;
+
+/// HTTP push: `POST`/`PUT /v1/streams/{id}/push?token=` with any body (chunked or not); the
+/// bytes become the stream's chunks of [`PUSH_CHUNK`] bytes. The end of the body ends the
+/// stream. Like RTMP, only into an empty log (see `rtmp` for the re-publish rule).
+async fn push(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(q): Query<PushQuery>,
+    body: Body,
+) -> Response {
+    if node.draining.load(Ordering::SeqCst) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    let token = q.token.unwrap_or_default();
+    let claims = match node.verifier.verify(&token, node.now_unix()) {
+        Ok(c) => c,
+        Err(e) => {
+            node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            return error(StatusCode::UNAUTHORIZED, format!("token refused: {e}"));
+        }
+    };
+    if claims.stream != id || claims.server != node.cfg.id {
+        node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token is for stream {:?} at server {:?}, not stream {id:?} at {:?}",
+                claims.stream, claims.server, node.cfg.id
+            ),
+        );
+    }
+    if proto::StreamId::parse(&id).is_err() {
+        return error(StatusCode::BAD_REQUEST, "bad stream id");
+    }
+    let stream = {
+        let s = match ingest::open_stream(&node, &id, None).await {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
+        let _one = node.opening.lock().await;
+        let e = s.edge();
+        if s.live_sessions.load(Ordering::SeqCst) > 0 {
+            return error(
+                StatusCode::CONFLICT,
+                format!("stream {id} is being pushed here already"),
+            );
+        }
+        if e.next_seq > 0 || e.ended.is_some() {
+            return error(
+                StatusCode::CONFLICT,
+                format!("stream {id} already holds data here: push under a new stream id"),
+            );
+        }
+        s.live_sessions.fetch_add(1, Ordering::SeqCst);
+        *s.role.lock().unwrap_or_else(|e| e.into_inner()) = Some(claims.role);
+        s
+    };
+    node.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+    // In its own task: hyper drops the handler when the client half-closes right after the last
+    // chunk (ffmpeg does), and the stream must still be ended and its session released.
+    tokio::spawn(push_body(node, stream, id, body))
+        .await
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn push_body(node: Arc<Node>, stream: Arc<Stream>, id: String, body: Body) -> Response {
+    use futures_util::StreamExt;
+    let start = tokio::time::Instant::now();
+    let mut body = body.into_data_stream();
+    let mut pending = BytesMut::new();
+    let mut total = 0u64;
+    let result: Result<(), String> = loop {
+        let next = body.next().await;
+        let done = !matches!(next, Some(Ok(_)));
+        match next {
+            Some(Ok(b)) => pending.extend_from_slice(&b),
+            Some(Err(e)) => break Err(e.to_string()),
+            None => {}
+        }
+        let mut ready = Vec::new();
+        while pending.len() >= PUSH_CHUNK || (done && !pending.is_empty()) {
+            let n = pending.len().min(PUSH_CHUNK);
+            ready.push(pending.split_to(n).freeze());
+        }
+        if !ready.is_empty() {
+            total += ready.iter().map(|b| b.len() as u64).sum::<u64>();
+            let pts = start.elapsed().as_micros() as i64;
+            let s = stream.clone();
+            let r =
+                tokio::task::spawn_blocking(move || -> Result<Vec<crate::hub::Chunk>, String> {
+                    let crate::hub::Source::Ingest(log) = &s.source else {
+                        return Err("not ingested here".into());
+                    };
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut out = Vec::new();
+                    for payload in ready {
+                        let rec = chunklog::Record {
+                            seq: log.next_seq(),
+                            pts,
+                            flags: 0,
+                            payload,
+                        };
+                        log.append(&rec).map_err(|e| e.to_string())?;
+                        out.push(crate::hub::Chunk {
+                            seq: rec.seq,
+                            pts,
+                            flags: 0,
+                            payload: rec.payload,
+                        });
+                    }
+                    if log.needs_sync() {
+                        log.sync().map_err(|e| e.to_string())?;
+                    }
+                    Ok(out)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            match r {
+                Ok(chunks) => {
+                    node.metrics
+                        .chunks_in
+                        .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+                    stream.publish(chunks);
+                }
+                Err(e) => break Err(e),
+            }
+        }
+        if done {
+            break Ok(());
+        }
+    };
+    let final_seq = if result.is_ok() {
+        let s = stream.clone();
+        tokio::task::spawn_blocking(move || {
+            let crate::hub::Source::Ingest(log) = &s.source else {
+                return None;
+            };
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            let last = log.next_seq().checked_sub(1)?;
+            log.end(last).and_then(|_| log.sync()).ok().map(|_| last)
+        })
+        .await
+        .ok()
+        .flatten()
+    } else {
+        None
+    };
+    if let Some(f) = final_seq {
+        stream.end(f);
+    }
+    stream.live_sessions.fetch_sub(1, Ordering::SeqCst);
+    node.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => axum::Json(json!({"stream": id, "bytes": total, "final_seq": final_seq}))
+            .into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("push interrupted: {e}")),
+    }
 }

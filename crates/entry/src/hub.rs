@@ -90,6 +90,9 @@ pub struct Stream {
     pub role: Mutex<Option<proto::Role>>,
     /// Ingest sessions connected right now.
     pub live_sessions: std::sync::atomic::AtomicU64,
+    /// FLV streams (RTMP ingest): the metadata and codec configuration a player needs first,
+    /// kept from the chunks as they are published (on relays too).
+    pub flv: Mutex<crate::flv::Head>,
 }
 
 /// Why a read failed.
@@ -125,6 +128,7 @@ impl Stream {
             bytes_in: Default::default(),
             role: Mutex::new(None),
             live_sessions: Default::default(),
+            flv: Default::default(),
         })
     }
 
@@ -146,7 +150,9 @@ impl Stream {
         let mut last = None;
         {
             let mut t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            let mut head = self.flv.lock().unwrap_or_else(|e| e.into_inner());
             for c in chunks {
+                head.observe(&c.payload);
                 last = Some(c.seq);
                 self.bytes_in
                     .fetch_add(c.payload.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -166,7 +166,7 @@ fn blocking<R: Send + 'static>(
 
 /// Open (or recover) the stream's log and register it as ingested here. Openings are
 /// serialised per node, so two sessions racing for a new stream share one log.
-async fn open_stream(
+pub(crate) async fn open_stream(
     node: &Arc<Node>,
     name: &str,
     resume_from: Option<u64>,

@@ -4,6 +4,8 @@
 //! - accepts **ingest sessions** of the native protocol over TCP and over WebSocket
 //!   ([`ingest`]), verifying the director's token with its public key only, appending chunks to a
 //!   **durable per-stream log** (`chunklog`) and acknowledging what is durable;
+//! - accepts **RTMP** publishes (OBS, ffmpeg; [`rtmp`]) and **HTTP push** (chunked POST), storing
+//!   RTMP media as FLV tags ([`flv`]) and serving them as **HTTP-FLV** (`GET /live/<id>.flv`);
 //! - serves **viewers** the stream's payload bytes live over chunked HTTP or WebSocket, from the
 //!   live edge or from any retained sequence number or time ([`viewer`]);
 //! - serves other nodes the chunks themselves, and **relays** streams it does not hold by pulling
@@ -14,12 +16,14 @@
 //! What it is not: a selection engine (the director chooses) or a transcoder (payload bytes pass
 //! through untouched).
 
+pub mod flv;
 pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod link;
 pub mod node;
 pub mod relay;
+pub mod rtmp;
 pub mod tcpinfo;
 pub mod viewer;
 
@@ -138,6 +142,17 @@ impl Entry {
         http_listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.run_with(native, http_listener, None, shutdown).await
+    }
+
+    /// [`Entry::run`] with an RTMP ingest listener too (when `rtmp` is given).
+    pub async fn run_with(
+        self,
+        native: TcpListener,
+        http_listener: TcpListener,
+        rtmp: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let node = self.node;
         let host = |a: SocketAddr| match &node.cfg.advertise {
             Some(h) => format!("{h}:{}", a.port()),
@@ -148,6 +163,10 @@ impl Entry {
             native: format!("tcp://{}", host(n_addr)),
             websocket: format!("ws://{}/v1/ingest", host(h_addr)),
             http: format!("http://{}", host(h_addr)),
+            rtmp: match &rtmp {
+                Some(l) => Some(format!("rtmp://{}/{}", host(l.local_addr()?), rtmp::APP)),
+                None => None,
+            },
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let link = tokio::spawn(link::run(node.clone(), stop_rx.clone()));
@@ -172,6 +191,27 @@ impl Entry {
                     _ = accept_stop.changed() => return,
                 }
             }
+        });
+
+        let rtmp_accept = rtmp.map(|l| {
+            let node = node.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = l.accept() => match r {
+                            Ok((sock, peer)) => {
+                                tokio::spawn(rtmp::serve(sock, node.clone(), peer));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "rtmp accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        },
+                        _ = stop.changed() => return,
+                    }
+                }
+            })
         });
 
         let router = http::router(node.clone());
@@ -201,6 +241,9 @@ impl Entry {
         link::deregister(&node).await;
         let _ = stop_tx.send(true);
         accept.abort();
+        if let Some(a) = rtmp_accept {
+            a.abort();
+        }
         let _ = link.await;
         let _ = retention.await;
         // Viewers' responses end with the process; don't wait for them.

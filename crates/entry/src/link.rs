@@ -23,14 +23,21 @@ pub fn resolve_location(s: &str) -> Result<(geo::Location, String), String> {
 fn register_body(node: &Node) -> Result<Value, String> {
     let (loc, label) = resolve_location(&node.cfg.location)?;
     let urls = node.urls();
+    let mut protocols = vec!["native", "websocket", "http"];
+    let mut url_map =
+        json!({"native": urls.native, "websocket": urls.websocket, "http": urls.http});
+    if let Some(r) = &urls.rtmp {
+        protocols.push("rtmp");
+        url_map["rtmp"] = json!(r);
+    }
     Ok(json!({
         "id": node.cfg.id,
         "pop": node.cfg.pop,
         "city": label,
         "location": {"lat": loc.lat, "lon": loc.lon},
         "capacity": {"streams": node.cfg.capacity_streams, "mbps": node.cfg.capacity_mbps},
-        "protocols": ["native", "websocket"],
-        "urls": {"native": urls.native, "websocket": urls.websocket, "http": urls.http},
+        "protocols": protocols,
+        "urls": url_map,
     }))
 }
 

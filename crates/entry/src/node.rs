@@ -24,8 +24,11 @@ pub struct EntryConfig {
     pub location: String,
     /// Native protocol listener.
     pub native_listen: SocketAddr,
-    /// HTTP listener: viewers, relays, WebSocket ingest, health, metrics.
+    /// HTTP listener: viewers, relays, WebSocket ingest, HTTP push, HTTP-FLV, health, metrics.
     pub http_listen: SocketAddr,
+    /// RTMP ingest listener (OBS, ffmpeg); none = no RTMP. Advertised as
+    /// `rtmp://<advertise>:<port>/live`.
+    pub rtmp_listen: Option<SocketAddr>,
     /// Host name or address devices and other nodes use to reach this server
     /// (default: the listen address).
     pub advertise: Option<String>,
@@ -77,6 +80,7 @@ impl Default for EntryConfig {
             location: String::new(),
             native_listen: "127.0.0.1:7001".parse().expect("literal"),
             http_listen: "127.0.0.1:8001".parse().expect("literal"),
+            rtmp_listen: None,
             advertise: None,
             director: None,
             cluster_secret: String::new(),
@@ -254,6 +258,8 @@ pub struct Urls {
     pub native: String,
     pub websocket: String,
     pub http: String,
+    /// `rtmp://host:port/live`, when RTMP ingest is on.
+    pub rtmp: Option<String>,
 }
 
 impl Node {

@@ -139,6 +139,42 @@ pub async fn backfill(node: &Arc<Node>, stream: &Arc<Stream>, from: u64) {
     }
 }
 
+/// Fill a relayed stream's empty FLV head from an upstream's (best effort).
+pub async fn fetch_flv_head(node: &Arc<Node>, stream: &Arc<Stream>) {
+    let Ok(ups) = upstreams(node, &stream.name).await else {
+        return;
+    };
+    for (_, base) in ups {
+        let url = format!(
+            "{}/v1/streams/{}/flv-head",
+            base.trim_end_matches('/'),
+            stream.name
+        );
+        let Ok(resp) = node
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        if !resp.status().is_success() {
+            continue;
+        }
+        if let Ok(b) = resp.bytes().await
+            && !b.is_empty()
+        {
+            stream
+                .flv
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .fill_missing(&b);
+            return;
+        }
+    }
+}
+
 /// The merge point of one relayed stream.
 #[derive(Debug)]
 struct Merge {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod rtmp;
 mod ws;
 
 const CLUSTER: &str = "test-cluster-secret";
@@ -62,6 +63,7 @@ fn start_director() -> Director {
 struct Server {
     native: SocketAddr,
     http: SocketAddr,
+    rtmp: SocketAddr,
     cfg: EntryConfig,
     rt: Option<tokio::runtime::Runtime>,
 }
@@ -74,16 +76,20 @@ impl Server {
             .build()
             .unwrap();
         let (n, h) = (bind(&format!("{host}:0")), bind(&format!("{host}:0")));
+        let r = bind(&format!("{host}:0"));
         let (native, http) = (n.local_addr().unwrap(), h.local_addr().unwrap());
+        let rtmp = r.local_addr().unwrap();
         let e = Entry::init(cfg.clone()).unwrap();
         rt.spawn(async move {
             let n = tokio::net::TcpListener::from_std(n).unwrap();
             let h = tokio::net::TcpListener::from_std(h).unwrap();
-            e.run(n, h, std::future::pending()).await
+            let r = tokio::net::TcpListener::from_std(r).unwrap();
+            e.run_with(n, h, Some(r), std::future::pending()).await
         });
         Server {
             native,
             http,
+            rtmp,
             cfg,
             rt: Some(rt),
         }

@@ -18,7 +18,7 @@ pub struct AskArgs {
     #[arg(long)]
     pub stream: Option<StreamId>,
     /// How the device pushes.
-    #[arg(long, default_value = "native", value_parser = ["native", "websocket"])]
+    #[arg(long, default_value = "native", value_parser = ["native", "websocket", "rtmp", "http"])]
     pub protocol: String,
     /// Expected bitrate, in kbit/s (the director's default when absent).
     #[arg(long, value_name = "N")]
@@ -47,6 +47,13 @@ pub struct AssignArgs {
     /// Print the director's JSON answer as it came.
     #[arg(long)]
     pub json: bool,
+    /// Print an ffmpeg command line that publishes to the primary and the backup at once
+    /// (`tee` muxer; RTMP, or HTTP push with `--protocol http`).
+    #[arg(long, conflicts_with_all = ["json", "obs"])]
+    pub ffmpeg: bool,
+    /// Print what to type into OBS's custom service fields (RTMP).
+    #[arg(long, conflicts_with_all = ["json", "ffmpeg"])]
+    pub obs: bool,
 }
 
 /// Maps a director/entry HTTP error to an exit code: unreachable or unavailable 69, our bad
@@ -79,7 +86,15 @@ pub fn run(a: AssignArgs) -> Result<(), Failure> {
     let assignment = runtime()?
         .block_on(director.assign(&req))
         .map_err(client_failure)?;
-    if a.json {
+    if a.ffmpeg || a.obs {
+        let protocol = a.ask.protocol()?;
+        let text = if a.ffmpeg {
+            ffmpeg_command(&assignment, protocol)
+        } else {
+            obs_fields(&assignment, protocol)
+        };
+        print!("{}", text.map_err(|e| Failure::usage(anyhow::anyhow!(e)))?);
+    } else if a.json {
         let text = serde_json::to_string_pretty(&assignment.raw).map_err(Failure::other)?;
         println!("{text}");
     } else {
@@ -156,4 +171,98 @@ fn pick(label: &str, p: &Pick, protocol: Option<Protocol>) -> String {
         s.push_str(&format!("         note: {n}\n"));
     }
     s
+}
+
+/// The full RTMP publish URL of a pick: `{urls.rtmp}/{stream}?token={token}` (the director's
+/// `url` already is that for `protocol: rtmp`).
+fn rtmp_url(stream: &str, p: &Pick) -> Option<String> {
+    if p.url.starts_with("rtmp://") && p.url.contains("token=") {
+        return Some(p.url.clone());
+    }
+    let base = p.urls.get("rtmp").filter(|u| !u.is_empty())?;
+    Some(format!(
+        "{}/{stream}?token={}",
+        base.trim_end_matches('/'),
+        p.token
+    ))
+}
+
+fn push_url(stream: &str, p: &Pick) -> Option<String> {
+    let base = p.urls.get("http").filter(|u| !u.is_empty())?;
+    Some(format!(
+        "{}/v1/streams/{stream}/push?token={}",
+        base.trim_end_matches('/'),
+        p.token
+    ))
+}
+
+/// An ffmpeg command line publishing to both picks with the `tee` muxer; `onfail=ignore` keeps
+/// the other output going when one entry server dies.
+pub fn ffmpeg_command(a: &Assignment, protocol: Protocol) -> Result<String, String> {
+    let picks: Vec<&Pick> = std::iter::once(&a.primary)
+        .chain(a.backup.as_ref())
+        .collect();
+    let (format, urls): (&str, Vec<String>) = match protocol {
+        Protocol::Rtmp => (
+            "flv",
+            picks
+                .iter()
+                .map(|p| rtmp_url(a.stream.as_str(), p))
+                .collect::<Option<_>>()
+                .ok_or("a pick has no RTMP URL: is rtmp_listen set on the entry servers?")?,
+        ),
+        Protocol::Http => (
+            "mpegts",
+            picks
+                .iter()
+                .map(|p| push_url(a.stream.as_str(), p))
+                .collect::<Option<_>>()
+                .ok_or("a pick has no HTTP URL")?,
+        ),
+        other => {
+            return Err(format!(
+                "--ffmpeg needs --protocol rtmp or http, not {other}"
+            ));
+        }
+    };
+    let method = if protocol == Protocol::Http {
+        ":method=POST"
+    } else {
+        ""
+    };
+    let outputs: Vec<String> = urls
+        .iter()
+        .map(|u| format!("[f={format}:onfail=ignore{method}]{u}"))
+        .collect();
+    Ok(format!(
+        "ffmpeg -re -i INPUT -map 0:v? -map 0:a? -c:v libx264 -preset veryfast -tune zerolatency \
+         -g 50 -c:a aac -b:a 128k -f tee '{}'\n",
+        outputs.join("|")
+    ))
+}
+
+/// What to type into OBS: Settings → Stream → Service "Custom...", Server and Stream Key; the
+/// backup goes into a second output (a second OBS profile or a multiple-RTMP-outputs plugin).
+pub fn obs_fields(a: &Assignment, protocol: Protocol) -> Result<String, String> {
+    if protocol != Protocol::Rtmp {
+        return Err(format!("--obs needs --protocol rtmp, not {protocol}"));
+    }
+    let mut s = String::from("OBS: Settings > Stream > Service: Custom...\n");
+    for (label, p) in
+        std::iter::once(("primary", &a.primary)).chain(a.backup.as_ref().map(|b| ("backup", b)))
+    {
+        let base = p
+            .urls
+            .get("rtmp")
+            .filter(|u| !u.is_empty())
+            .ok_or("a pick has no RTMP URL: is rtmp_listen set on the entry servers?")?;
+        s.push_str(&format!(
+            "{label:<8} Server:     {base}\n         Stream Key: {}?token={}\n",
+            a.stream, p.token
+        ));
+    }
+    if a.backup.is_some() {
+        s.push_str("The backup goes into a second output (a second OBS profile, or a plugin such as \"Multiple RTMP outputs\"), with the same encoder settings.\n");
+    }
+    Ok(s)
 }

@@ -33,6 +33,9 @@ pub struct EntryArgs {
     /// Shorthand for --set http_listen=...
     #[arg(long)]
     pub http_listen: Option<String>,
+    /// Shorthand for --set rtmp_listen=... (RTMP ingest; off when absent)
+    #[arg(long)]
+    pub rtmp_listen: Option<String>,
     /// Shorthand for --set data_dir=...
     #[arg(long)]
     pub data_dir: Option<String>,
@@ -72,6 +75,7 @@ pub fn load_config(a: &EntryArgs) -> Result<EntryConfig, Failure> {
         ("director", &a.director),
         ("native_listen", &a.native_listen),
         ("http_listen", &a.http_listen),
+        ("rtmp_listen", &a.rtmp_listen),
         ("data_dir", &a.data_dir),
         ("token_public_key", &a.token_public_key),
         ("fsync", &a.fsync),
@@ -102,15 +106,31 @@ pub fn run(a: EntryArgs) -> Result<(), Failure> {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.http_listen))
             .map_err(Failure::usage)?;
+        let rtmp = match cfg.rtmp_listen {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a}"))
+                    .map_err(Failure::usage)?,
+            ),
+            None => None,
+        };
         let (n, h) = (
             native.local_addr().map_err(Failure::other)?,
             http.local_addr().map_err(Failure::other)?,
         );
+        let r = match &rtmp {
+            Some(l) => format!(
+                " rtmp rtmp://{}/live",
+                l.local_addr().map_err(Failure::other)?
+            ),
+            None => String::new(),
+        };
         // One machine-readable line when ready (scripts and tests wait for it).
-        println!("entry {} native tcp://{n} http http://{h}", cfg.id);
+        println!("entry {} native tcp://{n} http http://{h}{r}", cfg.id);
         let _ = std::io::stdout().flush();
         entry
-            .run(native, http, terminated())
+            .run_with(native, http, rtmp, terminated())
             .await
             .map_err(Failure::other)
     })

@@ -105,7 +105,7 @@ fn spawn_entry(
     // "entry ID native tcp://A http http://B"
     let f: Vec<&str> = line.split_whitespace().collect();
     match f.as_slice() {
-        ["entry", _, "native", n, "http", h] => Ok((child, n.to_string(), h.to_string())),
+        ["entry", _, "native", n, "http", h, ..] => Ok((child, n.to_string(), h.to_string())),
         _ => {
             let _ = child.kill();
             Err(Failure::other(anyhow::anyhow!(
@@ -171,6 +171,7 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
             let args: Vec<String> = [
                 "entry", "--id", id, "--pop", pop, "--location", place, "--director", &url,
                 "--native-listen", &format!("{host}:0"), "--http-listen", &format!("{host}:0"),
+                "--rtmp-listen", &format!("{host}:0"),
                 "--data-dir", &dir.join(id).display().to_string(),
                 "--token-public-key", &public_pem, "--fsync", "interval:20",
             ]

@@ -1,0 +1,507 @@
+//! RTMP ingest, HTTP-FLV and HTTP push, proven with real ffmpeg (installed by
+//! `scripts/media-deps.sh`), plus hostile RTMP at the socket level.
+
+use super::*;
+use std::path::{Path as FsPath, PathBuf};
+use std::process::{Command, Stdio};
+
+/// ffmpeg and ffprobe, or a failure that says how to get them.
+fn need_ffmpeg() {
+    for tool in ["ffmpeg", "ffprobe"] {
+        let ok = Command::new(tool)
+            .arg("-version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "{tool} is missing: run scripts/media-deps.sh (scripts/test runs it)"
+        );
+    }
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A short test pattern with sound, H.264 + AAC in FLV (a keyframe every second).
+fn make_source(dir: &FsPath, secs: u32) -> PathBuf {
+    let p = dir.join("src.flv");
+    run(Command::new("ffmpeg")
+        .arg("-nostdin")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+            &secs.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "flv",
+        ])
+        .arg(&p));
+    p
+}
+
+/// Per-packet checksums of a media file via ffmpeg's framemd5, per stream (named by codec, as
+/// demuxers number streams in the order their first packets come): "codec,size,md5".
+fn packet_md5s(file: &FsPath) -> Vec<String> {
+    let out = run(Command::new("ffmpeg")
+        .arg("-nostdin")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(file)
+        .args(["-map", "0", "-c", "copy", "-f", "framemd5", "-"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut codec = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("#codec_id ")
+            && let Some((i, c)) = rest.split_once(':')
+        {
+            codec.insert(i.trim().to_string(), c.trim().to_string());
+        }
+    }
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            // stream_index, dts, pts, duration, size, hash
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            let c = codec.get(f[0]).cloned().unwrap_or_else(|| f[0].to_string());
+            // dts left out: the publishing ffmpeg re-bases timestamps when it remuxes.
+            format!("{c},{},{}", f[4], f[5])
+        })
+        .collect();
+    // Group by stream, keeping each stream's packet order.
+    lines.sort_by(|a, b| a.split(',').next().cmp(&b.split(',').next()));
+    lines
+}
+
+async fn assign_rtmp(d: &Director, stream: &str) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/assignments", d.url))
+        .json(&json!({"stream": stream, "location": "Paris, FR", "protocol": "rtmp", "bitrate_kbps": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    r.json().await.unwrap()
+}
+
+async fn next_seq(http: SocketAddr, stream: &str) -> u64 {
+    let Ok(r) = reqwest::get(format!("http://{http}/v1/streams")).await else {
+        return 0;
+    };
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    v["streams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["stream"] == stream)
+        .and_then(|s| s["next_seq"].as_u64())
+        .unwrap_or(0)
+}
+
+async fn wait_seq(http: SocketAddr, stream: &str, at_least: u64) {
+    for _ in 0..1000 {
+        if next_seq(http, stream).await >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{http} never reached sequence {at_least} of {stream}");
+}
+
+async fn fetch(url: String) -> Result<Vec<u8>, String> {
+    let r = reqwest::get(&url).await.map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("{url}: {}", r.status()));
+    }
+    r.bytes()
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|e| e.to_string())
+}
+
+/// Dual RTMP publish with `tee` to the primary and the backup; a viewer on a third node gets
+/// HTTP-FLV from the start through the relay, and an ffprobe there plays it from the live edge.
+/// Packet checksums equal the source's, with or without the primary killed mid-stream.
+async fn dual_publish_case(kill_primary: bool) {
+    need_ffmpeg();
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let mut servers = [
+        Server::start(
+            entry_config("lon-1", "lon", "London", &dp, Some(&d)),
+            "127.0.0.2",
+        ),
+        Server::start(
+            entry_config("fra-1", "fra", "Frankfurt", &dp, Some(&d)),
+            "127.0.0.3",
+        ),
+        Server::start(
+            entry_config("nyc-1", "nyc", "New York City", &dp, Some(&d)),
+            "127.0.0.4",
+        ),
+    ];
+    wait_registered(&d, 3).await;
+    let src = make_source(&dp, 4);
+    let stream = if kill_primary {
+        "rtmp-kill"
+    } else {
+        "rtmp-dual"
+    };
+    let a = assign_rtmp(&d, stream).await;
+    let (pu, bu) = (
+        a["primary"]["url"].as_str().unwrap().to_string(),
+        a["backup"]["url"].as_str().unwrap().to_string(),
+    );
+    assert!(
+        pu.starts_with(&format!("rtmp://{}/live/{stream}?token=", servers[0].rtmp)),
+        "{a}"
+    );
+    assert!(
+        bu.starts_with(&format!("rtmp://{}/live/{stream}?token=", servers[1].rtmp)),
+        "{a}"
+    );
+    let tee = format!("[f=flv:onfail=ignore]{pu}|[f=flv:onfail=ignore]{bu}");
+    let src2 = src.clone();
+    let publisher = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .arg("-nostdin")
+            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+            .arg(&src2)
+            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
+            .output()
+            .unwrap()
+    });
+    for s in &servers[..2] {
+        wait_seq(s.http, stream, 10).await;
+    }
+    // The director learns the ingest servers from heartbeats; give it one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let nyc = servers[2].http;
+    let viewer = tokio::spawn(fetch(format!("http://{nyc}/live/{stream}.flv?from=start")));
+    let probe_url = format!("http://{nyc}/live/{stream}.flv");
+    let probe = tokio::task::spawn_blocking(move || {
+        Command::new("ffprobe")
+            .stdin(Stdio::null())
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_name:packet=stream_index",
+                "-of",
+                "csv",
+            ])
+            .arg(&probe_url)
+            .output()
+            .unwrap()
+    });
+    if kill_primary {
+        let half = next_seq(servers[0].http, stream).await + 60;
+        wait_seq(servers[0].http, stream, half).await;
+        servers[0].kill();
+    }
+    let out = publisher.await.unwrap();
+    assert!(
+        out.status.success() || kill_primary,
+        "publisher: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = tokio::time::timeout(Duration::from_secs(30), viewer)
+        .await
+        .expect("viewer ends with the stream")
+        .unwrap()
+        .expect("viewer");
+    assert_eq!(&got[..3], b"FLV");
+    let recv = dp.join("recv.flv");
+    std::fs::write(&recv, &got).unwrap();
+    let (want, have) = (packet_md5s(&src), packet_md5s(&recv));
+    assert!(want.len() > 150, "source has {} packets", want.len());
+    if want != have {
+        let first = want.iter().zip(&have).position(|(a, b)| a != b);
+        panic!(
+            "packets differ: source {}, received {}, first difference at {first:?}: {:?} vs {:?}",
+            want.len(),
+            have.len(),
+            first.map(|i| &want[i]),
+            first.map(|i| &have[i])
+        );
+    }
+    // ffprobe on the live edge: it started at once (codec configuration first) and saw both
+    // streams and packets until the end.
+    let p = probe.await.unwrap();
+    let text = String::from_utf8_lossy(&p.stdout);
+    assert!(
+        p.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&p.stderr)
+    );
+    assert!(
+        text.contains("stream,h264") && text.contains("stream,aac"),
+        "{text}"
+    );
+    let packets = text.lines().filter(|l| l.starts_with("packet,")).count();
+    assert!(packets > 20, "ffprobe saw {packets} packets");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_dual_publish_plays_on_a_third_node_with_identical_packets() {
+    dual_publish_case(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_dual_publish_survives_killing_the_primary() {
+    dual_publish_case(true).await;
+}
+
+/// One entry server, standalone.
+fn standalone(dp: &FsPath) -> Server {
+    Server::start(
+        entry_config("solo-1", "solo", "Paris", dp, None),
+        "127.0.0.1",
+    )
+}
+
+fn solo_token(stream: &str) -> String {
+    token_for(
+        &token::SigningKey::from_bytes(&[7u8; 32]),
+        stream,
+        "solo-1",
+        Role::Primary,
+        far_future(),
+    )
+}
+
+/// Does a connection end (EOF or reset) within a few seconds?
+async fn closes(sock: &mut TcpStream) -> bool {
+    let mut buf = vec![0u8; 65536];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A client handshake by hand (C0 C1, read S0 S1 S2, C2).
+async fn handshake(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut c01 = vec![3u8];
+    c01.extend((0..1536).map(|i| (i % 251) as u8));
+    s.write_all(&c01).await.unwrap();
+    let mut s012 = vec![0u8; 1 + 1536 * 2];
+    s.read_exact(&mut s012).await.unwrap();
+    s.write_all(&s012[1..1537]).await.unwrap();
+    s
+}
+
+fn ffmpeg_publish(src: &FsPath, url: &str) -> std::process::Child {
+    Command::new("ffmpeg")
+        .arg("-nostdin")
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+        .arg(src)
+        .args(["-map", "0", "-c", "copy", "-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Malformed and hostile RTMP: each is refused cleanly (its own connection closes), nothing
+/// panics, and a good publish on the same server carries on to an intact end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_rtmp_is_refused_and_other_sessions_carry_on() {
+    need_ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let s = standalone(&dp);
+    let src = make_source(&dp, 3);
+    let good_url = format!("rtmp://{}/live/good?token={}", s.rtmp, solo_token("good"));
+    let good = ffmpeg_publish(&src, &good_url);
+    wait_seq(s.http, "good", 5).await;
+
+    // Bad handshake: unknown version byte.
+    let mut c = TcpStream::connect(s.rtmp).await.unwrap();
+    c.write_all(&[0x42; 1537]).await.unwrap();
+    assert!(closes(&mut c).await, "bad handshake must close");
+    // Truncated chunk: a chunk header cut short, then the client goes away.
+    let mut c = handshake(s.rtmp).await;
+    c.write_all(&[0x03, 0x00, 0x00]).await.unwrap();
+    drop(c);
+    // Huge chunk size: Set Chunk Size 0x7fffffff+1 (over the 31-bit limit).
+    let mut c = handshake(s.rtmp).await;
+    c.write_all(&[0x02, 0, 0, 0, 0, 0, 4, 0x01, 0, 0, 0, 0, 0x80, 0, 0, 0])
+        .await
+        .unwrap();
+    assert!(closes(&mut c).await, "huge chunk size must close");
+    // A message header claiming 16 MiB then garbage chunks of another stream id.
+    let mut c = handshake(s.rtmp).await;
+    let mut junk = vec![0x03, 0, 0, 0, 0xff, 0xff, 0xff, 0x14, 0, 0, 0, 0];
+    junk.extend(std::iter::repeat_n(0xAAu8, 128));
+    junk.extend([0x04, 0, 0, 0, 0, 0, 1, 0x14, 0, 0, 0, 0, 0x05]);
+    let _ = c.write_all(&junk).await;
+    drop(c);
+
+    // Wrong token, a token for another stream, and a second publisher of "good".
+    let wrong = format!("rtmp://{}/live/other?token=not-a-token", s.rtmp);
+    let misdirected = format!("rtmp://{}/live/other?token={}", s.rtmp, solo_token("good"));
+    let no_token = format!("rtmp://{}/live/other", s.rtmp);
+    for url in [&wrong, &misdirected, &no_token, &good_url] {
+        let out = tokio::task::spawn_blocking({
+            let (src, url) = (src.clone(), url.clone());
+            move || ffmpeg_publish(&src, &url).wait_with_output().unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(!out.status.success(), "{url} must be refused");
+    }
+    // The server is up and the good publish went on to an intact end.
+    let st = tokio::task::spawn_blocking(move || {
+        let mut g = good;
+        g.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(st.success());
+    let got = fetch(format!("http://{}/live/good.flv?from=start", s.http))
+        .await
+        .unwrap();
+    let recv = dp.join("good.flv");
+    std::fs::write(&recv, &got).unwrap();
+    assert_eq!(packet_md5s(&src), packet_md5s(&recv));
+    // A stream that already holds data here is not re-published into.
+    let out = tokio::task::spawn_blocking({
+        let src = src.clone();
+        move || ffmpeg_publish(&src, &good_url).wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !out.status.success(),
+        "re-publish into an ended stream must be refused"
+    );
+    let m = fetch(format!("http://{}/metrics", s.http)).await.unwrap();
+    assert!(String::from_utf8_lossy(&m).contains("firstmile_entry_auth_failures_total 3"));
+}
+
+/// HTTP push: `curl -T -` (exact bytes back) and `ffmpeg -f mpegts -method POST` (plays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_push_with_curl_and_ffmpeg() {
+    need_ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let s = standalone(&dp);
+    let src = make_source(&dp, 2);
+    let ts = dp.join("src.ts");
+    run(Command::new("ffmpeg")
+        .arg("-nostdin")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
+        .arg(&src)
+        .args(["-map", "0", "-c", "copy", "-f", "mpegts"])
+        .arg(&ts));
+    let url = format!(
+        "http://{}/v1/streams/curl1/push?token={}",
+        s.http,
+        solo_token("curl1")
+    );
+    let ts2 = ts.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "60",
+                "--fail-with-body",
+                "-T",
+                "-",
+                &url,
+            ])
+            .stdin(std::fs::File::open(&ts2).unwrap())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "curl: {:?}", out);
+    let got = fetch(format!(
+        "http://{}/v1/streams/curl1/live?from=start",
+        s.http
+    ))
+    .await
+    .unwrap();
+    assert!(got == std::fs::read(&ts).unwrap(), "pushed bytes differ");
+    // A wrong token is refused.
+    let bad = reqwest::Client::new()
+        .post(format!("http://{}/v1/streams/curl2/push?token=x", s.http))
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+
+    let url = format!(
+        "http://{}/v1/streams/ff1/push?token={}",
+        s.http,
+        solo_token("ff1")
+    );
+    let src2 = src.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .arg("-nostdin")
+            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+            .arg(&src2)
+            .args([
+                "-map", "0", "-c", "copy", "-f", "mpegts", "-method", "POST", &url,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "ffmpeg push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = fetch(format!("http://{}/v1/streams/ff1/live?from=start", s.http))
+        .await
+        .unwrap();
+    let recv = dp.join("ff1.ts");
+    std::fs::write(&recv, &got).unwrap();
+    let (want, have) = (packet_md5s(&ts), packet_md5s(&recv));
+    assert_eq!(want.len(), have.len());
+}
