@@ -201,11 +201,11 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
         println!();
         println!("Clients on this machine are located by IP in {} (the backup is scored from there).", a.client_site);
         println!("Try, in another terminal:");
-        println!("  firstmile assign --director {url} --location \"Tokyo\"");
+        println!("  firstmile assign --director {url} --location \"Paris, FR\"");
         println!("  ffmpeg -re -f lavfi -i testsrc2=size=640x360:rate=25 -c:v libx264 -g 50 -f mpegts - \\");
         println!("    | firstmile push --director {url} --location \"Paris, FR\" --stream demo -");
-        println!("  firstmile play --director {url} demo | ffplay -");
-        println!("  kill -9 <pid of the primary above>   # the viewer keeps playing from the backup");
+        println!("  firstmile play --director {url} --location \"New York\" demo | ffplay -");
+        println!("  kill -9 <pid of the primary above>   # the viewer (New York node) keeps playing");
         println!("Ctrl-C stops everything.");
 
         // Report servers that exit (a user killed one) until asked to stop.

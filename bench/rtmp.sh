@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# One RTMP publisher, many players, through firstmile and through nginx-rtmp, on this machine.
+#
+#   bench/rtmp.sh [players, default 20] [seconds, default 20] [mbit/s, default 4]
+#
+# The source is an H.264 + AAC FLV file made once with ffmpeg. firstmile: `firstmile up
+# --servers 3`; ffmpeg publishes it with -re to the director's primary and backup at once (the
+# `tee` command `firstmile assign --protocol rtmp --ffmpeg` prints) and PLAYERS `curl` players
+# read HTTP-FLV from the third node, which relays and merges both copies. nginx-rtmp (Debian
+# libnginx-mod-rtmp, 1 worker): the same file published with -re, PLAYERS `rtmpdump` players.
+# Reported: server CPU seconds per GB delivered (all firstmile entry servers; the nginx worker).
+# Glass-to-glass delay is not measured by this script.
+# Installs ffmpeg, rtmpdump, curl, nginx and libnginx-mod-rtmp with apt-get when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PLAYERS=${1:-20}
+SECONDS_RUN=${2:-20}
+MBPS=${3:-4}
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || true
+need=()
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v rtmpdump >/dev/null || need+=(rtmpdump)
+command -v curl >/dev/null || need+=(curl)
+[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(nginx libnginx-mod-rtmp)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cpu_of() {
+  local t=0
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && t=$(awk -v t="$t" '{ sub(/.*\) /, ""); print t + ($12 + $13) / 100 }' "/proc/$p/stat")
+  done
+  echo "$t"
+}
+cargo build --release -q -p firstmile
+BIN=target/release/firstmile
+src="$work/src.flv"
+ffmpeg -loglevel error -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440" \
+  -t "$((SECONDS_RUN + 5))" -c:v libx264 -preset ultrafast -b:v "${MBPS}M" -maxrate "${MBPS}M" \
+  -bufsize "$((MBPS * 2))M" -g 60 -c:a aac -b:a 128k -f flv "$src"
+
+# --- firstmile
+"$BIN" up --servers 3 --data-dir "$work/up" > "$work/up.out" 2>/dev/null &
+pids+=("$!")
+for _ in $(seq 100); do grep -q '^Ctrl-C' "$work/up.out" 2>/dev/null && break; sleep 0.1; done
+director=$(awk '$1=="director"{print $2}' "$work/up.out")
+view=$(awk '$1=="entry" && $2=="nyc-1"{for(i=1;i<=NF;i++) if($i=="http") print $(i+1)}' "$work/up.out")
+entry_pids=$(awk '$1=="entry"{print $NF}' "$work/up.out")
+for _ in $(seq 100); do
+  a=$("$BIN" assign --director "$director" --location "Paris, FR" --stream rtmpbench --protocol rtmp --json 2>/dev/null || true)
+  echo "$a" | grep -q '"backup":{' && break
+  sleep 0.1
+done
+p_url=$(echo "$a" | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"]["url"])')
+b_url=$(echo "$a" | python3 -c 'import json,sys; print(json.load(sys.stdin)["backup"]["url"])')
+cpu0=$(cpu_of $entry_pids)
+ffmpeg -loglevel error -re -i "$src" -map 0 -c copy -f tee \
+  "[f=flv:onfail=ignore]$p_url|[f=flv:onfail=ignore]$b_url" &
+pids+=("$!")
+sleep 1.5
+for i in $(seq "$PLAYERS"); do
+  curl -s --max-time "$((SECONDS_RUN - 3))" -o /dev/null -w '%{size_download}\n' \
+    "$view/live/rtmpbench.flv" > "$work/f$i" 2>/dev/null &
+done
+wait_until=$((SECONDS + SECONDS_RUN))
+while [ $SECONDS -lt $wait_until ] && pgrep -f "curl -s --max-time" >/dev/null; do sleep 0.5; done
+cpu1=$(cpu_of $entry_pids)
+bytes=$(cat "$work"/f* 2>/dev/null | awk '{s+=$1} END {print s+0}')
+python3 -c "
+cpu=$cpu1-$cpu0; gb=$bytes/1e9
+print(f'firstmile RTMP x2 (tee) -> HTTP-FLV on a relay node: players $PLAYERS, delivered {gb:.3f} GB, entry CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB')"
+
+# --- nginx-rtmp
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$work/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+rtmp { server { listen 127.0.0.1:$PORT; chunk_size 4096; application live { live on; record off; } } }
+CONF
+"$NGINX" -c "$work/nginx.conf" -p "$work"
+sleep 0.5
+ffmpeg -loglevel error -re -i "$src" -map 0 -c copy -f flv "rtmp://127.0.0.1:$PORT/live/bench" &
+pids+=("$!")
+sleep 1.5
+worker=$(pgrep -f "nginx: worker process" -n)
+cpu0=$(cpu_of "$worker")
+for i in $(seq "$PLAYERS"); do
+  sh -c "timeout $((SECONDS_RUN - 3)) rtmpdump -q -r rtmp://127.0.0.1:$PORT/live/bench -v -o - 2>/dev/null | wc -c > $work/n$i" &
+done
+wait_until=$((SECONDS + SECONDS_RUN))
+while [ $SECONDS -lt $wait_until ] && pgrep -f "rtmpdump -q -r rtmp://127.0.0.1:$PORT" >/dev/null; do sleep 0.5; done
+cpu1=$(cpu_of "$worker")
+bytes=$(cat "$work"/n* 2>/dev/null | awk '{s+=$1} END {print s+0}')
+python3 -c "
+cpu=$cpu1-$cpu0; gb=$bytes/1e9
+print(f'nginx-rtmp -> RTMP players: players $PLAYERS, delivered {gb:.3f} GB, nginx CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB')"
