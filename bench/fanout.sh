@@ -55,7 +55,7 @@ run_firstmile() { # $1 = label, $2 = kill primary? (yes/no)
   local entry_pids; entry_pids=$(awk '$1=="entry"{print $NF}' "$work/up-$1.out")
   # Wait until the servers are selectable.
   for _ in $(seq 100); do
-    "$BIN/firstmile" assign --director "$director" --location "Paris, FR" --json 2>/dev/null | grep -q '"backup":{' && break
+    "$BIN/firstmile" assign --director "$director" --location "Paris, FR" --json 2>/dev/null | grep -q '"backup": {' && break
     sleep 0.1
   done
   local cpu0; cpu0=$(cpu_of $entry_pids)

@@ -9,7 +9,8 @@
 # read HTTP-FLV from the third node, which relays and merges both copies. nginx-rtmp (Debian
 # libnginx-mod-rtmp, 1 worker): the same file published with -re, PLAYERS `rtmpdump` players.
 # Reported: server CPU seconds per GB delivered (all firstmile entry servers; the nginx worker).
-# Glass-to-glass delay is not measured by this script.
+# Delay: one extra player per system (`flvdelay`) reads the FLV tags and reports arrival time
+# minus (publisher launch time + tag timestamp): ffmpeg -re's start-up is included in both.
 # Installs ffmpeg, rtmpdump, curl, nginx and libnginx-mod-rtmp with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +41,7 @@ cpu_of() {
   done
   echo "$t"
 }
-cargo build --release -q -p firstmile
+cargo build --release -q -p firstmile -p firstmile-bench
 BIN=target/release/firstmile
 src="$work/src.flv"
 ffmpeg -loglevel error -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440" \
@@ -56,16 +57,18 @@ view=$(awk '$1=="entry" && $2=="nyc-1"{for(i=1;i<=NF;i++) if($i=="http") print $
 entry_pids=$(awk '$1=="entry"{print $NF}' "$work/up.out")
 for _ in $(seq 100); do
   a=$("$BIN" assign --director "$director" --location "Paris, FR" --stream rtmpbench --protocol rtmp --json 2>/dev/null || true)
-  echo "$a" | grep -q '"backup":{' && break
+  echo "$a" | grep -q '"backup": {' && break
   sleep 0.1
 done
 p_url=$(echo "$a" | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"]["url"])')
 b_url=$(echo "$a" | python3 -c 'import json,sys; print(json.load(sys.stdin)["backup"]["url"])')
 cpu0=$(cpu_of $entry_pids)
+t0=$(date +%s%N)
 ffmpeg -loglevel error -re -i "$src" -map 0 -c copy -f tee \
   "[f=flv:onfail=ignore]$p_url|[f=flv:onfail=ignore]$b_url" &
 pids+=("$!")
 sleep 1.5
+target/release/flvdelay --seconds "$((SECONDS_RUN - 3))" --t0-ns "$t0" --url "$view/live/rtmpbench.flv" > "$work/fm-delay" 2>/dev/null &
 for i in $(seq "$PLAYERS"); do
   curl -s --max-time "$((SECONDS_RUN - 3))" -o /dev/null -w '%{size_download}\n' \
     "$view/live/rtmpbench.flv" > "$work/f$i" 2>/dev/null &
@@ -76,7 +79,8 @@ cpu1=$(cpu_of $entry_pids)
 bytes=$(cat "$work"/f* 2>/dev/null | awk '{s+=$1} END {print s+0}')
 python3 -c "
 cpu=$cpu1-$cpu0; gb=$bytes/1e9
-print(f'firstmile RTMP x2 (tee) -> HTTP-FLV on a relay node: players $PLAYERS, delivered {gb:.3f} GB, entry CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB')"
+d=open('$work/fm-delay').read().split() or ['nan','nan','0']
+print(f'firstmile RTMP x2 (tee) -> HTTP-FLV on a relay node: players $PLAYERS, delivered {gb:.3f} GB, entry CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB, delay p50 {d[0]} ms p99 {d[1]} ms')"
 
 # --- nginx-rtmp
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -91,11 +95,13 @@ rtmp { server { listen 127.0.0.1:$PORT; chunk_size 4096; application live { live
 CONF
 "$NGINX" -c "$work/nginx.conf" -p "$work"
 sleep 0.5
+t0=$(date +%s%N)
 ffmpeg -loglevel error -re -i "$src" -map 0 -c copy -f flv "rtmp://127.0.0.1:$PORT/live/bench" &
 pids+=("$!")
 sleep 1.5
 worker=$(pgrep -f "nginx: worker process" -n)
 cpu0=$(cpu_of "$worker")
+sh -c "timeout $((SECONDS_RUN - 3)) rtmpdump -q -r rtmp://127.0.0.1:$PORT/live/bench -v -o - 2>/dev/null | target/release/flvdelay --t0-ns $t0 > $work/ng-delay" &
 for i in $(seq "$PLAYERS"); do
   sh -c "timeout $((SECONDS_RUN - 3)) rtmpdump -q -r rtmp://127.0.0.1:$PORT/live/bench -v -o - 2>/dev/null | wc -c > $work/n$i" &
 done
@@ -105,4 +111,5 @@ cpu1=$(cpu_of "$worker")
 bytes=$(cat "$work"/n* 2>/dev/null | awk '{s+=$1} END {print s+0}')
 python3 -c "
 cpu=$cpu1-$cpu0; gb=$bytes/1e9
-print(f'nginx-rtmp -> RTMP players: players $PLAYERS, delivered {gb:.3f} GB, nginx CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB')"
+d=open('$work/ng-delay').read().split() or ['nan','nan','0']
+print(f'nginx-rtmp -> RTMP players: players $PLAYERS, delivered {gb:.3f} GB, nginx CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB, delay p50 {d[0]} ms p99 {d[1]} ms')"
