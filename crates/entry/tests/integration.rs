@@ -139,19 +139,44 @@ fn entry_config(
     }
 }
 
+/// The director's registry as its admin API shows it (`Null` if it does not answer).
+async fn admin_servers(d: &Director) -> Value {
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/admin/entry-servers", d.url))
+        .bearer_auth("admin")
+        .send()
+        .await;
+    match r {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// London, Frankfurt and New York, registered: for "Paris" the primary is lon-1, the backup
+/// fra-1, and nyc-1 is the third node viewers use.
+async fn three_servers(d: &Director, dp: &std::path::Path) -> [Server; 3] {
+    let servers = [
+        Server::start(
+            entry_config("lon-1", "lon", "London", dp, Some(d)),
+            "127.0.0.2",
+        ),
+        Server::start(
+            entry_config("fra-1", "fra", "Frankfurt", dp, Some(d)),
+            "127.0.0.3",
+        ),
+        Server::start(
+            entry_config("nyc-1", "nyc", "New York City", dp, Some(d)),
+            "127.0.0.4",
+        ),
+    ];
+    wait_registered(d, 3).await;
+    servers
+}
+
 /// Wait (bounded) until the director has `n` healthy servers.
 async fn wait_registered(d: &Director, n: usize) {
-    let http = reqwest::Client::new();
     for _ in 0..200 {
-        let r: Value = http
-            .get(format!("{}/v1/admin/entry-servers", d.url))
-            .bearer_auth("admin")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap_or(Value::Null);
+        let r = admin_servers(d).await;
         let healthy = r["entry_servers"]
             .as_array()
             .map_or(0, |a| a.iter().filter(|s| s["health"] == "healthy").count());
@@ -350,21 +375,7 @@ async fn failover_case(kill_role: &str) {
     let d = start_director();
     let dir = tempfile::tempdir().unwrap();
     let dp = dir.path().to_path_buf();
-    let mut servers = [
-        Server::start(
-            entry_config("lon-1", "lon", "London", &dp, Some(&d)),
-            "127.0.0.2",
-        ),
-        Server::start(
-            entry_config("fra-1", "fra", "Frankfurt", &dp, Some(&d)),
-            "127.0.0.3",
-        ),
-        Server::start(
-            entry_config("nyc-1", "nyc", "New York City", &dp, Some(&d)),
-            "127.0.0.4",
-        ),
-    ];
-    wait_registered(&d, 3).await;
+    let mut servers = three_servers(&d, &dp).await;
     let stream = format!("cam-{kill_role}");
     let a = assign(&d, &stream, "Paris, FR").await;
     let (pid, paddr, ptok) = pick(&a, "primary");
@@ -796,18 +807,9 @@ async fn draining_refuses_new_sessions_and_lets_current_ones_finish() {
 
     stop_tx.send(()).unwrap();
     // The director hears about it: the server is no longer selectable.
-    let http = reqwest::Client::new();
     let mut drained = false;
     for _ in 0..200 {
-        let r: Value = http
-            .get(format!("{}/v1/admin/entry-servers", d.url))
-            .bearer_auth("admin")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = admin_servers(&d).await;
         if r["entry_servers"][0]["state"] == "draining" {
             drained = true;
             break;
@@ -841,15 +843,7 @@ async fn draining_refuses_new_sessions_and_lets_current_ones_finish() {
         .unwrap()
         .unwrap();
     // Deregistered.
-    let r: Value = http
-        .get(format!("{}/v1/admin/entry-servers", d.url))
-        .bearer_auth("admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = admin_servers(&d).await;
     assert_eq!(r["entry_servers"].as_array().map(Vec::len), Some(0), "{r}");
     // And what was acknowledged is on disk for the next start.
     let log =

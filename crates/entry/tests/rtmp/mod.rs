@@ -157,21 +157,7 @@ async fn dual_publish_case(kill_primary: bool) {
     let d = start_director();
     let dir = tempfile::tempdir().unwrap();
     let dp = dir.path().to_path_buf();
-    let mut servers = [
-        Server::start(
-            entry_config("lon-1", "lon", "London", &dp, Some(&d)),
-            "127.0.0.2",
-        ),
-        Server::start(
-            entry_config("fra-1", "fra", "Frankfurt", &dp, Some(&d)),
-            "127.0.0.3",
-        ),
-        Server::start(
-            entry_config("nyc-1", "nyc", "New York City", &dp, Some(&d)),
-            "127.0.0.4",
-        ),
-    ];
-    wait_registered(&d, 3).await;
+    let mut servers = three_servers(&d, &dp).await;
     let src = make_source(&dp, 4);
     let stream = if kill_primary {
         "rtmp-kill"
