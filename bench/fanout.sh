@@ -19,26 +19,8 @@ cd "$(dirname "$0")/.."
 VIEWERS=${1:-200}
 SECONDS_RUN=${2:-20}
 MBPS=${3:-8}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  pkill -f "rtmpdump -q -r rtmp://127.0.0.1" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
+source bench/lib.sh
 
-cpu_of() { # total utime+stime seconds of the given pids
-  local t=0
-  for p in "$@"; do
-    if [ -r "/proc/$p/stat" ]; then
-      t=$(awk -v t="$t" '{ sub(/.*\) /, ""); print t + ($12 + $13) / 100 }' "/proc/$p/stat")
-    fi
-  done
-  echo "$t"
-}
 
 cargo build --release -q -p firstmile -p firstmile-bench
 BIN=target/release
@@ -81,25 +63,9 @@ run_firstmile steady no
 run_firstmile kill-primary yes
 
 # --- nginx-rtmp ------------------------------------------------------------------------------
-need=()
-command -v ffmpeg >/dev/null || need+=(ffmpeg)
-command -v rtmpdump >/dev/null || need+=(rtmpdump)
-[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(nginx libnginx-mod-rtmp)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/nginx.conf" <<CONF
-load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-rtmp { server { listen 127.0.0.1:$PORT; chunk_size 4096; application live { live on; record off; } } }
-CONF
-"$NGINX" -c "$work/nginx.conf" -p "$work"
-sleep 0.5
+install_missing ffmpeg:ffmpeg rtmpdump:rtmpdump
+start_nginx_rtmp
+PORT=$RTMP_PORT
 src="$work/src.flv"
 ffmpeg -loglevel error -f lavfi -i "testsrc2=size=1280x720:rate=30" -t "$((SECONDS_RUN + 5))" \
   -c:v libx264 -preset ultrafast -b:v "${MBPS}M" -maxrate "${MBPS}M" -bufsize "$((MBPS * 2))M" -g 60 \

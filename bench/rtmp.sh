@@ -17,30 +17,8 @@ cd "$(dirname "$0")/.."
 PLAYERS=${1:-20}
 SECONDS_RUN=${2:-20}
 MBPS=${3:-4}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
-need=()
-command -v ffmpeg >/dev/null || need+=(ffmpeg)
-command -v rtmpdump >/dev/null || need+=(rtmpdump)
-command -v curl >/dev/null || need+=(curl)
-[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(nginx libnginx-mod-rtmp)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cpu_of() {
-  local t=0
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] && t=$(awk -v t="$t" '{ sub(/.*\) /, ""); print t + ($12 + $13) / 100 }' "/proc/$p/stat")
-  done
-  echo "$t"
-}
+source bench/lib.sh
+install_missing ffmpeg:ffmpeg rtmpdump:rtmpdump curl:curl
 cargo build --release -q -p firstmile -p firstmile-bench
 BIN=target/release/firstmile
 src="$work/src.flv"
@@ -83,18 +61,8 @@ d=open('$work/fm-delay').read().split() or ['nan','nan','0']
 print(f'firstmile RTMP x2 (tee) -> HTTP-FLV on a relay node: players $PLAYERS, delivered {gb:.3f} GB, entry CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB, delay p50 {d[0]} ms p99 {d[1]} ms')"
 
 # --- nginx-rtmp
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/nginx.conf" <<CONF
-load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-rtmp { server { listen 127.0.0.1:$PORT; chunk_size 4096; application live { live on; record off; } } }
-CONF
-"$NGINX" -c "$work/nginx.conf" -p "$work"
-sleep 0.5
+start_nginx_rtmp
+PORT=$RTMP_PORT
 t0=$(date +%s%N)
 ffmpeg -loglevel error -re -i "$src" -map 0 -c copy -f flv "rtmp://127.0.0.1:$PORT/live/bench" &
 pids+=("$!")

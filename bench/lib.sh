@@ -1,0 +1,52 @@
+# Shared by the bench/ scripts: a work directory cleaned up on exit, package installs, CPU time
+# of processes, and an nginx-rtmp server. Source it after `set -euo pipefail`.
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || true
+
+# install_missing CMD:PACKAGE... — apt-get install the packages whose command (or file) is missing.
+install_missing() {
+  local need=() spec cmd pkg
+  for spec in "$@"; do
+    cmd=${spec%%:*}; pkg=${spec#*:}
+    if [[ $cmd == /* ]]; then [ -e "$cmd" ] && continue; else command -v "$cmd" >/dev/null && continue; fi
+    need+=($pkg)
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+# cpu_of PID... — total user+system CPU seconds of the processes still alive.
+cpu_of() {
+  local t=0 p
+  for p in "$@"; do
+    if [ -r "/proc/$p/stat" ]; then
+      t=$(awk -v t="$t" '{ sub(/.*\) /, ""); print t + ($12 + $13) / 100 }' "/proc/$p/stat")
+    fi
+  done
+  echo "$t"
+}
+
+# start_nginx_rtmp — nginx with the RTMP module (1 worker) on a free port; sets RTMP_PORT.
+start_nginx_rtmp() {
+  install_missing nginx:nginx /usr/lib/nginx/modules/ngx_rtmp_module.so:libnginx-mod-rtmp
+  RTMP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat > "$work/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+rtmp { server { listen 127.0.0.1:$RTMP_PORT; chunk_size 4096; application live { live on; record off; } } }
+CONF
+  "$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx.conf" -p "$work"
+  sleep 0.5
+}
