@@ -16,13 +16,15 @@
 //! writing half run as two futures; PONGs go from the reader to the writer over a small channel.
 //!
 //! **Transports.** [`Connect`] opens a byte stream for a [`PathTarget`]; [`TcpConnect`] handles
-//! `tcp://host:port`. Tests plug in `tokio::io::duplex` or real loopback sockets.
+//! `tcp://host:port` and `tls://host:port` (TLS verified against the webpki roots plus
+//! [`PushConfig::ca_file`]). Tests plug in `tokio::io::duplex` or real loopback sockets.
 //!
 //! **What not.** No terminal output (the binary renders [`PushProgress`]); no WebSocket transport
 //! yet.
 
 use std::future::Future;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -70,6 +72,8 @@ pub struct PushConfig {
     pub end_timeout: Duration,
     /// The protocol whose URL paths use (only native is implemented).
     pub protocol: Protocol,
+    /// Extra CA certificates (PEM file) trusted for `tls://` servers, besides the webpki roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for PushConfig {
@@ -86,6 +90,7 @@ impl Default for PushConfig {
             start_timeout: Duration::from_secs(30),
             end_timeout: Duration::from_secs(30),
             protocol: Protocol::Native,
+            ca_file: None,
         }
     }
 }
@@ -104,36 +109,180 @@ pub trait Connect: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = io::Result<Self::Io>> + Send + 'a>>;
 }
 
-/// Native protocol over plain TCP: `tcp://host:port`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TcpConnect;
+/// Native protocol over plain TCP (`tcp://host:port`) or TLS on TCP (`tls://host:port`; the
+/// server is verified against the webpki roots plus the optional extra CA, for the URL's host).
+#[derive(Debug, Clone, Default)]
+pub struct TcpConnect {
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Why the configured CA file cannot be used (then `tls://` connections fail with it).
+    ca_error: Option<String>,
+}
+
+impl TcpConnect {
+    /// A connector trusting the webpki roots and the CA certificates in `ca_file` (PEM) if given.
+    pub fn new(ca_file: Option<&Path>) -> io::Result<Self> {
+        Ok(TcpConnect {
+            tls: Some(tls_client_config(ca_file)?),
+            ca_error: None,
+        })
+    }
+}
+
+use tokio_rustls::rustls;
+
+/// A rustls client config (ring provider) trusting the webpki roots and `ca_file`'s certificates.
+pub fn tls_client_config(ca_file: Option<&Path>) -> io::Result<Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let bad = |m: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("CA file {}: {m}", path.display()),
+            )
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no CERTIFICATE block found".into()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A native-protocol connection: plain TCP or TLS on TCP.
+#[derive(Debug)]
+pub enum NativeStream {
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl AsyncRead for NativeStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            NativeStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            NativeStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NativeStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            NativeStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            NativeStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            NativeStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            NativeStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            NativeStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            NativeStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 impl Connect for TcpConnect {
-    type Io = tokio::net::TcpStream;
+    type Io = NativeStream;
     fn connect<'a>(
         &'a self,
         target: &'a PathTarget,
     ) -> Pin<Box<dyn Future<Output = io::Result<Self::Io>> + Send + 'a>> {
         Box::pin(async move {
-            let addr = tcp_addr(&target.url)?;
+            let (addr, tls) = native_addr(&target.url)?;
             let s = tokio::net::TcpStream::connect(addr).await?;
             s.set_nodelay(true)?;
-            Ok(s)
+            if !tls {
+                return Ok(NativeStream::Tcp(s));
+            }
+            if let Some(e) = &self.ca_error {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, e.clone()));
+            }
+            let config = match &self.tls {
+                Some(c) => c.clone(),
+                None => tls_client_config(None)?,
+            };
+            let name = server_name(addr)?;
+            let s = tokio_rustls::TlsConnector::from(config)
+                .connect(name, s)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {addr}: {e}")))?;
+            Ok(NativeStream::Tls(Box::new(s)))
         })
     }
 }
 
-/// `host:port` of a `tcp://host:port` URL.
-pub fn tcp_addr(url: &str) -> io::Result<&str> {
-    url.strip_prefix("tcp://")
-        .map(|a| a.trim_end_matches('/'))
+/// The TLS server name of `host:port` (a DNS name or an IP address, `[v6]` allowed).
+pub fn server_name(addr: &str) -> io::Result<rustls_pki_types::ServerName<'static>> {
+    let host = match addr.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h,
+        _ => addr,
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{host:?} is not a valid TLS server name: {e}"),
+        )
+    })
+}
+
+/// `host:port` of a `tcp://host:port` or `tls://host:port` URL, and whether it is TLS.
+pub fn native_addr(url: &str) -> io::Result<(&str, bool)> {
+    let (rest, tls) = if let Some(r) = url.strip_prefix("tls://") {
+        (Some(r), true)
+    } else {
+        (url.strip_prefix("tcp://"), false)
+    };
+    rest.map(|a| a.trim_end_matches('/'))
         .filter(|a| !a.is_empty())
+        .map(|a| (a, tls))
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{url:?} is not a tcp://host:port URL"),
+                format!("{url:?} is not a tcp://host:port or tls://host:port URL"),
             )
         })
+}
+
+/// `host:port` of a `tcp://host:port` (or `tls://host:port`) URL.
+pub fn tcp_addr(url: &str) -> io::Result<&str> {
+    native_addr(url).map(|(a, _)| a)
 }
 
 /// Asks for a new assignment for a stream (the director, or a test double).
@@ -360,8 +509,21 @@ impl<C: Connect> std::fmt::Debug for Pusher<C> {
 
 impl Pusher<TcpConnect> {
     /// A push of `stream` over the given paths (one or two) on TCP.
+    ///
+    /// `config.ca_file` is read here; when it cannot be used, `tls://` paths fail to connect
+    /// with that error ([`from_assignment`](Self::from_assignment) reports it up front).
     pub fn new(stream: StreamId, paths: Vec<(Role, PathTarget)>, config: PushConfig) -> Self {
-        Pusher::with_connector(stream, paths, config, TcpConnect)
+        let connect = match &config.ca_file {
+            None => TcpConnect::default(),
+            Some(ca) => TcpConnect::new(Some(ca)).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "CA file unusable; TLS paths will fail");
+                TcpConnect {
+                    tls: None,
+                    ca_error: Some(e.to_string()),
+                }
+            }),
+        };
+        Pusher::with_connector(stream, paths, config, connect)
     }
 
     /// A push over an assignment's primary and backup.
@@ -927,3 +1089,6 @@ async fn read_loop<C, R: AsyncRead + Unpin>(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tls_tests;

@@ -13,52 +13,19 @@ use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// TLS material that cannot be used. The operator is at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("TLS certificate file {path}: {message}")]
-    Cert { path: String, message: String },
-    #[error("TLS key file {path}: {message}")]
-    Key { path: String, message: String },
-    #[error("TLS configuration: {0}")]
-    Config(#[from] rustls::Error),
-}
+pub use plumbing::tls::TlsError;
 
 /// Load a PEM certificate chain and key into a rustls server config (ring provider, HTTP/1.1).
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Cert {
-            path: cert_file.display().to_string(),
-            message: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Cert {
-            path: cert_file.display().to_string(),
-            message: "no CERTIFICATE block found".into(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::Key {
-        path: key_file.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    plumbing::tls::server_config(cert_file, key_file, &[b"http/1.1"])
 }
 
 /// A listener yielding TLS streams.

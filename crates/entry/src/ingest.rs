@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A connection that carries whole frames.
@@ -43,19 +43,41 @@ pub enum SessionError {
     Ws(String),
 }
 
-/// The native protocol over a TCP connection.
+/// The native protocol over a TCP connection, or over any byte stream on one (TLS).
 #[derive(Debug)]
-pub struct TcpFrames {
-    sock: TcpStream,
+pub struct TcpFrames<S = TcpStream> {
+    sock: S,
+    /// The underlying TCP socket's descriptor, for `TCP_INFO` (owned by `sock`).
+    fd: Option<std::os::fd::RawFd>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     dec: Decoder,
 }
 
-impl TcpFrames {
+impl TcpFrames<TcpStream> {
     pub fn new(sock: TcpStream, limits: proto::Limits) -> Self {
+        use std::os::fd::AsRawFd;
+        let fd = sock.as_raw_fd();
+        Self::with_stream(sock, Some(fd), limits)
+    }
+}
+
+impl TcpFrames<tokio_rustls::server::TlsStream<TcpStream>> {
+    /// The native protocol over TLS on TCP.
+    pub fn tls(sock: tokio_rustls::server::TlsStream<TcpStream>, limits: proto::Limits) -> Self {
+        use std::os::fd::AsRawFd;
+        let fd = sock.get_ref().0.as_raw_fd();
+        Self::with_stream(sock, Some(fd), limits)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpFrames<S> {
+    /// Frames over `sock`; `fd` is the descriptor of the TCP socket under it (which `sock` must
+    /// own for as long as it lives), for `TCP_INFO`.
+    pub fn with_stream(sock: S, fd: Option<std::os::fd::RawFd>, limits: proto::Limits) -> Self {
         Self {
             sock,
+            fd,
             rbuf: BytesMut::with_capacity(64 * 1024),
             wbuf: BytesMut::new(),
             dec: Decoder::new(limits),
@@ -63,7 +85,7 @@ impl TcpFrames {
     }
 }
 
-impl FrameIo for TcpFrames {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> FrameIo for TcpFrames<S> {
     async fn recv(&mut self) -> Result<Option<Frame>, SessionError> {
         loop {
             if let Some(f) = self.dec.decode(&mut self.rbuf)? {
@@ -82,12 +104,12 @@ impl FrameIo for TcpFrames {
         self.wbuf.clear();
         proto::encode(f, &mut self.wbuf)?;
         self.sock.write_all(&self.wbuf).await?;
+        self.sock.flush().await?;
         Ok(())
     }
 
     fn tcp_info(&self) -> Option<crate::tcpinfo::TcpInfo> {
-        use std::os::fd::AsRawFd;
-        crate::tcpinfo::read(self.sock.as_raw_fd())
+        crate::tcpinfo::read(self.fd?)
     }
 }
 

@@ -27,7 +27,7 @@ pub mod rtmp;
 pub mod tcpinfo;
 pub mod viewer;
 
-pub use node::{EntryConfig, Node, parse_fsync};
+pub use node::{EntryConfig, NativeTls, Node, parse_fsync};
 
 use chunklog::{LogConfig, StreamLog};
 use std::future::Future;
@@ -54,6 +54,25 @@ pub enum InitError {
 #[derive(Debug, Clone)]
 pub struct Entry {
     node: Arc<Node>,
+    /// TLS of the native listener (`native_tls`).
+    native_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+/// How long a native connection may take to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn load_native_tls(
+    tls: &node::NativeTls,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, InitError> {
+    use plumbing::tls::TlsError;
+    plumbing::tls::server_config(&tls.cert_file, &tls.key_file, &[]).map_err(|e| {
+        let key = match &e {
+            TlsError::Cert { .. } => "native_tls.cert_file",
+            TlsError::Key { .. } => "native_tls.key_file",
+            TlsError::Config(_) => "native_tls",
+        };
+        InitError::Invalid(node::ConfigError::key(key, e.to_string()))
+    })
 }
 
 fn read_key(s: &str) -> Result<token::VerifyingKey, InitError> {
@@ -72,6 +91,7 @@ impl Entry {
         cfg.validate()?;
         link::resolve_location(&cfg.location).map_err(InitError::Config)?;
         let verifier = read_key(&cfg.token_public_key)?;
+        let native_tls = cfg.native_tls.as_ref().map(load_native_tls).transpose()?;
         let log_config = LogConfig {
             dir: cfg.data_dir.clone(),
             fsync: cfg.fsync,
@@ -118,6 +138,7 @@ impl Entry {
         }
         Ok(Self {
             node: Arc::new(node),
+            native_tls,
         })
     }
 
@@ -154,13 +175,18 @@ impl Entry {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let node = self.node;
+        let tls = self.native_tls.map(tokio_rustls::TlsAcceptor::from);
         let host = |a: SocketAddr| match &node.cfg.advertise {
             Some(h) => format!("{h}:{}", a.port()),
             None => a.to_string(),
         };
         let (n_addr, h_addr) = (native.local_addr()?, http_listener.local_addr()?);
         *node.urls.lock().unwrap_or_else(|e| e.into_inner()) = node::Urls {
-            native: format!("tcp://{}", host(n_addr)),
+            native: format!(
+                "{}://{}",
+                if tls.is_some() { "tls" } else { "tcp" },
+                host(n_addr)
+            ),
             websocket: format!("ws://{}/v1/ingest", host(h_addr)),
             http: format!("http://{}", host(h_addr)),
             rtmp: match &rtmp {
@@ -180,8 +206,31 @@ impl Entry {
                     r = native.accept() => match r {
                         Ok((sock, peer)) => {
                             let _ = sock.set_nodelay(true);
-                            let io = ingest::TcpFrames::new(sock, accept_node.limits);
-                            tokio::spawn(ingest::serve(io, accept_node.clone(), Some(peer.ip())));
+                            let node = accept_node.clone();
+                            match &tls {
+                                None => {
+                                    let io = ingest::TcpFrames::new(sock, node.limits);
+                                    tokio::spawn(ingest::serve(io, node, Some(peer.ip())));
+                                }
+                                Some(acceptor) => {
+                                    // The handshake runs in the connection's own task: a slow or
+                                    // silent client holds up nobody else.
+                                    let acceptor = acceptor.clone();
+                                    tokio::spawn(async move {
+                                        let hs = acceptor.accept(sock);
+                                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, hs).await {
+                                            Ok(Ok(s)) => {
+                                                let io = ingest::TcpFrames::tls(s, node.limits);
+                                                ingest::serve(io, node, Some(peer.ip())).await;
+                                            }
+                                            Ok(Err(e)) => {
+                                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                                            }
+                                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                        }
+                                    });
+                                }
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "accept failed");

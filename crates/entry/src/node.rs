@@ -24,6 +24,9 @@ pub struct EntryConfig {
     pub location: String,
     /// Native protocol listener.
     pub native_listen: SocketAddr,
+    /// TLS on the native listener (`native_tls = { cert_file = "...", key_file = "..." }`, PEM);
+    /// none = plain TCP. With it the advertised native URL is `tls://host:port`.
+    pub native_tls: Option<NativeTls>,
     /// HTTP listener: viewers, relays, WebSocket ingest, HTTP push, HTTP-FLV, health, metrics.
     pub http_listen: SocketAddr,
     /// RTMP ingest listener (OBS, ffmpeg); none = no RTMP. Advertised as
@@ -80,6 +83,7 @@ impl Default for EntryConfig {
             location: String::new(),
             native_listen: "127.0.0.1:7001".parse().expect("literal"),
             http_listen: "127.0.0.1:8001".parse().expect("literal"),
+            native_tls: None,
             rtmp_listen: None,
             advertise: None,
             director: None,
@@ -101,6 +105,14 @@ impl Default for EntryConfig {
             report_cpu: true,
         }
     }
+}
+
+/// PEM certificate chain and private key of the native listener's TLS.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NativeTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Parse `always`, `never` or `interval:MS`.

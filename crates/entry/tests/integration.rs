@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod rtmp;
+mod tls;
 mod ws;
 
 const CLUSTER: &str = "test-cluster-secret";

@@ -11,6 +11,8 @@
 //! The environment is an argument, never read here, so layering is tested without touching the
 //! process environment.
 
+pub mod tls;
+
 use serde::de::DeserializeOwned;
 
 /// A configuration that cannot be used. The operator is at fault; binaries exit 64.

@@ -25,6 +25,10 @@ pub struct PushArgs {
     /// Byte budget of the buffer of unacknowledged chunks, in MiB.
     #[arg(long, default_value_t = 512, value_name = "MIB")]
     pub ring_mib: usize,
+    /// Also trust the CA certificates in this PEM file for `tls://` entry servers (besides the
+    /// public web roots).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// The input: a file, or - for standard input.
     #[arg(default_value = "-", value_name = "FILE|-")]
     pub input: String,
@@ -41,6 +45,9 @@ pub fn run(a: PushArgs) -> Result<(), Failure> {
         return Err(Failure::usage(anyhow::anyhow!(
             "--replace-after must be > 0 seconds and --ring-mib > 0"
         )));
+    }
+    if let Some(ca) = &a.ca_file {
+        client::push::tls_client_config(Some(ca)).map_err(Failure::usage)?;
     }
     let req = a.ask.request()?;
     let director = client::Director::new(&a.ask.director).map_err(client_failure)?;
@@ -59,6 +66,7 @@ pub fn run(a: PushArgs) -> Result<(), Failure> {
         let mut config = PushConfig {
             protocol,
             ring_bytes: a.ring_mib.saturating_mul(1024 * 1024),
+            ca_file: a.ca_file.clone(),
             ..PushConfig::default()
         };
         config.policy.replace_after = Duration::from_secs_f64(a.replace_after);

@@ -1,0 +1,52 @@
+//! TLS material shared by the services: loading a PEM certificate chain and key into a rustls
+//! server config (ring provider only, so no second crypto provider is linked in).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{self, ServerConfig};
+
+/// TLS material that cannot be used. The operator is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS certificate file {path}: {message}")]
+    Cert { path: String, message: String },
+    #[error("TLS key file {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// Load a PEM certificate chain and key into a rustls server config (ring provider) offering
+/// the given ALPN protocols (none = no ALPN).
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Cert {
+            path: cert_file.display().to_string(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert_file.display().to_string(),
+            message: "no CERTIFICATE block found".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::Key {
+        path: key_file.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
