@@ -28,7 +28,8 @@ fn tls_config(
     }
 }
 
-/// A device pushes over TLS with the client crate (trusting the test CA); a viewer reads exactly
+/// The entry server registers `tls://host:port` with the director; a device pushes over TLS with
+/// the client crate (trusting the test CA); a viewer reads exactly
 /// the pushed bytes back. A plain-TCP client on the TLS port is dropped and the server keeps
 /// serving TLS sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,9 +37,20 @@ async fn native_over_tls_end_to_end() {
     let ip = "127.0.0.21";
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed(dir.path(), ip);
-    let s = Server::start(tls_config("tls-1", dir.path(), &cert, &key), ip);
+    let d = start_director();
+    let mut cfg = tls_config("tls-1", dir.path(), &cert, &key);
+    cfg.director = Some(d.url.clone());
+    let s = Server::start(cfg, ip);
+    wait_registered(&d, 1).await;
     let signer = token::SigningKey::from_bytes(&[7u8; 32]);
     let url = format!("tls://{}", s.native);
+    // The server registers its native URL as tls://.
+    let reg = admin_servers(&d).await;
+    assert_eq!(
+        reg["entry_servers"][0]["urls"]["native"],
+        json!(url),
+        "{reg:#}"
+    );
 
     // Plain TCP speaking the protocol to the TLS port: no WELCOME, just a closed connection.
     let mut plain = Path::connect(&s.native.to_string()).await.unwrap();
