@@ -10,7 +10,8 @@
 # SIGKILL half-way — the longest stall any viewer saw and whether any record was missed or
 # repeated.
 # nginx-rtmp: ffmpeg publishes an MBIT Mbit/s H.264 file (made once) with -re; VIEWERS rtmpdump
-# players read it; reported: nginx CPU seconds per GB delivered. nginx-rtmp has no backup path:
+# players read it; reported: nginx CPU seconds per GB delivered, and the delay seen by one more
+# player (arrival minus publisher launch + tag timestamp; ffmpeg's start-up is included). nginx-rtmp has no backup path:
 # killing it ends every viewer's stream.
 # Installs nginx with libnginx-mod-rtmp, ffmpeg and rtmpdump with apt-get when missing. All
 # traffic stays on 127.0.0.0/8; every run is bounded by SECONDS.
@@ -70,11 +71,14 @@ src="$work/src.flv"
 ffmpeg -loglevel error -f lavfi -i "testsrc2=size=1280x720:rate=30" -t "$((SECONDS_RUN + 5))" \
   -c:v libx264 -preset ultrafast -b:v "${MBPS}M" -maxrate "${MBPS}M" -bufsize "$((MBPS * 2))M" -g 60 \
   -f flv "$src"
+t0=$(date +%s%N)
 ffmpeg -loglevel error -re -i "$src" -c copy -f flv "rtmp://127.0.0.1:$PORT/live/bench" &
 pids+=("$!")
 sleep 1
 worker=$(pgrep -f "nginx: worker process" -n)
 cpu0=$(cpu_of "$worker")
+# One more player measures the delay: arrival minus (publisher launch + tag timestamp).
+sh -c "timeout $((SECONDS_RUN - 2)) rtmpdump -q -r rtmp://127.0.0.1:$PORT/live/bench -v -o - 2>/dev/null | $BIN/flvdelay --t0-ns $t0 > $work/ng-delay" &
 for i in $(seq "$VIEWERS"); do
   sh -c "timeout $((SECONDS_RUN - 2)) rtmpdump -q -r rtmp://127.0.0.1:$PORT/live/bench -v -o - 2>/dev/null | wc -c > $work/v$i" &
 done
@@ -84,4 +88,5 @@ cpu1=$(cpu_of "$worker")
 bytes=$(cat "$work"/v* 2>/dev/null | awk '{s+=$1} END {print s+0}')
 python3 -c "
 cpu=$cpu1-$cpu0; gb=$bytes/1e9
-print(f'nginx-rtmp: viewers $VIEWERS, delivered {gb:.2f} GB, nginx CPU {cpu:.1f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB')"
+d=open('$work/ng-delay').read().split() or ['nan','nan','0']
+print(f'nginx-rtmp: viewers $VIEWERS, delivered {gb:.2f} GB, nginx CPU {cpu:.1f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB, delay p50 {d[0]} ms p99 {d[1]} ms (includes ffmpeg start-up and rtmpdump buffering)')"
