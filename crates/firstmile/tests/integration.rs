@@ -448,3 +448,85 @@ fn bad_configuration_exits_64_before_binding() {
     );
     drop(held);
 }
+
+/// `ffmpeg … -f mpegts - | firstmile push … -` as the README shows it; a player on another node
+/// gets the exact MPEG-TS bytes, and ffprobe reads them as the video ffmpeg made.
+#[test]
+fn ffmpeg_in_a_pipe_into_push() {
+    assert!(
+        Command::new("ffmpeg").arg("-version").output().is_ok(),
+        "ffmpeg is missing: run scripts/media-deps.sh (scripts/test does)"
+    );
+    let up = start_up(3);
+    let stream = "ts-pipe";
+    let _ = wait_for_registration(&up, stream);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("source.ts");
+    let pipeline = format!(
+        "set -o pipefail; ffmpeg -loglevel error -f lavfi -i testsrc2=duration=3:size=320x240:rate=25 \
+         -c:v libx264 -preset ultrafast -g 25 -f mpegts - | tee {src} | {bin} push --director {d} \
+         --location 'Paris, FR' --stream {stream} --quiet -",
+        src = src.display(),
+        bin = env!("CARGO_BIN_EXE_firstmile"),
+        d = up.director,
+    );
+    let o = Command::new("bash")
+        .args(["-c", &pipeline])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "pipeline failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let source = std::fs::read(&src).unwrap();
+    assert!(
+        source.len() > 10_000 && source[0] == 0x47,
+        "ffmpeg made no MPEG-TS"
+    );
+    let (_, (viewer_http, _)) = up.servers.iter().find(|(id, _)| *id == "nyc-1").unwrap();
+    let out = dir.path().join("played.ts");
+    let o = Command::new(env!("CARGO_BIN_EXE_firstmile"))
+        .args([
+            "play",
+            "--from-url",
+            viewer_http,
+            "--from",
+            "start",
+            "--wait",
+            "20s",
+            stream,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(&out, &o.stdout).unwrap();
+    assert!(
+        o.stdout == source,
+        "played {} bytes, pushed {}",
+        o.stdout.len(),
+        source.len()
+    );
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+        ])
+        .args(["stream=codec_name,nb_read_frames", "-of", "csv=p=0"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&probe.stdout);
+    // ffprobe prints the stream once per section it appears in (program, streams).
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+    assert_eq!(
+        first,
+        Some("h264,75"),
+        "ffprobe: {text} {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+}
