@@ -60,6 +60,19 @@ fn default_place() -> Location {
     loc(DEFAULT.0, DEFAULT.1)
 }
 
+/// Select for a native 6 Mbit/s stream with the default parameters, no learning, at time 0.
+fn pick(fleet: &Fleet, typed: Option<Location>, ip: Option<Location>) -> select::Selection {
+    select(
+        fleet,
+        &req(typed, ip),
+        &Params::default(),
+        None,
+        &default_place(),
+        0,
+    )
+    .unwrap()
+}
+
 #[test]
 fn typed_and_ip_on_different_continents() {
     let fleet = Fleet::new(world());
@@ -80,15 +93,7 @@ fn typed_and_ip_on_different_continents() {
 fn backup_leaves_the_primary_pop_even_when_a_same_pop_server_is_nearer() {
     let fleet = Fleet::new(world());
     let paris = loc(PARIS.0, PARIS.1);
-    let s = select(
-        &fleet,
-        &req(Some(paris), Some(paris)),
-        &Params::default(),
-        None,
-        &default_place(),
-        0,
-    )
-    .unwrap();
+    let s = pick(&fleet, Some(paris), Some(paris));
     assert_eq!(s.primary.pop, "par");
     assert_eq!(s.backup.unwrap().server_id, "fra-1");
 }
@@ -97,28 +102,12 @@ fn backup_leaves_the_primary_pop_even_when_a_same_pop_server_is_nearer() {
 fn one_location_unknown_uses_the_other_for_both() {
     let fleet = Fleet::new(world());
     let tokyo = loc(TOKYO.0, TOKYO.1);
-    let s = select(
-        &fleet,
-        &req(None, Some(tokyo)),
-        &Params::default(),
-        None,
-        &default_place(),
-        0,
-    )
-    .unwrap();
+    let s = pick(&fleet, None, Some(tokyo));
     assert_eq!(s.primary.server_id, "tyo-1");
     assert_eq!(s.primary.scored_from.kind, BasisKind::Ip);
     assert_eq!(s.backup.as_ref().unwrap().scored_from.kind, BasisKind::Ip);
     assert!(s.primary.scored_from.note.is_some());
-    let s = select(
-        &fleet,
-        &req(Some(tokyo), None),
-        &Params::default(),
-        None,
-        &default_place(),
-        0,
-    )
-    .unwrap();
+    let s = pick(&fleet, Some(tokyo), None);
     assert_eq!(s.primary.server_id, "tyo-1");
     assert_eq!(s.backup.unwrap().scored_from.kind, BasisKind::Typed);
 }
@@ -156,15 +145,7 @@ fn full_drained_unhealthy_and_wrong_protocol_servers_are_skipped() {
     servers[2].health = Health::Unhealthy; // fra-1 down
     let fleet = Fleet::new(servers);
     let paris = loc(PARIS.0, PARIS.1);
-    let s = select(
-        &fleet,
-        &req(Some(paris), Some(paris)),
-        &Params::default(),
-        None,
-        &default_place(),
-        0,
-    )
-    .unwrap();
+    let s = pick(&fleet, Some(paris), Some(paris));
     assert_eq!(s.primary.server_id, "nyc-1");
 
     let mut r = req(Some(paris), Some(paris));
@@ -190,15 +171,7 @@ fn bitrate_beyond_headroom_is_skipped() {
     servers[1].load.mbps = 999.0;
     let fleet = Fleet::new(servers);
     let paris = loc(PARIS.0, PARIS.1);
-    let s = select(
-        &fleet,
-        &req(Some(paris), Some(paris)),
-        &Params::default(),
-        None,
-        &default_place(),
-        0,
-    )
-    .unwrap();
+    let s = pick(&fleet, Some(paris), Some(paris));
     assert_eq!(s.primary.server_id, "fra-1");
 }
 
@@ -206,15 +179,7 @@ fn bitrate_beyond_headroom_is_skipped() {
 fn no_backup_possible_with_one_server() {
     let fleet = Fleet::new(vec![server("solo", "p", loc(PARIS.0, PARIS.1))]);
     let paris = loc(PARIS.0, PARIS.1);
-    let s = select(
-        &fleet,
-        &req(Some(paris), Some(paris)),
-        &Params::default(),
-        None,
-        &default_place(),
-        0,
-    )
-    .unwrap();
+    let s = pick(&fleet, Some(paris), Some(paris));
     assert_eq!(s.primary.server_id, "solo");
     assert!(s.backup.is_none());
     assert!(s.backup_reason.unwrap().contains("no other entry server"));
@@ -227,15 +192,7 @@ fn same_pop_backup_only_when_nothing_else_qualifies_and_it_says_so() {
         server("b", "p", loc(PARIS.0, PARIS.1)),
     ]);
     let paris = loc(PARIS.0, PARIS.1);
-    let s = select(
-        &fleet,
-        &req(Some(paris), Some(paris)),
-        &Params::default(),
-        None,
-        &default_place(),
-        0,
-    )
-    .unwrap();
+    let s = pick(&fleet, Some(paris), Some(paris));
     let b = s.backup.unwrap();
     assert_ne!(b.server_id, s.primary.server_id);
     assert!(b.note.unwrap().contains("failure domain"));
