@@ -287,13 +287,15 @@ impl Entry {
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        link::deregister(&node).await;
+        // Stop the heartbeat task first: a heartbeat in flight when we deregister would be
+        // answered 404 and make it register the server again.
         let _ = stop_tx.send(true);
         accept.abort();
         if let Some(a) = rtmp_accept {
             a.abort();
         }
         let _ = link.await;
+        link::deregister(&node).await;
         let _ = retention.await;
         // Viewers' responses end with the process; don't wait for them.
         server.abort();
