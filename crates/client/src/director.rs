@@ -9,6 +9,7 @@
 //! **What not.** No retries or caching: the pusher decides when to ask again.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use proto::{Protocol, Role, StreamId};
@@ -231,11 +232,18 @@ pub struct Director {
 }
 
 impl Director {
-    /// A client for the director at `base` (`http://host:port`).
+    /// A client for the director at `base` (`http://host:port` or `https://host:port`, verified
+    /// against the public web roots).
     pub fn new(base: &str) -> Result<Self, ClientError> {
+        Self::with_ca_file(base, None)
+    }
+
+    /// As [`Director::new`], also trusting the CA certificates in `ca_file` (PEM) for an
+    /// `https://` director: a private CA or a self-signed certificate.
+    pub fn with_ca_file(base: &str, ca_file: Option<&Path>) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_owned();
         check_http_url(&base)?;
-        let http = http_client(Some(REQUEST_TIMEOUT))?;
+        let http = http_client(Some(REQUEST_TIMEOUT), ca_file)?;
         Ok(Director { base, http })
     }
 
@@ -285,15 +293,25 @@ pub async fn assign(director_url: &str, req: &AssignRequest) -> Result<Assignmen
     Director::new(director_url)?.assign(req).await
 }
 
-pub(crate) fn http_client(timeout: Option<Duration>) -> Result<reqwest::Client, ClientError> {
-    let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+/// An HTTP(S) client: rustls with the ring provider, trusting the public web roots and
+/// `ca_file`'s certificates.
+pub(crate) fn http_client(
+    timeout: Option<Duration>,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::Client, ClientError> {
+    let bad = |reason: String| ClientError::BadUrl {
+        url: String::new(),
+        reason,
+    };
+    let tls = plumbing::tls::client_config(ca_file).map_err(|e| bad(e.to_string()))?;
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .tls_backend_preconfigured((*tls).clone());
     if let Some(t) = timeout {
         b = b.timeout(t);
     }
-    b.build().map_err(|e| ClientError::BadUrl {
-        url: String::new(),
-        reason: format!("cannot build an HTTP client: {e}"),
-    })
+    b.build()
+        .map_err(|e| bad(format!("cannot build an HTTP client: {e}")))
 }
 
 pub(crate) fn check_http_url(url: &str) -> Result<(), ClientError> {
@@ -303,7 +321,8 @@ pub(crate) fn check_http_url(url: &str) -> Result<(), ClientError> {
     };
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| bad("expected http://host:port (https is not supported by this build)"))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| bad("expected http://host:port or https://host:port"))?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err(bad("no host"));
     }
@@ -451,7 +470,8 @@ mod tests {
     #[test]
     fn urls_are_checked_and_queries_encoded() {
         assert!(check_http_url("http://127.0.0.1:1").is_ok());
-        assert!(check_http_url("https://x").is_err());
+        assert!(check_http_url("https://x").is_ok());
+        assert!(check_http_url("tcp://x").is_err());
         assert!(check_http_url("http://").is_err());
         assert_eq!(percent_encode("Paris, FR"), "Paris%2C%20FR");
         assert_eq!(percent_encode("São"), "S%C3%A3o");

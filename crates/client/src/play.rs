@@ -11,6 +11,7 @@
 //! demuxing: the bytes are the stream's payload as pushed.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -75,6 +76,8 @@ pub struct PlayOptions {
     pub start_at: StartAt,
     /// How long to keep polling while the stream does not exist yet.
     pub wait: Duration,
+    /// Extra CA certificates (PEM) trusted for an `https://` director.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What a finished playback copied.
@@ -107,7 +110,7 @@ pub async fn entry_for_playback(opts: &PlayOptions) -> Result<String, PlayError>
     let Some(d) = &opts.director else {
         return Err(PlayError::NoEntryServer);
     };
-    let list = Director::new(d)?
+    let list = Director::with_ca_file(d, opts.ca_file.as_deref())?
         .entry_servers(opts.location.as_deref())
         .await?;
     list.iter()
@@ -124,7 +127,7 @@ pub async fn play<W: AsyncWrite + Unpin>(
 ) -> Result<PlayStats, PlayError> {
     let base = entry_for_playback(opts).await?;
     let url = format!("{base}/v1/streams/{stream}/live?from={}", opts.start_at);
-    let http = http_client(None)?;
+    let http = http_client(None, opts.ca_file.as_deref())?;
     let deadline = Instant::now() + opts.wait;
     let mut delay = Duration::from_millis(100);
     let mut resp = loop {

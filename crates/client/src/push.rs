@@ -132,35 +132,8 @@ use tokio_rustls::rustls;
 
 /// A rustls client config (ring provider) trusting the webpki roots and `ca_file`'s certificates.
 pub fn tls_client_config(ca_file: Option<&Path>) -> io::Result<Arc<rustls::ClientConfig>> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let bad = |m: String| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("CA file {}: {m}", path.display()),
-            )
-        };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no CERTIFICATE block found".into()));
-        }
-        for c in certs {
-            roots.add(c).map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(io::Error::other)?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    plumbing::tls::client_config(ca_file)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
 }
 
 /// A native-protocol connection: plain TCP or TLS on TCP.

@@ -539,6 +539,7 @@ async fn play_waits_for_the_stream_then_copies_it_to_the_end() {
             location: None,
             start_at: StartAt::Start,
             wait: Duration::from_secs(10),
+            ca_file: None,
         };
         let mut out = Vec::new();
         let stats = client::play(&stream(), &opts, &mut out).await.unwrap();

@@ -498,7 +498,7 @@ struct PickOut<'a> {
     protocol: Protocol,
     url: &'a str,
     urls: &'a BTreeMap<String, String>,
-    token: String,
+    token: &'a str,
     estimate: &'a select::Estimate,
     scored_from: &'a select::Basis,
     runners_up: &'a [select::choose::RunnerUp],
@@ -531,14 +531,14 @@ async fn assign(
 ) -> Result<Response, ApiError> {
     rate_limit(&d, ip)?;
     // Every outcome is counted inside (invalid, no_server, ok, no_backup).
-    assign_inner(&d, ip, body).map(IntoResponse::into_response)
+    assign_inner(&d, ip, body)
 }
 
 fn assign_inner(
     d: &Director,
     ip: ClientIp,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let invalid = |e: ApiError| {
         d.inner.metrics.assignment("invalid");
         e
@@ -591,7 +591,7 @@ fn assign_inner(
     let ttl = d.config().tokens.ttl_s;
     let expires_at = now + ttl;
     let empty = BTreeMap::new();
-    let pick_out = |p: &'_ select::Pick, role: Role| -> Value {
+    let pick_out = |p: &'_ select::Pick, role: Role| -> PickAnswer {
         let urls = snap.urls.get(&p.server_id).map(|u| &**u).unwrap_or(&empty);
         let location = snap
             .fleet
@@ -617,22 +617,12 @@ fn assign_inner(
             }
             _ => base.to_string(),
         };
-        serde_json::to_value(PickOut {
-            role,
-            server_id: &p.server_id,
-            pop: &p.pop,
-            city: &p.city,
-            location,
-            protocol,
-            url: &url,
-            urls,
+        PickAnswer {
+            url,
             token,
-            estimate: &p.estimate,
-            scored_from: &p.scored_from,
-            runners_up: &p.runners_up,
-            note: &p.note,
-        })
-        .unwrap_or(Value::Null)
+            location,
+            urls,
+        }
     };
     let primary = pick_out(&sel.primary, Role::Primary);
     let backup = sel.backup.as_ref().map(|b| pick_out(b, Role::Backup));
@@ -660,18 +650,79 @@ fn assign_inner(
         backup = sel.backup.as_ref().map(|b| b.server_id.as_str()).unwrap_or("-"),
         "assigned"
     );
-    Ok(Json(json!({
-        "stream": stream,
-        "protocol": protocol,
-        "bitrate_kbps": bitrate_kbps,
-        "client_ip": ip.0,
-        "locations": { "typed": typed, "ip": ip_loc },
-        "primary": primary,
-        "backup": backup,
-        "backup_reason": sel.backup_reason,
-        "issued_at": now,
-        "expires_at": expires_at,
-    })))
+    // Serialized straight from borrowed parts (no intermediate `Value` tree): this is the hot
+    // path of the director.
+    Ok(Json(AssignmentOut {
+        stream: &stream,
+        protocol,
+        bitrate_kbps,
+        client_ip: ip.0,
+        locations: LocationsOut {
+            typed: typed.as_ref(),
+            ip: ip_loc.as_ref(),
+        },
+        primary: pick_json(&sel.primary, &primary, Role::Primary, protocol),
+        backup: sel
+            .backup
+            .as_ref()
+            .zip(backup.as_ref())
+            .map(|(p, a)| pick_json(p, a, Role::Backup, protocol)),
+        backup_reason: &sel.backup_reason,
+        issued_at: now,
+        expires_at,
+    })
+    .into_response())
+}
+
+fn pick_json<'a>(
+    p: &'a select::Pick,
+    a: &'a PickAnswer<'a>,
+    role: Role,
+    protocol: Protocol,
+) -> PickOut<'a> {
+    PickOut {
+        role,
+        server_id: &p.server_id,
+        pop: &p.pop,
+        city: &p.city,
+        location: a.location,
+        protocol,
+        url: &a.url,
+        urls: a.urls,
+        token: &a.token,
+        estimate: &p.estimate,
+        scored_from: &p.scored_from,
+        runners_up: &p.runners_up,
+        note: &p.note,
+    }
+}
+
+/// What a pick's answer owns (the rest is borrowed from the selection).
+struct PickAnswer<'a> {
+    url: String,
+    token: String,
+    location: Location,
+    urls: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct LocationsOut<'a> {
+    typed: Option<&'a TypedOut>,
+    ip: Option<&'a geo::ip::IpLocation>,
+}
+
+#[derive(Serialize)]
+struct AssignmentOut<'a> {
+    stream: &'a StreamId,
+    protocol: Protocol,
+    bitrate_kbps: u32,
+    client_ip: Option<IpAddr>,
+    locations: LocationsOut<'a>,
+    primary: PickOut<'a>,
+    backup: Option<PickOut<'a>>,
+    backup_reason: &'a Option<String>,
+    issued_at: u64,
+    expires_at: u64,
 }
 
 // ---------------------------------------------------------------------------------------------

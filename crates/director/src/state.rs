@@ -16,7 +16,7 @@
 //!
 //! **What not.** No HTTP here (see [`crate::api`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -129,26 +129,40 @@ impl AssignmentRecord {
 }
 
 /// The assignments remembered for `GET /v1/streams/{id}` and for attributing measurements.
+///
+/// Bounded: at most `max` entries; expired ones go first, then the oldest. `order` lists the
+/// streams in the order they were (re)assigned with the expiry they had then, so eviction is
+/// amortised O(1) per insert (a stream re-assigned later leaves a stale entry in `order`, skipped
+/// because its expiry no longer matches the map's).
 #[derive(Debug, Default)]
 struct Assignments {
     map: HashMap<String, AssignmentRecord>,
+    order: VecDeque<(u64, String)>,
 }
 
 impl Assignments {
     fn insert(&mut self, stream: String, rec: AssignmentRecord, max: usize, now_unix: u64) {
-        if !self.map.contains_key(&stream) && self.map.len() >= max {
-            self.map.retain(|_, r| r.expires_at > now_unix);
-            if self.map.len() >= max
-                && let Some(oldest) = self
-                    .map
-                    .iter()
-                    .min_by_key(|(_, r)| r.expires_at)
-                    .map(|(k, _)| k.clone())
-            {
-                self.map.remove(&oldest);
+        let expires_at = rec.expires_at;
+        if self.map.insert(stream.clone(), rec).is_none() {
+            // Only a new stream can overflow; drop expired entries and then the oldest.
+            while let Some((exp, s)) = self.order.front() {
+                let live = self.map.get(s).is_some_and(|r| r.expires_at == *exp);
+                if live && *exp > now_unix && self.map.len() <= max {
+                    break;
+                }
+                if live {
+                    self.map.remove(s);
+                }
+                self.order.pop_front();
             }
         }
-        self.map.insert(stream, rec);
+        self.order.push_back((expires_at, stream));
+        // Stale entries (re-assigned streams) must not make `order` grow without bound.
+        if self.order.len() > 2 * max.max(self.map.len()) + 16 {
+            let map = &self.map;
+            self.order
+                .retain(|(exp, s)| map.get(s).is_some_and(|r| r.expires_at == *exp));
+        }
     }
 }
 
@@ -567,4 +581,52 @@ fn read_text(what: &'static str, path: &std::path::Path) -> Result<String, InitE
         path: path.display().to_string(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(expires_at: u64) -> AssignmentRecord {
+        let pick = PickRecord {
+            server_id: "e1".into(),
+            basis: Location::new(0.0, 0.0).expect("valid"),
+        };
+        AssignmentRecord {
+            primary: pick,
+            backup: None,
+            assigned_at: 0,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn remembered_assignments_stay_bounded_evicting_expired_then_oldest() {
+        let mut a = Assignments::default();
+        // Ten that expire at 50, then 100 that expire at 1000, with room for 60.
+        for i in 0..10 {
+            a.insert(format!("old{i}"), rec(50), 60, 10);
+        }
+        for i in 0..100 {
+            a.insert(format!("s{i}"), rec(1000), 60, 100);
+        }
+        assert_eq!(a.map.len(), 60);
+        assert!(
+            a.map.keys().all(|k| k.starts_with('s')),
+            "expired ones went first"
+        );
+        assert!(a.map.contains_key("s99") && a.map.contains_key("s40"));
+        assert!(!a.map.contains_key("s39"), "then the oldest");
+        // Re-assigning one stream over and over keeps it and does not grow the order queue.
+        for t in 0..10_000 {
+            a.insert("s50".into(), rec(1000 + t), 60, 100);
+        }
+        assert_eq!(a.map["s50"].expires_at, 1000 + 9_999);
+        assert!(
+            a.order.len() <= 2 * 60 + 16 + 1,
+            "order has {}",
+            a.order.len()
+        );
+        assert_eq!(a.map.len(), 60);
+    }
 }

@@ -69,7 +69,7 @@ fn load_native_tls(
         let key = match &e {
             TlsError::Cert { .. } => "native_tls.cert_file",
             TlsError::Key { .. } => "native_tls.key_file",
-            TlsError::Config(_) => "native_tls",
+            TlsError::Config(_) | TlsError::Ca { .. } => "native_tls",
         };
         InitError::Invalid(node::ConfigError::key(key, e.to_string()))
     })
@@ -116,6 +116,11 @@ impl Entry {
             urls: Default::default(),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(3))
+                .tls_backend_preconfigured(
+                    (*plumbing::tls::client_config(cfg.director_ca_file.as_deref())
+                        .map_err(|e| InitError::Config(e.to_string()))?)
+                    .clone(),
+                )
                 .build()
                 .map_err(|e| InitError::Config(e.to_string()))?,
             clock_override: None,

@@ -35,8 +35,12 @@ pub struct EntryConfig {
     /// Host name or address devices and other nodes use to reach this server
     /// (default: the listen address).
     pub advertise: Option<String>,
-    /// Director base URL (`http://host:port`); none = standalone (no registration, no relay).
+    /// Director base URL (`http://host:port` or `https://host:port`); none = standalone (no
+    /// registration, no relay).
     pub director: Option<String>,
+    /// Extra CA certificates (PEM file) trusted for an `https://` director, besides the public
+    /// web roots (a private CA or a self-signed director).
+    pub director_ca_file: Option<PathBuf>,
     /// Cluster credential shared with the director.
     pub cluster_secret: String,
     /// The director's token public key (PEM, inline or a path).
@@ -87,6 +91,7 @@ impl Default for EntryConfig {
             rtmp_listen: None,
             advertise: None,
             director: None,
+            director_ca_file: None,
             cluster_secret: String::new(),
             token_public_key: String::new(),
             data_dir: PathBuf::from("firstmile-data"),
@@ -200,6 +205,19 @@ impl EntryConfig {
         }
         if self.director.is_some() && self.cluster_secret.is_empty() {
             return bad("cluster_secret", "required when a director is configured");
+        }
+        if let Some(d) = &self.director
+            && !(d.starts_with("http://") || d.starts_with("https://"))
+        {
+            return bad(
+                "director",
+                "expected the director's base URL, http://host:port or https://host:port",
+            );
+        }
+        if let Some(ca) = &self.director_ca_file
+            && let Err(e) = plumbing::tls::client_config(Some(ca))
+        {
+            return bad("director_ca_file", &e.to_string());
         }
         if self.capacity_streams == 0 {
             return bad("capacity_streams", "must be at least 1");

@@ -394,6 +394,126 @@ fn keygen_check_config_and_a_director_that_serves() {
     assert!(stderr(&o).contains("no entry server"), "{}", stderr(&o));
 }
 
+/// Spawn the binary and return it with its first stdout line (its ready line).
+fn spawn_ready(args: &[String]) -> (impl Drop + use<>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firstmile"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let guard = kill_on_drop(child);
+    let mut lines = BufReader::new(out).lines();
+    let line = lines.next().unwrap().unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    (guard, line)
+}
+
+#[test]
+fn a_director_over_https_serves_entry_servers_and_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let o = firstmile(&["keygen", "--out", &p("director")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    std::fs::write(p("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(p("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let q = |s: &str| format!("{s:?}");
+    let (_director, line) = spawn_ready(&[
+        "director".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--set".into(),
+        format!("tokens.signing_key_file={}", q(&p("director.key"))),
+        "--set".into(),
+        "auth.cluster_token=\"c1\"".into(),
+        "--set".into(),
+        "auth.admin_token=\"a1\"".into(),
+        "--set".into(),
+        format!("tls.cert_file={}", q(&p("cert.pem"))),
+        "--set".into(),
+        format!("tls.key_file={}", q(&p("key.pem"))),
+    ]);
+    let url = line
+        .strip_prefix("director ")
+        .expect("ready line")
+        .to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    // An entry server registers over HTTPS, trusting the director's certificate.
+    let (_entry, line) = spawn_ready(&[
+        "entry".into(),
+        "--id".into(),
+        "e1".into(),
+        "--pop".into(),
+        "par".into(),
+        "--location".into(),
+        "Paris".into(),
+        "--director".into(),
+        url.clone(),
+        "--native-listen".into(),
+        "127.0.0.1:0".into(),
+        "--http-listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        p("data"),
+        "--token-public-key".into(),
+        p("director.pub"),
+        "--set".into(),
+        "cluster_secret=\"c1\"".into(),
+        "--set".into(),
+        format!("director_ca_file={}", q(&p("cert.pem"))),
+    ]);
+    assert!(line.starts_with("entry e1 "), "{line}");
+
+    // A device asks over HTTPS (trusting the same certificate) until the server is listed.
+    let ca = p("cert.pem");
+    let ask = |extra: &[&str]| {
+        let mut args = vec![
+            "assign",
+            "--director",
+            &url,
+            "--location",
+            "Paris",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        firstmile(&args)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let answer = loop {
+        let o = ask(&["--ca-file", &ca]);
+        if o.status.success() {
+            break serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap();
+        }
+        assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "e1 never registered: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(answer["primary"]["server_id"], "e1", "{answer}");
+    let token = answer["primary"]["token"].as_str().unwrap();
+    assert_eq!(token.split('.').count(), 3, "a signed token: {token}");
+
+    // Without the certificate the device refuses the director (the web roots do not vouch for
+    // it), and plain HTTP on the HTTPS port gets nothing.
+    let o = ask(&[]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let plain = url.replace("https://", "http://");
+    let o = firstmile(&["assign", "--director", &plain, "--location", "Paris"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    // A CA file that is not PEM is a usage error naming the file.
+    std::fs::write(p("junk.pem"), "not a certificate").unwrap();
+    let o = ask(&["--ca-file", &p("junk.pem")]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("junk.pem"), "{}", stderr(&o));
+}
+
 #[test]
 fn bad_configuration_exits_64_before_binding() {
     // The port is held by us: a service that bound before validating would fail differently.

@@ -1,5 +1,7 @@
 //! TLS material shared by the services: loading a PEM certificate chain and key into a rustls
-//! server config (ring provider only, so no second crypto provider is linked in).
+//! server config, and the client config every firstmile client uses (webpki roots plus an
+//! optional extra CA file) for `tls://` sessions and `https://` directors. Ring provider only,
+//! so no second crypto provider is linked in.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +17,8 @@ pub enum TlsError {
     Cert { path: String, message: String },
     #[error("TLS key file {path}: {message}")]
     Key { path: String, message: String },
+    #[error("CA file {path}: {message}")]
+    Ca { path: String, message: String },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -48,5 +52,34 @@ pub fn server_config(
             .with_no_client_auth()
             .with_single_cert(certs, key)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A rustls client config (ring provider) trusting the webpki roots and the certificates in
+/// `ca_file` (PEM), if given: for a private CA or a self-signed director or entry server.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let bad = |message: String| TlsError::Ca {
+            path: path.display().to_string(),
+            message,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no CERTIFICATE block found".into()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Ok(Arc::new(config))
 }

@@ -23,11 +23,21 @@ pub struct AskArgs {
     /// Expected bitrate, in kbit/s (the director's default when absent).
     #[arg(long, value_name = "N")]
     pub bitrate_kbps: Option<u32>,
+    /// Also trust the CA certificates in this PEM file (besides the public web roots), for an
+    /// https:// director and tls:// entry servers.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl AskArgs {
     pub fn protocol(&self) -> Result<Protocol, Failure> {
         self.protocol.parse::<Protocol>().map_err(Failure::usage)
+    }
+
+    /// The director client (https verified against the web roots plus `--ca-file`).
+    pub fn director(&self) -> Result<client::Director, Failure> {
+        client::Director::with_ca_file(&self.director, self.ca_file.as_deref())
+            .map_err(client_failure)
     }
 
     pub fn request(&self) -> Result<AssignRequest, Failure> {
@@ -82,7 +92,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 pub fn run(a: AssignArgs) -> Result<(), Failure> {
     let req = a.ask.request()?;
-    let director = client::Director::new(&a.ask.director).map_err(client_failure)?;
+    let director = a.ask.director()?;
     let assignment = runtime()?
         .block_on(director.assign(&req))
         .map_err(client_failure)?;

@@ -81,6 +81,11 @@ pub fn run(a: DirectorArgs) -> Result<(), Failure> {
     let config = load(&a.config, a.listen.as_deref(), &a.set)?;
     init_tracing("info", config.log_format == LogFormat::Json);
     let listen = config.listen;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let d = Director::from_config(config).map_err(Failure::usage)?;
     let rt = runtime()?;
     rt.block_on(async move {
@@ -90,7 +95,7 @@ pub fn run(a: DirectorArgs) -> Result<(), Failure> {
             .map_err(Failure::usage)?;
         if let Ok(addr) = listener.local_addr() {
             // One machine-readable line when ready (scripts wait for it).
-            println!("director http://{addr}");
+            println!("director {scheme}://{addr}");
             let _ = std::io::Write::flush(&mut std::io::stdout());
         }
         if a.fake_fleet > 0 {

@@ -29,6 +29,10 @@ pub struct PlayArgs {
     /// Where the viewer is, for the director's ranking.
     #[arg(long)]
     pub location: Option<String>,
+    /// Also trust the CA certificates in this PEM file for an https:// director (besides the
+    /// public web roots).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The stream id.
     pub stream: StreamId,
 }
@@ -64,6 +68,7 @@ pub fn run(a: PlayArgs) -> Result<(), Failure> {
         location: a.location,
         start_at: a.from,
         wait: a.wait,
+        ca_file: a.ca_file,
     };
     let stats = runtime()?
         .block_on(client::play(&a.stream, &opts, tokio::io::stdout()))

@@ -25,10 +25,6 @@ pub struct PushArgs {
     /// Byte budget of the buffer of unacknowledged chunks, in MiB.
     #[arg(long, default_value_t = 512, value_name = "MIB")]
     pub ring_mib: usize,
-    /// Also trust the CA certificates in this PEM file for `tls://` entry servers (besides the
-    /// public web roots).
-    #[arg(long, value_name = "PEM")]
-    pub ca_file: Option<PathBuf>,
     /// The input: a file, or - for standard input.
     #[arg(default_value = "-", value_name = "FILE|-")]
     pub input: String,
@@ -46,11 +42,11 @@ pub fn run(a: PushArgs) -> Result<(), Failure> {
             "--replace-after must be > 0 seconds and --ring-mib > 0"
         )));
     }
-    if let Some(ca) = &a.ca_file {
+    if let Some(ca) = &a.ask.ca_file {
         client::push::tls_client_config(Some(ca)).map_err(Failure::usage)?;
     }
     let req = a.ask.request()?;
-    let director = client::Director::new(&a.ask.director).map_err(client_failure)?;
+    let director = a.ask.director()?;
     let rt = runtime()?;
     rt.block_on(async move {
         let source: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if a.input == "-" {
@@ -66,7 +62,7 @@ pub fn run(a: PushArgs) -> Result<(), Failure> {
         let mut config = PushConfig {
             protocol,
             ring_bytes: a.ring_mib.saturating_mul(1024 * 1024),
-            ca_file: a.ca_file.clone(),
+            ca_file: a.ask.ca_file.clone(),
             ..PushConfig::default()
         };
         config.policy.replace_after = Duration::from_secs_f64(a.replace_after);
