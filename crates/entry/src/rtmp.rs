@@ -9,25 +9,58 @@
 //!
 //! **Chunks.** Every audio, video and metadata message becomes one FLV tag, one chunk (see
 //! [`crate::flv`]), appended to the stream's durable log. **The merge key** of a dual publish is
-//! the sequence number = the index of the message since the stream's first publish on this
-//! server (0, 1, 2, …): an encoder's `tee` outputs send the same messages in the same order to
-//! the primary and the backup, so both logs number them identically and the relay merge (first
-//! arrival per sequence number wins) works unchanged. The metadata tag is rebuilt from the parsed
-//! `onMetaData` fields in a fixed order, so both servers store the same bytes.
+//! the sequence number = the index of the message in the stream's log on this server (0, 1, 2,
+//! …, continuing across re-publishes): an encoder's `tee` outputs send the same messages in the
+//! same order to the primary and the backup, so both logs number them identically and the relay
+//! merge (first arrival per sequence number wins) works unchanged. The metadata tag is rebuilt
+//! from the parsed `onMetaData` fields in a fixed order, with tag timestamp 0 (its chunk's pts
+//! is the time of the media message before it, in message order), so both servers store the
+//! same bytes.
 //!
-//! **Re-publish rule.** A publish is accepted only into a stream log that is empty: a stream that
-//! already holds chunks here (an earlier publish that dropped, or a native stream) is refused
-//! with `NetStream.Publish.BadName` — continuing it could number messages differently from the
-//! other server (the messages lost in the gap exist there), which would corrupt the merge. An
-//! encoder that lost a path asks the director for a new stream id; the other path keeps the
-//! stream alive for viewers meanwhile. A clean unpublish (`deleteStream`/`closeStream`) ends the
-//! stream (END at the last sequence number); a dropped connection does not.
+//! **Re-publish rule.** An encoder that reconnects with the same key continues its stream when
+//! that cannot make the merge key diverge:
+//!
+//! - *Single path* (the common OBS case: one output, this server is the only one holding the
+//!   stream): the publish is accepted, sequence numbers continue from the log's next one, and
+//!   the new connection's timestamps are rebased onto the stream's timeline ([`Timeline`]): when
+//!   the first new timestamp goes backwards (OBS and ffmpeg restart near 0), every timestamp of
+//!   the connection is shifted so it lands one frame interval (estimated from the last stored
+//!   tags, [`resume_point`]) after the last stored tag; when it already continues, it is kept.
+//!   The new publish's metadata and sequence headers are stored as the tags they are, so
+//!   HTTP-FLV viewers and relays just keep reading across the join.
+//! - *Dual path* (another ingest server of the stream holds chunks of it too): **refused** with
+//!   `NetStream.Publish.BadName` and a description naming the other server and what to do. The
+//!   messages this path missed while it was down exist only there, so numbering the new ones
+//!   from this log's end would give the same sequence number to different messages on the two
+//!   servers, and the merge would splice them (a corrupted picture, silently). Aligning with the
+//!   peer — fetching its chunks for the gap and finding where the new messages sit in its log by
+//!   their bytes — would keep both paths, but it needs an authority: when *both* servers lost
+//!   their publisher (an ffmpeg `tee` restarted) each would be aligning with the other, and a
+//!   wrong guess corrupts viewers' pictures without any error anywhere. A refusal is visible,
+//!   and the server that kept receiving keeps the stream whole for viewers meanwhile. Not done:
+//!   the alignment itself.
+//!
+//! Whether another server holds the stream is asked of the director (`GET /v1/streams/{id}`:
+//! the assigned and the reporting servers) and then of each listed server that has not
+//! reported chunks (its `GET /v1/streams`: a restarted server holds chunks without reporting
+//! them). A listed server that cannot be asked refuses the publish with a "retry shortly"
+//! description rather than risk it; one the director no longer knows an address for counts as
+//! not holding the stream (relays cannot reach it either). A standalone server (no director)
+//! has no peer. A stream that has ended (clean unpublish), that holds non-FLV data (a native or
+//! HTTP-push stream), or that still has a publisher here (an old connection not yet seen to
+//! drop: it times out after 15 s of silence) is refused as before. A clean unpublish
+//! (`deleteStream`/`closeStream`) ends the stream (END at the last sequence number); a dropped
+//! connection does not.
+//!
+//! Not covered: a *first* publish into an empty log is not checked against peers, so an encoder
+//! that switches from one server to the other mid-stream starts a second numbering there (as
+//! before this rule existed).
 //!
 //! **Refusals.** Wrong app → `NetConnection.Connect.Rejected`; bad, expired or misdirected token
-//! → `NetStream.Publish.Denied`; a second publisher for a stream that has one here, or a stream
-//! with data → `NetStream.Publish.BadName`; play → `NetStream.Play.Failed` (play over HTTP-FLV).
-//! Every library error, and any panic inside the library (it indexes into hostile AMF arrays),
-//! ends that connection only.
+//! → `NetStream.Publish.Denied`; a second publisher for a stream that has one here, an ended
+//! stream, or a re-publish the rule above refuses → `NetStream.Publish.BadName`; play →
+//! `NetStream.Play.Failed` (play over HTTP-FLV). Every library error, and any panic inside the
+//! library (it indexes into hostile AMF arrays), ends that connection only.
 //!
 //! What this is not: an RTMP player endpoint, or a transcoder.
 
@@ -97,22 +130,93 @@ struct Conn {
 /// A publish in progress.
 struct Publishing {
     stream: Arc<Stream>,
-    /// Extends 32-bit RTMP timestamps across wrap-around.
+    /// This connection's timestamps on the stream's timeline.
+    clock: Timeline,
+    /// Messages received but not yet appended: (tag type, stream time in ms, body).
+    batch: Vec<(u8, i64, bytes::Bytes)>,
+}
+
+/// Where a re-published stream's timeline left off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// Time of the last stored tag, ms (extended past 32 bits).
+    pub last_ms: i64,
+    /// One frame interval: where the first new message lands after `last_ms` when rebased.
+    pub gap_ms: i64,
+}
+
+/// Frame interval assumed when the stored tags do not show one (one video frame at 25 fps,
+/// more than one AAC frame at 44.1 kHz).
+pub const DEFAULT_GAP_MS: i64 = 40;
+
+/// Where a re-publish continues, from the last stored tags of the stream as (tag type, time in
+/// ms), oldest first: after the latest one, by the longest of the last audio and the last video
+/// frame intervals (each taken when it is within (0, 1000] ms).
+pub fn resume_point(stored: &[(u8, i64)]) -> Resume {
+    let last_ms = stored.iter().map(|&(_, t)| t).max().unwrap_or(0);
+    let interval = |kind: u8| {
+        let mut it = stored.iter().rev().filter(|&&(k, _)| k == kind);
+        let (b, a) = (it.next()?.1, it.next()?.1);
+        Some(b - a).filter(|d| (1..=1000).contains(d))
+    };
+    let gap_ms = [interval(flv::AUDIO), interval(flv::VIDEO)]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(DEFAULT_GAP_MS);
+    Resume { last_ms, gap_ms }
+}
+
+/// Maps one connection's RTMP timestamps (32-bit ms, restarting wherever the encoder likes) to
+/// the stream's timeline (ms, extended across the 32-bit wrap). Fresh publish: the identity
+/// (plus the wrap extension). Re-publish ([`Resume`]): the offset is fixed by the first media
+/// message — shifted to land `gap_ms` after the stored end when it goes backwards, kept as it is
+/// when it already continues — and applies to the whole connection, so the encoder's own
+/// spacing is preserved.
+#[derive(Clone, Debug)]
+pub struct Timeline {
     ts_high: i64,
-    last_ts: u32,
-    /// Messages received but not yet appended.
-    batch: Vec<(u8, u32, bytes::Bytes)>,
+    last_raw: u32,
+    resume: Option<Resume>,
+    offset: Option<i64>,
+    last_out: i64,
+}
+
+impl Timeline {
+    pub fn new(resume: Option<Resume>) -> Self {
+        Self {
+            ts_high: 0,
+            last_raw: 0,
+            resume,
+            offset: None,
+            last_out: resume.map_or(0, |r| r.last_ms),
+        }
+    }
+
+    /// Stream time (ms) of an audio or video message with this RTMP timestamp.
+    pub fn media(&mut self, ts: u32) -> i64 {
+        if ts < self.last_raw && self.last_raw - ts > 1 << 31 {
+            self.ts_high += 1 << 32;
+        }
+        self.last_raw = ts;
+        let ext = self.ts_high + i64::from(ts);
+        let resume = self.resume;
+        let off = *self.offset.get_or_insert_with(|| match resume {
+            Some(r) if ext < r.last_ms => r.last_ms + r.gap_ms - ext,
+            _ => 0,
+        });
+        self.last_out = ext + off;
+        self.last_out
+    }
+
+    /// Stream time of a metadata message: that of the media message before it (where the
+    /// stream left off, before the first one).
+    pub fn metadata(&self) -> i64 {
+        self.last_out
+    }
 }
 
 impl Publishing {
-    fn pts_us(&mut self, ts: u32) -> i64 {
-        if ts < self.last_ts && self.last_ts - ts > 1 << 31 {
-            self.ts_high += 1 << 32;
-        }
-        self.last_ts = ts;
-        (self.ts_high + i64::from(ts)) * 1000
-    }
-
     /// Append the batch to the log, then publish it to viewers.
     async fn flush(&mut self) -> Result<(), RtmpError> {
         if self.batch.is_empty() {
@@ -121,18 +225,22 @@ impl Publishing {
         let batch = std::mem::take(&mut self.batch);
         let recs: Vec<(Record, u8)> = batch
             .into_iter()
-            .map(|(kind, ts, data)| {
-                let payload = flv::tag(kind, ts, &data);
+            .map(|(kind, ms, data)| {
+                // The tag carries the low 32 bits of the time (as RTMP does), the chunk pts the
+                // whole of it. Metadata tags carry 0, as players expect of `onMetaData`
+                // (ffmpeg's FLV demuxer takes one with another timestamp for a subtitle packet,
+                // which a re-publish's metadata, mid-stream, would otherwise become).
+                let tag_ms = if kind == flv::SCRIPT { 0 } else { ms as u32 };
+                let payload = flv::tag(kind, tag_ms, &data);
                 let class = flv::parse(&payload).map(|t| flv::classify(&t));
                 let flags = if class == Some(flv::Class::VideoKeyframe) {
                     proto::DataFlags::KEYFRAME.bits()
                 } else {
                     0
                 };
-                let pts = self.pts_us(ts);
                 let rec = Record {
                     seq: 0,
-                    pts,
+                    pts: ms * 1000,
                     flags,
                     payload,
                 };
@@ -399,9 +507,9 @@ impl Conn {
             }
             ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
                 if let Some(p) = &mut self.publishing {
-                    let ts = p.last_ts;
+                    let ms = p.clock.metadata();
                     p.batch
-                        .push((flv::SCRIPT, ts, metadata_tag(&metadata).into()));
+                        .push((flv::SCRIPT, ms, metadata_tag(&metadata).into()));
                 }
                 Ok(Vec::new())
             }
@@ -409,7 +517,8 @@ impl Conn {
                 data, timestamp, ..
             } => {
                 if let Some(p) = &mut self.publishing {
-                    p.batch.push((flv::AUDIO, timestamp.value, data));
+                    let ms = p.clock.media(timestamp.value);
+                    p.batch.push((flv::AUDIO, ms, data));
                 }
                 Ok(Vec::new())
             }
@@ -417,7 +526,8 @@ impl Conn {
                 data, timestamp, ..
             } => {
                 if let Some(p) = &mut self.publishing {
-                    p.batch.push((flv::VIDEO, timestamp.value, data));
+                    let ms = p.clock.media(timestamp.value);
+                    p.batch.push((flv::VIDEO, ms, data));
                 }
                 Ok(Vec::new())
             }
@@ -486,7 +596,38 @@ impl Conn {
         if proto::StreamId::parse(&name).is_err() {
             return Err((BAD_NAME, format!("bad stream id {name:?}")));
         }
-        // Under the opening lock: one publisher per stream, and only into an empty log.
+        // A re-publish into a stream with data: ask about the other servers first, outside the
+        // opening lock (it serialises the opening of every stream on this node).
+        let mut checked_at = None;
+        if let Some(s) = node.hub.get_ingest(&name) {
+            let e = s.edge();
+            if e.next_seq > 0 && e.ended.is_none() && s.live_sessions.load(Ordering::SeqCst) == 0 {
+                match peer_holding(&node, &name).await {
+                    Ok(None) => checked_at = Some(e.next_seq),
+                    // Descriptions stay short: ffmpeg shows only their first 255 bytes.
+                    Ok(Some(peer)) => {
+                        return Err((
+                            BAD_NAME,
+                            format!(
+                                "stream {name} is also ingested at {peer}, which holds it too: \
+                                 a path cannot rejoin mid-stream. Keep publishing to {peer}, or \
+                                 get a new stream id from the director for all outputs"
+                            ),
+                        ));
+                    }
+                    Err(why) => {
+                        return Err((
+                            BAD_NAME,
+                            format!(
+                                "retry shortly: cannot check whether another server holds \
+                                 stream {name} too ({why})"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        // Under the opening lock: one publisher per stream.
         let _one = node.opening.lock().await;
         let s = match node.hub.get_ingest(&name) {
             Some(s) => s,
@@ -513,32 +654,142 @@ impl Conn {
             ));
         }
         let edge = s.edge();
-        if edge.next_seq > 0 || edge.ended.is_some() {
+        if let Some(f) = edge.ended {
             return Err((
                 BAD_NAME,
                 format!(
-                    "stream {name} already holds {} chunks here{}: publish under a new stream id",
-                    edge.next_seq,
-                    if edge.ended.is_some() {
-                        " and ended"
-                    } else {
-                        ""
-                    }
+                    "stream {name} has ended here (final sequence number {f}): publish under a \
+                     new stream id"
                 ),
             ));
         }
+        let resume = if edge.next_seq == 0 {
+            None
+        } else {
+            if checked_at != Some(edge.next_seq) {
+                return Err((
+                    BAD_NAME,
+                    format!("stream {name} changed while this publish was checked: retry"),
+                ));
+            }
+            Some(stored_resume(&s).await.map_err(|why| (BAD_NAME, why))?)
+        };
         s.live_sessions.fetch_add(1, Ordering::SeqCst);
         s.epoch.fetch_add(1, Ordering::SeqCst);
         node.metrics.sessions.fetch_add(1, Ordering::Relaxed);
         *s.role.lock().unwrap_or_else(|e| e.into_inner()) = Some(claims.role);
-        tracing::info!(stream = %name, role = %claims.role, peer = %self.peer, "rtmp publish started");
+        match resume {
+            None => {
+                tracing::info!(stream = %name, role = %claims.role, peer = %self.peer, "rtmp publish started")
+            }
+            Some(r) => tracing::info!(
+                stream = %name, role = %claims.role, peer = %self.peer, next_seq = edge.next_seq,
+                last_ms = r.last_ms, gap_ms = r.gap_ms, "rtmp re-publish continues the stream"
+            ),
+        }
         Ok(Publishing {
             stream: s,
-            ts_high: 0,
-            last_ts: 0,
+            clock: Timeline::new(resume),
             batch: Vec::new(),
         })
     }
+}
+
+/// How long each question about the other servers may take.
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Another ingest server that holds chunks of `stream` (see the module docs), `Ok(None)` when
+/// none does, `Err` when that cannot be told now.
+async fn peer_holding(node: &Node, stream: &str) -> Result<Option<String>, String> {
+    let Some(dir) = &node.cfg.director else {
+        return Ok(None);
+    };
+    let url = format!("{}/v1/streams/{stream}", dir.trim_end_matches('/'));
+    let resp = node
+        .http
+        .get(&url)
+        .timeout(PEER_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("director unreachable: {e}"))?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !resp.status().is_success() {
+        return Err(format!("director answered {}", resp.status()));
+    }
+    let info: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("director answer: {e}"))?;
+    for row in info["ingest"].as_array().into_iter().flatten() {
+        let Some(id) = row["server_id"].as_str() else {
+            continue;
+        };
+        if id == node.cfg.id {
+            continue;
+        }
+        if row["next_seq"].as_u64().is_some_and(|n| n > 0) {
+            return Ok(Some(id.to_string()));
+        }
+        // Assigned, but not reporting chunks: ask it (a restarted server does not report the
+        // streams it recovered).
+        let Some(base) = row["urls"]["http"].as_str() else {
+            continue;
+        };
+        let list = format!("{}/v1/streams", base.trim_end_matches('/'));
+        let v: serde_json::Value = node
+            .http
+            .get(&list)
+            .timeout(PEER_TIMEOUT)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("server {id} unreachable: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("server {id}: {e}"))?;
+        let holds = v["streams"].as_array().into_iter().flatten().any(|s| {
+            s["stream"] == stream
+                && s["source"] == "ingest"
+                && s["next_seq"].as_u64().is_some_and(|n| n > 0)
+        });
+        if holds {
+            return Ok(Some(id.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// Where a re-publish of `s` continues, from its last stored tags; Err when they are not FLV
+/// tags (a native or HTTP-push stream).
+async fn stored_resume(s: &Arc<Stream>) -> Result<Resume, String> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || {
+        let next = s.edge().next_seq;
+        let mut at = next.saturating_sub(64).max(s.first_seq());
+        let mut stored = Vec::new();
+        while at < next {
+            let chunks = s.read(at, 4 << 20).map_err(|e| e.to_string())?;
+            let Some(last) = chunks.last() else {
+                break;
+            };
+            at = last.seq + 1;
+            for c in chunks {
+                let Some(t) = flv::parse(&c.payload) else {
+                    return Err(format!(
+                        "stream {} holds data that is not RTMP (FLV tags): publish under a new \
+                         stream id",
+                        s.name
+                    ));
+                };
+                stored.push((t.kind, c.pts.div_euclid(1000)));
+            }
+        }
+        Ok(resume_point(&stored))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 #[cfg(test)]
@@ -556,13 +807,75 @@ mod tests {
 
     #[test]
     fn timestamps_extend_across_the_32_bit_wrap() {
-        let mut p = Publishing {
-            stream: Stream::new("s".into(), Source::Relay, 1 << 16),
-            ts_high: 0,
-            last_ts: 0,
-            batch: Vec::new(),
+        let mut t = Timeline::new(None);
+        assert_eq!(t.media(u32::MAX - 10), i64::from(u32::MAX) - 10);
+        assert_eq!(t.media(5), (1i64 << 32) + 5);
+    }
+
+    #[test]
+    fn a_fresh_publish_keeps_its_timestamps() {
+        let mut t = Timeline::new(None);
+        assert_eq!(t.metadata(), 0);
+        assert_eq!(t.media(0), 0);
+        assert_eq!(t.media(40), 40);
+        assert_eq!(t.metadata(), 40);
+    }
+
+    #[test]
+    fn a_republish_restarting_near_zero_continues_one_frame_after_the_stored_end() {
+        let r = Resume {
+            last_ms: 10_000,
+            gap_ms: 40,
         };
-        assert_eq!(p.pts_us(u32::MAX - 10), (i64::from(u32::MAX) - 10) * 1000);
-        assert_eq!(p.pts_us(5), ((1i64 << 32) + 5) * 1000);
+        let mut t = Timeline::new(Some(r));
+        // Metadata before any media lands where the stream left off.
+        assert_eq!(t.metadata(), 10_000);
+        assert_eq!(t.media(3), 10_040);
+        assert_eq!(t.media(3), 10_040);
+        assert_eq!(t.media(26), 10_063);
+        assert_eq!(t.media(43), 10_080);
+        assert_eq!(t.metadata(), 10_080);
+    }
+
+    #[test]
+    fn a_republish_whose_timestamps_already_continue_is_kept() {
+        let r = Resume {
+            last_ms: 10_000,
+            gap_ms: 40,
+        };
+        let mut t = Timeline::new(Some(r));
+        assert_eq!(t.media(12_500), 12_500);
+        assert_eq!(t.media(12_540), 12_540);
+        // Exactly at the stored end counts as continuing.
+        let mut t = Timeline::new(Some(r));
+        assert_eq!(t.media(10_000), 10_000);
+    }
+
+    #[test]
+    fn the_resume_point_follows_the_last_tag_by_the_longest_frame_interval() {
+        use flv::{AUDIO, SCRIPT, VIDEO};
+        let stored = [
+            (VIDEO, 960),
+            (AUDIO, 975),
+            (AUDIO, 998),
+            (VIDEO, 1000),
+            (SCRIPT, 1000),
+        ];
+        assert_eq!(
+            resume_point(&stored),
+            Resume {
+                last_ms: 1000,
+                gap_ms: 40
+            }
+        );
+        // Audio only, 23 ms frames.
+        let audio = [(AUDIO, 0), (AUDIO, 23), (AUDIO, 46)];
+        assert_eq!(resume_point(&audio).gap_ms, 23);
+        // Nothing to go by: the default; a stall is not a frame interval.
+        assert_eq!(resume_point(&[]).gap_ms, DEFAULT_GAP_MS);
+        assert_eq!(
+            resume_point(&[(VIDEO, 0), (VIDEO, 5000)]).gap_ms,
+            DEFAULT_GAP_MS
+        );
     }
 }

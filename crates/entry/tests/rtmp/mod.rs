@@ -33,7 +33,13 @@ fn run(cmd: &mut Command) -> std::process::Output {
 
 /// A short test pattern with sound, H.264 + AAC in FLV (a keyframe every second).
 fn make_source(dir: &FsPath, secs: u32) -> PathBuf {
-    let p = dir.join("src.flv");
+    make_pattern(dir, "src.flv", secs, "testsrc2", 440)
+}
+
+/// [`make_source`] with a chosen file name, lavfi video source and tone (so two patterns have
+/// different packets).
+fn make_pattern(dir: &FsPath, name: &str, secs: u32, video: &str, hz: u32) -> PathBuf {
+    let p = dir.join(name);
     run(Command::new("ffmpeg")
         .arg("-nostdin")
         .args([
@@ -44,11 +50,11 @@ fn make_source(dir: &FsPath, secs: u32) -> PathBuf {
             "-f",
             "lavfi",
             "-i",
-            "testsrc2=size=320x240:rate=25",
+            &format!("{video}=size=320x240:rate=25"),
             "-f",
             "lavfi",
             "-i",
-            "sine=frequency=440:sample_rate=44100",
+            &format!("sine=frequency={hz}:sample_rate=44100"),
             "-t",
             &secs.to_string(),
             "-c:v",
@@ -490,4 +496,379 @@ async fn http_push_with_curl_and_ffmpeg() {
     std::fs::write(&recv, &got).unwrap();
     let (want, have) = (packet_md5s(&ts), packet_md5s(&recv));
     assert_eq!(want.len(), have.len());
+}
+
+/// A stream's entry in a server's `GET /v1/streams` (Null when it is not there).
+async fn stream_row(http: SocketAddr, stream: &str) -> Value {
+    let Ok(r) = reqwest::get(format!("http://{http}/v1/streams")).await else {
+        return Value::Null;
+    };
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    v["streams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["stream"] == stream)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Wait (bounded) until the server has seen the stream's publisher go.
+async fn wait_unpublished(http: SocketAddr, stream: &str) {
+    for _ in 0..1000 {
+        let r = stream_row(http, stream).await;
+        if r["live_sessions"] == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{http} still has a publisher of {stream}");
+}
+
+/// Wait (bounded) until the director shows each of `servers` reporting chunks of the stream.
+async fn wait_reported(d: &Director, stream: &str, servers: &[&str]) {
+    for _ in 0..500 {
+        let v: Value = match reqwest::get(format!("{}/v1/streams/{stream}", d.url)).await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let reported = |id: &str| {
+            v["ingest"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["server_id"] == id && r["next_seq"].as_u64().is_some_and(|n| n > 0))
+        };
+        if servers.iter().all(|s| reported(s)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the director never saw {servers:?} report {stream}");
+}
+
+/// The first `n` chunks of an RTMP-ingested stream (from its plain byte stream, which never
+/// ends while the stream is open), as an FLV file.
+async fn first_tags(http: SocketAddr, stream: &str, n: u64) -> Vec<u8> {
+    let mut r = reqwest::get(format!("http://{http}/v1/streams/{stream}/live?from=start"))
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let mut body = Vec::new();
+    let mut tags = 0u64;
+    let mut at = 0usize;
+    while tags < n {
+        while at + 11 <= body.len() {
+            let len = u32::from_be_bytes([0, body[at + 1], body[at + 2], body[at + 3]]) as usize;
+            if at + len + 15 > body.len() {
+                break;
+            }
+            at += len + 15;
+            tags += 1;
+            if tags == n {
+                break;
+            }
+        }
+        if tags == n {
+            break;
+        }
+        let more = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+            .await
+            .expect("stream data")
+            .unwrap()
+            .expect("the stream is open");
+        body.extend_from_slice(&more);
+    }
+    let mut f = entry::flv::header(true, true).to_vec();
+    f.extend_from_slice(&body[..at]);
+    f
+}
+
+/// (type, timestamp ms) of every tag of an FLV file.
+fn tag_times(file: &[u8]) -> Vec<(u8, u32)> {
+    assert_eq!(&file[..3], b"FLV");
+    let mut at = 13;
+    let mut out = Vec::new();
+    while at + 15 <= file.len() {
+        let len = u32::from_be_bytes([0, file[at + 1], file[at + 2], file[at + 3]]) as usize + 15;
+        let t = entry::flv::parse(&file[at..at + len]).expect("a whole FLV tag");
+        out.push((t.kind, t.ts_ms));
+        at += len;
+    }
+    assert_eq!(at, file.len(), "trailing bytes after the last tag");
+    out
+}
+
+/// Packet checksum lines grouped by codec, each in order.
+fn by_codec(lines: Vec<String>) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut m = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for l in lines {
+        let c = l.split(',').next().unwrap_or("").to_string();
+        m.entry(c).or_default().push(l);
+    }
+    m
+}
+
+/// Per-stream packet dts from ffprobe, in file order: (stream index, dts if any).
+fn probe_dts(file: &FsPath) -> Vec<(String, Option<i64>)> {
+    let out = run(Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=stream_index,dts",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (i, d) = l.split_once(',').unwrap_or((l, ""));
+            (i.to_string(), d.trim().trim_end_matches(',').parse().ok())
+        })
+        .collect()
+}
+
+/// Issue 5, single path: an encoder publishing to one server only is killed mid-stream and a
+/// new one publishes again with the same key. The stream continues: a viewer on that server
+/// and one on a third node (through the relay), both started before the drop, get every packet
+/// of the first publish that reached the server, then every packet of the second, in order,
+/// once each, with timestamps that go on from where the first left off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_republish_after_a_drop_continues_the_stream() {
+    need_ffmpeg();
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let servers = three_servers(&d, &dp).await;
+    let src1 = make_pattern(&dp, "one.flv", 8, "testsrc2", 440);
+    let src2 = make_pattern(&dp, "two.flv", 2, "testsrc", 880);
+    let stream = "rtmp-again";
+    let a = assign_rtmp(&d, stream).await;
+    let pu = a["primary"]["url"].as_str().unwrap().to_string();
+    let lon = servers[0].http;
+    assert!(
+        pu.starts_with(&format!("rtmp://{}/", servers[0].rtmp)),
+        "{a}"
+    );
+
+    let mut first = ffmpeg_publish(&src1, &pu);
+    wait_seq(lon, stream, 10).await;
+    wait_reported(&d, stream, &["lon-1"]).await;
+    let nyc = servers[2].http;
+    let relayed = tokio::spawn(fetch(format!("http://{nyc}/live/{stream}.flv?from=start")));
+    let local = tokio::spawn(fetch(format!("http://{lon}/live/{stream}.flv?from=start")));
+    let mid = next_seq(lon, stream).await + 60;
+    wait_seq(lon, stream, mid).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    wait_unpublished(lon, stream).await;
+    let n1 = next_seq(lon, stream).await;
+    let part1 = dp.join("part1.flv");
+    std::fs::write(&part1, first_tags(lon, stream, n1).await).unwrap();
+    let (src1_p, part1_p) = (by_codec(packet_md5s(&src1)), by_codec(packet_md5s(&part1)));
+    for (codec, got) in &part1_p {
+        let all = &src1_p[codec];
+        assert!(
+            !got.is_empty() && got.len() < all.len() && all[..got.len()] == got[..],
+            "{codec}: the first publish's {} stored packets are not a strict prefix of its {}",
+            got.len(),
+            all.len()
+        );
+    }
+
+    let src2b = src2.clone();
+    let pu2 = pu.clone();
+    let second = tokio::task::spawn_blocking(move || {
+        ffmpeg_publish(&src2b, &pu2).wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        second.status.success(),
+        "the re-publish must be accepted: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    // A clean end ends the stream (once the server has seen the connection go).
+    let mut row = Value::Null;
+    for _ in 0..500 {
+        row = stream_row(lon, stream).await;
+        if row["ended"].as_u64().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        row["ended"].as_u64().is_some(),
+        "the stream never ended: {row}"
+    );
+
+    let mut want = part1_p.clone();
+    for (codec, lines) in by_codec(packet_md5s(&src2)) {
+        want.entry(codec).or_default().extend(lines);
+    }
+    let want_packets: usize = want.values().map(Vec::len).sum();
+    for (name, viewer) in [("local", local), ("relayed", relayed)] {
+        let got = tokio::time::timeout(Duration::from_secs(30), viewer)
+            .await
+            .expect("the viewer ends with the stream")
+            .unwrap()
+            .expect("viewer");
+        let recv = dp.join(format!("{name}.flv"));
+        std::fs::write(&recv, &got).unwrap();
+        let have = by_codec(packet_md5s(&recv));
+        for (codec, w) in &want {
+            let h = have.get(codec).cloned().unwrap_or_default();
+            if *w != h {
+                let at = w.iter().zip(&h).position(|(a, b)| a != b);
+                panic!(
+                    "{name} viewer, {codec}: want {} packets (first publish {} + second), got {}, \
+                     first difference at {at:?}",
+                    w.len(),
+                    part1_p[codec].len(),
+                    h.len()
+                );
+            }
+        }
+        // Timestamps: each tag type's at or after the one before, across the join (an encoder
+        // interleaves audio a little ahead of video, so not across types); every tag of the
+        // second publish at or after every tag of the first, and the join continuous (the
+        // second publish restarted its clock at 0). Metadata tags are stamped 0.
+        let times = tag_times(&got);
+        for kind in [8u8, 9, 18] {
+            let t: Vec<u32> = times.iter().filter(|t| t.0 == kind).map(|t| t.1).collect();
+            for w in t.windows(2) {
+                assert!(
+                    w[1] >= w[0],
+                    "{name}: type {kind} timestamps go back: {w:?}"
+                );
+            }
+        }
+        let media =
+            |t: &[(u8, u32)]| -> Vec<u32> { t.iter().filter(|t| t.0 != 18).map(|t| t.1).collect() };
+        let end1 = *media(&times[..n1 as usize]).iter().max().unwrap();
+        let start2 = *media(&times[n1 as usize..]).iter().min().unwrap();
+        assert!(
+            start2 >= end1 && start2 - end1 <= 100,
+            "{name}: the join goes from {end1} ms to {start2} ms"
+        );
+        // ffprobe: the packet count and per-stream decode order.
+        let dts = probe_dts(&recv);
+        assert_eq!(dts.len(), want_packets, "{name}: ffprobe packet count");
+        let mut last = std::collections::BTreeMap::new();
+        for (i, t) in dts {
+            let t = t.unwrap_or_else(|| panic!("{name}: a packet of stream {i} has no dts"));
+            let prev = last.insert(i.clone(), t).unwrap_or(i64::MIN);
+            assert!(t >= prev, "{name}: stream {i} dts {t} after {prev}");
+        }
+    }
+}
+
+/// A TCP forwarder to `to` for one connection, cut (both sides closed) when `cut` fires.
+async fn cuttable_proxy(to: SocketAddr) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut a, _) = l.accept().await.unwrap();
+        let mut b = TcpStream::connect(to).await.unwrap();
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+            _ = rx => {}
+        }
+    });
+    (addr, tx)
+}
+
+/// Issue 5, dual path: a `tee` publishes to both servers; the path to the primary is cut
+/// mid-stream while the backup keeps receiving. The primary's reconnecting publisher is refused
+/// with a description that says where the stream went on and what to do, its log is left as
+/// it was, and a viewer on a third node gets the whole source, once, from the backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_dual_path_republish_is_refused_while_the_other_path_carries_the_stream() {
+    need_ffmpeg();
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let servers = three_servers(&d, &dp).await;
+    let src = make_source(&dp, 6);
+    let again = make_pattern(&dp, "again.flv", 2, "testsrc", 880);
+    let stream = "rtmp-rejoin";
+    let a = assign_rtmp(&d, stream).await;
+    let (pu, bu) = (
+        a["primary"]["url"].as_str().unwrap().to_string(),
+        a["backup"]["url"].as_str().unwrap().to_string(),
+    );
+    let lon = servers[0].http;
+    let (proxy, cut) = cuttable_proxy(servers[0].rtmp).await;
+    let pu_proxied = pu.replace(&servers[0].rtmp.to_string(), &proxy.to_string());
+    assert_ne!(pu, pu_proxied);
+    let tee = format!("[f=flv:onfail=ignore]{pu_proxied}|[f=flv:onfail=ignore]{bu}");
+    let src2 = src.clone();
+    let publisher = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .arg("-nostdin")
+            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+            .arg(&src2)
+            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    });
+    for s in &servers[..2] {
+        wait_seq(s.http, stream, 10).await;
+    }
+    wait_reported(&d, stream, &["lon-1", "fra-1"]).await;
+    let nyc = servers[2].http;
+    let viewer = tokio::spawn(fetch(format!("http://{nyc}/live/{stream}.flv?from=start")));
+    let mid = next_seq(lon, stream).await + 60;
+    wait_seq(lon, stream, mid).await;
+    cut.send(()).unwrap();
+    wait_unpublished(lon, stream).await;
+    let held = next_seq(lon, stream).await;
+    assert!(
+        next_seq(servers[1].http, stream).await > 0,
+        "the backup holds the stream"
+    );
+
+    // The encoder's primary output reconnects with the same key.
+    let out = tokio::task::spawn_blocking(move || {
+        ffmpeg_publish(&again, &pu).wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the dual-path re-publish must be refused"
+    );
+    assert!(
+        err.contains("also ingested at fra-1") && err.contains("new stream id"),
+        "the refusal says why and what to do: {err}"
+    );
+    assert_eq!(
+        next_seq(lon, stream).await,
+        held,
+        "the primary's log is untouched"
+    );
+    assert_eq!(stream_row(lon, stream).await["ended"], Value::Null);
+
+    let _ = publisher.await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), viewer)
+        .await
+        .expect("the viewer ends with the stream")
+        .unwrap()
+        .expect("viewer");
+    let recv = dp.join("recv.flv");
+    std::fs::write(&recv, &got).unwrap();
+    let (want, have) = (packet_md5s(&src), packet_md5s(&recv));
+    assert!(want.len() > 200, "source has {} packets", want.len());
+    assert!(
+        want == have,
+        "the viewer's packets differ from the source's: {} vs {}",
+        want.len(),
+        have.len()
+    );
 }
