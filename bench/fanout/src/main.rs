@@ -66,7 +66,14 @@ struct ViewerResult {
 
 async fn viewer(url: String, record: usize, start_after: Instant) -> ViewerResult {
     let mut r = ViewerResult::default();
-    let resp = match reqwest::Client::new().get(&url).send().await {
+    let resp = match {
+        plumbing::tls::install_default_provider();
+        reqwest::Client::new()
+    }
+    .get(&url)
+    .send()
+    .await
+    {
         Ok(x) if x.status().is_success() => x,
         Ok(x) => {
             r.error = Some(format!("{}", x.status()));

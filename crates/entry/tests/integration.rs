@@ -18,6 +18,17 @@ mod ws;
 
 const CLUSTER: &str = "test-cluster-secret";
 
+/// An HTTP client for the tests (reqwest is built without a rustls provider: install ring).
+fn http_client() -> reqwest::Client {
+    plumbing::tls::install_default_provider();
+    reqwest::Client::new()
+}
+
+/// `reqwest::get` through [`http`].
+async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http_client().get(url).send().await
+}
+
 struct Director {
     url: String,
     rt: Option<tokio::runtime::Runtime>,
@@ -142,7 +153,7 @@ fn entry_config(
 
 /// The director's registry as its admin API shows it (`Null` if it does not answer).
 async fn admin_servers(d: &Director) -> Value {
-    let r = reqwest::Client::new()
+    let r = http_client()
         .get(format!("{}/v1/admin/entry-servers", d.url))
         .bearer_auth("admin")
         .send()
@@ -190,7 +201,7 @@ async fn wait_registered(d: &Director, n: usize) {
 }
 
 async fn assign(d: &Director, stream: &str, location: &str) -> Value {
-    let r = reqwest::Client::new()
+    let r = http_client()
         .post(format!("{}/v1/assignments", d.url))
         .json(&json!({"stream": stream, "location": location, "bitrate_kbps": 1000}))
         .send()
@@ -339,7 +350,7 @@ async fn push(
 }
 
 async fn read_live(http: SocketAddr, stream: &str, from: &str) -> Result<Vec<u8>, String> {
-    let r = reqwest::Client::new()
+    let r = http_client()
         .get(format!(
             "http://{http}/v1/streams/{stream}/live?from={from}"
         ))
@@ -407,7 +418,7 @@ async fn failover_case(kill_role: &str) {
     // Wait until both ingest servers hold data (the director learns it from heartbeats).
     for s in &servers[..2] {
         for _ in 0..200 {
-            let v: Value = reqwest::get(format!("http://{}/v1/streams", s.http))
+            let v: Value = get(format!("http://{}/v1/streams", s.http))
                 .await
                 .unwrap()
                 .json()
@@ -430,7 +441,7 @@ async fn failover_case(kill_role: &str) {
     // Kill mid-stream.
     let victim = if kill_role == "primary" { 0 } else { 1 };
     loop {
-        let v: Value = reqwest::get(format!("http://{}/v1/streams", servers[victim].http))
+        let v: Value = get(format!("http://{}/v1/streams", servers[victim].http))
             .await
             .unwrap()
             .json()
@@ -711,7 +722,7 @@ async fn forged_corrupt_truncated_and_replayed_frames() {
     assert_eq!(good.await.unwrap(), Ok(0));
     assert!(read_live(s.http, "good", "start").await.unwrap() == concat(&chunks));
     // The victim stream holds exactly its acknowledged chunks 0..=14, once each.
-    let v = reqwest::get(format!("http://{}/v1/streams", s.http))
+    let v = get(format!("http://{}/v1/streams", s.http))
         .await
         .unwrap()
         .json::<Value>()
@@ -724,7 +735,7 @@ async fn forged_corrupt_truncated_and_replayed_frames() {
         .find(|x| x["stream"] == "victim")
         .unwrap();
     assert_eq!(victim["next_seq"], 15);
-    let body = reqwest::Client::new()
+    let body = http_client()
         .get(format!(
             "http://{}/v1/streams/victim/live?from=start",
             s.http
@@ -747,7 +758,7 @@ async fn forged_corrupt_truncated_and_replayed_frames() {
     }
     assert!(got == want);
     // Metrics saw it all.
-    let m = reqwest::get(format!("http://{}/metrics", s.http))
+    let m = get(format!("http://{}/metrics", s.http))
         .await
         .unwrap()
         .text()

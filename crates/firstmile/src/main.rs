@@ -83,6 +83,9 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    // One rustls provider for the whole process (ring): any TLS config or HTTP client built
+    // without naming one finds it.
+    plumbing::tls::install_default_provider();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Geo(a) => cmd::geo::run(a),

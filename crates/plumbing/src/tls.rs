@@ -83,3 +83,11 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     .with_no_client_auth();
     Ok(Arc::new(config))
 }
+
+/// Makes ring the process-wide default rustls provider (idempotent; a provider installed
+/// earlier stays). Needed by code that builds rustls configs or HTTP clients without naming a
+/// provider (`reqwest::get`, `reqwest::Client::new()`): reqwest is built without one here, so
+/// that aws-lc is never linked in.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

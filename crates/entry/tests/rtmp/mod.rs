@@ -110,7 +110,7 @@ fn packet_md5s(file: &FsPath) -> Vec<String> {
 }
 
 async fn assign_rtmp(d: &Director, stream: &str) -> Value {
-    let r = reqwest::Client::new()
+    let r = http_client()
         .post(format!("{}/v1/assignments", d.url))
         .json(&json!({"stream": stream, "location": "Paris, FR", "protocol": "rtmp", "bitrate_kbps": 1000}))
         .send()
@@ -121,7 +121,7 @@ async fn assign_rtmp(d: &Director, stream: &str) -> Value {
 }
 
 async fn next_seq(http: SocketAddr, stream: &str) -> u64 {
-    let Ok(r) = reqwest::get(format!("http://{http}/v1/streams")).await else {
+    let Ok(r) = get(format!("http://{http}/v1/streams")).await else {
         return 0;
     };
     let v: Value = r.json().await.unwrap_or(Value::Null);
@@ -145,7 +145,7 @@ async fn wait_seq(http: SocketAddr, stream: &str, at_least: u64) {
 }
 
 async fn fetch(url: String) -> Result<Vec<u8>, String> {
-    let r = reqwest::get(&url).await.map_err(|e| e.to_string())?;
+    let r = get(&url).await.map_err(|e| e.to_string())?;
     if !r.status().is_success() {
         return Err(format!("{url}: {}", r.status()));
     }
@@ -456,7 +456,7 @@ async fn http_push_with_curl_and_ffmpeg() {
     .unwrap();
     assert!(got == std::fs::read(&ts).unwrap(), "pushed bytes differ");
     // A wrong token is refused.
-    let bad = reqwest::Client::new()
+    let bad = http_client()
         .post(format!("http://{}/v1/streams/curl2/push?token=x", s.http))
         .body("abc")
         .send()
@@ -500,7 +500,7 @@ async fn http_push_with_curl_and_ffmpeg() {
 
 /// A stream's entry in a server's `GET /v1/streams` (Null when it is not there).
 async fn stream_row(http: SocketAddr, stream: &str) -> Value {
-    let Ok(r) = reqwest::get(format!("http://{http}/v1/streams")).await else {
+    let Ok(r) = get(format!("http://{http}/v1/streams")).await else {
         return Value::Null;
     };
     let v: Value = r.json().await.unwrap_or(Value::Null);
@@ -528,7 +528,7 @@ async fn wait_unpublished(http: SocketAddr, stream: &str) {
 /// Wait (bounded) until the director shows each of `servers` reporting chunks of the stream.
 async fn wait_reported(d: &Director, stream: &str, servers: &[&str]) {
     for _ in 0..500 {
-        let v: Value = match reqwest::get(format!("{}/v1/streams/{stream}", d.url)).await {
+        let v: Value = match get(format!("{}/v1/streams/{stream}", d.url)).await {
             Ok(r) => r.json().await.unwrap_or(Value::Null),
             Err(_) => Value::Null,
         };
@@ -550,7 +550,7 @@ async fn wait_reported(d: &Director, stream: &str, servers: &[&str]) {
 /// The first `n` chunks of an RTMP-ingested stream (from its plain byte stream, which never
 /// ends while the stream is open), as an FLV file.
 async fn first_tags(http: SocketAddr, stream: &str, n: u64) -> Vec<u8> {
-    let mut r = reqwest::get(format!("http://{http}/v1/streams/{stream}/live?from=start"))
+    let mut r = get(format!("http://{http}/v1/streams/{stream}/live?from=start"))
         .await
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());

@@ -124,7 +124,7 @@ async fn websocket_ingest_and_viewer() {
     two.send(Message::Binary(both.into())).await.unwrap();
     assert!(matches!(ws_recv_frame(&mut two).await, Frame::Error(_)));
     assert_eq!(
-        reqwest::get(format!("http://{}/healthz", s.http))
+        get(format!("http://{}/healthz", s.http))
             .await
             .unwrap()
             .status(),
