@@ -279,7 +279,9 @@ pub struct RegistryConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EtcdConfig {
-    /// Client URLs of the etcd members (`http://` or `https://`), all of one cluster.
+    /// Client URLs of the etcd members (`http://` or `https://`), all of one cluster. The
+    /// director talks to one at a time, the first listed first, and moves to the next when it
+    /// fails: list them in different orders on different directors to spread the load.
     pub endpoints: Vec<String>,
     /// Every key of this fleet starts with `<prefix>/`: several fleets can share one etcd.
     pub prefix: String,

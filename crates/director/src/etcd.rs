@@ -9,16 +9,35 @@
 //! as before: assignment never waits on etcd. One background task per director owns the etcd
 //! client and does three things in turn:
 //! - loads every key under the prefix (a *resync*), then watches the prefix from that revision
-//!   and applies each event to the local view; after a compaction (`compact_revision`), a
-//!   cancelled or a broken watch it resyncs again;
+//!   and applies each event to the local view; after a compaction (`compact_revision`) or a
+//!   cancelled watch it resyncs again. A resync replaces the view in place: the director keeps
+//!   answering from the previous view meanwhile and stays ready;
 //! - writes what the trait's methods queued: they apply a change to the local view at once (the
 //!   director that took a registration sees it immediately) and hand the etcd write to the task
-//!   through a bounded channel, so they never block on etcd;
-//! - when etcd cannot be reached, marks the director *degraded* and retries with backoff
-//!   (100 ms doubling to `registry.etcd.retry_max_ms`). Meanwhile the view stays as it was plus
-//!   the changes this director takes itself; registrations, deregistrations, drains and
-//!   assignments are kept (up to 10,000) and written when etcd returns, then the view is
-//!   resynced. Heartbeats are not kept: the next one carries the same news.
+//!   through a bounded channel, so they never block on etcd. Each write, however many requests
+//!   it takes, gives up after `registry.etcd.request_timeout_ms`;
+//! - when no member of the cluster can be reached, marks the director *degraded* and retries
+//!   with backoff (100 ms doubling to `registry.etcd.retry_max_ms`). Meanwhile the view stays as
+//!   it was plus the changes this director takes itself; registrations, deregistrations, drains
+//!   and assignments are kept (up to 10,000) and written when etcd returns. Heartbeats are not
+//!   kept: the next one carries the same news.
+//!
+//! **Failover between members.** The task talks to one member at a time, starting with the first
+//! of `registry.etcd.endpoints` (list them in different orders on different directors to spread
+//! the load). When that member fails — a request errors or times out, the watch breaks — the
+//! task moves to the next member at once, writes first the change that failed (a heartbeat too:
+//! its lease renewal must not be lost), checks with a linearizable read that the member is in a
+//! quorum, and resumes the watch from the last revision it applied, so nothing is missed and
+//! nothing is reloaded (unless that revision was compacted meanwhile). The view is not touched
+//! and the director is neither not-ready nor degraded during a failover: only when every member
+//! failed in a row is it degraded. Why one member and not the client's balancing over all of
+//! them: the etcd client (tonic's balanced channel) keeps a stopped member in its rotation and
+//! sends it a share of the requests, which fail; lease renewals failing for seconds let leases
+//! run out, and entry servers vanished from every director (issue 6). A member that is cut off
+//! from the quorum but still answers is left when a write or lease renewal through it times out
+//! (heartbeats keep writes flowing); a stopped leader costs one election, during which requests
+//! time out (at most one request timeout per member tried). etcd's new leader extends every
+//! lease by its TTL, so an election alone does not expire servers.
 //!
 //! **Keys** (all under `registry.etcd.prefix`, so fleets can share one etcd):
 //!
@@ -151,8 +170,9 @@ struct ReportDoc {
 /// What etcd holds, as last seen (the local registry is rebuilt from it).
 #[derive(Debug, Default)]
 struct View {
-    /// id → (document, lease id).
-    servers: HashMap<String, (ServerDoc, i64)>,
+    /// id → (document, lease id, revision of the key's last change seen): an older event for
+    /// the key (an echo overtaken by this director's own write) is ignored.
+    servers: HashMap<String, (ServerDoc, i64, i64)>,
     /// server id → (stream, role) → report.
     reports: HashMap<String, HashMap<(String, Role), ReportDoc>>,
     drained: HashSet<String>,
@@ -182,6 +202,9 @@ struct Shared {
     degraded: AtomicBool,
     detail: Mutex<Option<String>>,
     dropped: AtomicU64,
+    /// Servers registered through this director whose registration is not in etcd yet: a
+    /// reload or a delete event must not drop them from the view meanwhile.
+    unwritten: Mutex<HashSet<String>>,
 }
 
 /// The etcd-backed registry (see the module docs). Its background task starts on first use
@@ -261,6 +284,7 @@ impl EtcdRegistry {
                 degraded: AtomicBool::new(false),
                 detail: Mutex::new(Some("not connected to etcd yet".into())),
                 dropped: AtomicU64::new(0),
+                unwritten: Mutex::new(HashSet::new()),
             }),
             tx,
             rx: Mutex::new(Some(rx)),
@@ -289,9 +313,11 @@ impl EtcdRegistry {
         *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
     }
 
-    fn send(&self, op: Op) {
+    /// Queue a change for the writer; false if it was dropped (queue full).
+    fn send(&self, op: Op) -> bool {
         self.ensure_started();
-        if self.tx.try_send(op).is_err() {
+        let sent = self.tx.try_send(op).is_ok();
+        if !sent {
             let n = self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -300,6 +326,7 @@ impl EtcdRegistry {
                 );
             }
         }
+        sent
     }
 }
 
@@ -313,8 +340,16 @@ impl Drop for EtcdRegistry {
 
 impl Registry for EtcdRegistry {
     fn register(&self, r: Registration, now: Instant) -> Result<(), RegistryError> {
-        self.shared.local.register(r.clone(), now)?;
-        self.send(Op::Register(r));
+        // Noted before the view changes, so that no reload or event in between drops it.
+        self.shared.lock_unwritten().insert(r.id.clone());
+        if let Err(e) = self.shared.local.register(r.clone(), now) {
+            self.shared.lock_unwritten().remove(&r.id);
+            return Err(e);
+        }
+        let id = r.id.clone();
+        if !self.send(Op::Register(r)) {
+            self.shared.lock_unwritten().remove(&id);
+        }
         Ok(())
     }
 
@@ -329,6 +364,7 @@ impl Registry for EtcdRegistry {
 
     fn deregister(&self, id: &str) -> Result<(), RegistryError> {
         self.shared.local.deregister(id)?;
+        self.shared.lock_unwritten().remove(id);
         self.send(Op::Deregister(id.to_string()));
         Ok(())
     }
@@ -403,26 +439,77 @@ impl Registry for EtcdRegistry {
 enum Ended {
     /// The registry was dropped.
     Closed,
-    /// The watch was compacted or cancelled: resync now.
+    /// The watch was compacted or cancelled: load everything again (same member).
     Resync,
-    /// etcd failed after the view was loaded: try again at once before calling it degraded.
+    /// The session was up (watching) and broke: fail over to the next member at once.
     Lost(String),
-    /// etcd could not be reached or loaded.
+    /// The member could not be reached, or failed before the session was up.
     Failed(String),
 }
 
-/// The writer's per-session state.
-struct Writer {
-    client: Client,
-    /// (lease id, granted at) used for assignments.
+/// What outlives one session: the task's state between members and reconnections.
+struct Carry {
+    /// Changes not written yet: kept across an outage, retried first on the next member.
+    pending: VecDeque<Op>,
+    /// The revision the view is current to, when the watch can resume after it (no reload).
+    resume: Option<i64>,
+    /// (lease id, granted at) used for assignments (leases are cluster-wide).
     assignment_lease: Option<(i64, Instant)>,
+    backoff: Duration,
 }
 
-type EtcdResult<T> = Result<T, String>;
+/// Why a request to etcd failed, which decides what happens next.
+#[derive(Debug)]
+enum Failure {
+    /// The member did not answer, or cannot serve now (no leader, unavailable, timed out):
+    /// another member may, so the session fails over.
+    Member(String),
+    /// etcd refused this request (a lease gone, a bad argument): any member would. The change
+    /// is dropped and the session goes on.
+    Refused(String),
+}
+
+impl Failure {
+    fn of(what: &str, e: &etcd_client::Error) -> Self {
+        // gRPC status codes: INVALID_ARGUMENT 3, NOT_FOUND 5, ALREADY_EXISTS 6,
+        // PERMISSION_DENIED 7, FAILED_PRECONDITION 9, OUT_OF_RANGE 11.
+        let refused = match e {
+            etcd_client::Error::GRpcStatus(s) => {
+                matches!(i32::from(s.code()), 3 | 5 | 6 | 7 | 9 | 11)
+            }
+            etcd_client::Error::LeaseKeepAliveError(_) => true,
+            _ => false,
+        };
+        let message = format!("{what}: {e}");
+        if refused {
+            Failure::Refused(message)
+        } else {
+            Failure::Member(message)
+        }
+    }
+
+    fn refused(e: impl std::fmt::Display) -> Self {
+        Failure::Refused(e.to_string())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Member(m) | Failure::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
+type EtcdResult<T> = Result<T, Failure>;
 
 impl Shared {
     fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_unwritten(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.unwritten.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn set_degraded(&self, why: String) {
@@ -436,108 +523,155 @@ impl Shared {
     fn set_healthy(&self) {
         self.synced.store(true, Ordering::Release);
         if self.degraded.swap(false, Ordering::AcqRel) {
-            tracing::info!("etcd reachable again: fleet view resynced");
+            tracing::info!("etcd reachable again: fleet view current");
         }
         *self.detail.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    async fn timed<T, E: std::fmt::Display>(
+    async fn timed<T>(
         &self,
         what: &str,
-        f: impl std::future::Future<Output = Result<T, E>>,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> EtcdResult<T> {
         match tokio::time::timeout(self.cfg.request_timeout, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!("{what}: {e}")),
-            Err(_) => Err(format!(
+            Ok(Err(e)) => Err(Failure::of(what, &e)),
+            Err(_) => Err(Failure::Member(format!(
                 "{what}: no answer within {:?}",
                 self.cfg.request_timeout
-            )),
+            ))),
         }
     }
 
-    /// The task: sessions, with backoff between failed ones.
+    /// The task: sessions with one member at a time. A member that fails hands over to the next
+    /// at once; only when every member failed in a row is the director degraded, and the next
+    /// round waits (backoff).
     async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Op>) {
-        let mut pending: VecDeque<Op> = VecDeque::new();
-        let mut backoff = MIN_BACKOFF;
-        let mut retry_at_once = true;
+        let n = self.cfg.endpoints.len().max(1);
+        // The first endpoint listed first (list them in different orders to spread directors).
+        let mut at = 0;
+        let mut failed_in_a_row = 0;
+        let mut carry = Carry {
+            pending: VecDeque::new(),
+            resume: None,
+            assignment_lease: None,
+            backoff: MIN_BACKOFF,
+        };
         loop {
-            let why = match self.session(&mut rx, &mut pending, &mut backoff).await {
+            let endpoint = &self.cfg.endpoints[at];
+            let why = match self.session(endpoint, &mut rx, &mut carry).await {
                 Ended::Closed => return,
                 Ended::Resync => {
-                    tracing::info!("etcd watch compacted or cancelled: resyncing");
+                    tracing::info!(endpoint, "etcd watch compacted or cancelled: reloading");
+                    carry.resume = None;
+                    failed_in_a_row = 0;
                     continue;
                 }
-                Ended::Lost(why) if retry_at_once => {
-                    // One member gone, a connection reset: reconnecting usually works at once,
-                    // and clients should not see a flicker of "degraded" for it.
-                    tracing::info!(error = %why, "etcd session lost: reconnecting");
-                    retry_at_once = false;
+                Ended::Lost(why) => {
+                    // A member stopped or a connection broke: the next member usually answers at
+                    // once, and clients should not see a flicker of "degraded" for it.
+                    tracing::info!(endpoint, error = %why, "etcd session lost: failing over to the next member");
+                    at = (at + 1) % n;
+                    failed_in_a_row = 0;
                     continue;
                 }
-                Ended::Lost(why) | Ended::Failed(why) => why,
+                Ended::Failed(why) => {
+                    at = (at + 1) % n;
+                    failed_in_a_row += 1;
+                    if failed_in_a_row < n {
+                        tracing::info!(endpoint, error = %why, "etcd member failed: trying the next one");
+                        continue;
+                    }
+                    failed_in_a_row = 0;
+                    why
+                }
             };
-            retry_at_once = true;
+            // Every member failed in a row.
             self.set_degraded(why);
-            let until = Instant::now() + backoff;
+            carry.pending.retain(Op::keep);
+            let until = Instant::now() + carry.backoff;
             loop {
                 tokio::select! {
                     op = rx.recv() => match op {
-                        Some(op) => keep(&mut pending, op),
+                        Some(op) => keep(&self, &mut carry.pending, op),
                         None => return,
                     },
                     _ = tokio::time::sleep_until(until) => break,
                 }
             }
-            backoff = (backoff * 2).min(self.cfg.retry_max);
+            carry.backoff = (carry.backoff * 2).min(self.cfg.retry_max);
         }
     }
 
-    /// Connect, write what was kept, load the view, then watch and write until something fails.
+    /// Connect to one member, write what was kept, bring the view up to date (resume the watch
+    /// where it broke, or load everything), then watch and write until something fails.
     async fn session(
         &self,
+        endpoint: &str,
         rx: &mut mpsc::Receiver<Op>,
-        pending: &mut VecDeque<Op>,
-        backoff: &mut Duration,
+        carry: &mut Carry,
     ) -> Ended {
-        let client = match self
+        let mut client = match self
             .timed(
                 "connect",
-                Client::connect(&self.cfg.endpoints, Some(self.cfg.options.clone())),
+                Client::connect([endpoint], Some(self.cfg.options.clone())),
             )
             .await
         {
             Ok(c) => c,
-            Err(e) => return Ended::Failed(e),
+            Err(e) => return Ended::Failed(e.to_string()),
         };
-        let mut w = Writer {
-            client,
-            assignment_lease: None,
-        };
-        while let Some(op) = pending.pop_front() {
-            if let Err(e) = self.execute(&mut w, &op).await {
-                pending.push_front(op);
-                return Ended::Failed(e);
+        while let Some(op) = carry.pending.pop_front() {
+            match self.write(&mut client, carry, &op).await {
+                Ok(()) => {}
+                Err(Failure::Refused(e)) => self.refused(&op, &e),
+                Err(Failure::Member(e)) => {
+                    carry.pending.push_front(op);
+                    return Ended::Failed(e);
+                }
             }
         }
         let root = self.cfg.root.clone();
-        let got = self
-            .timed(
-                "load",
-                w.client
-                    .get(root.as_bytes(), Some(GetOptions::new().with_prefix())),
-            )
-            .await;
-        let mut got = match got {
-            Ok(g) => g,
-            Err(e) => return Ended::Failed(e),
+        let mut resume = carry.resume;
+        if let Some(rev) = resume {
+            // A linearizable read (so this member is in a quorum) that also checks the store
+            // has not gone back in time (restored from an older snapshot): if it has, reload.
+            match self.timed("read", client.get(root.as_bytes(), None)).await {
+                Ok(r) if r.header().map_or(0, |h| h.revision()) < rev => {
+                    tracing::warn!(
+                        endpoint,
+                        revision = rev,
+                        "etcd is at an older revision than the view (restored?): reloading"
+                    );
+                    resume = None;
+                }
+                Ok(_) => {}
+                Err(e) => return Ended::Failed(e.to_string()),
+            }
+        }
+        let rev = match resume {
+            Some(rev) => rev,
+            None => {
+                let got = self
+                    .timed(
+                        "load",
+                        client.get(root.as_bytes(), Some(GetOptions::new().with_prefix())),
+                    )
+                    .await;
+                let mut got = match got {
+                    Ok(g) => g,
+                    Err(e) => return Ended::Failed(e.to_string()),
+                };
+                let rev = got.header().map(|h| h.revision()).unwrap_or(0);
+                self.replace_view(got.take_kvs());
+                carry.resume = Some(rev);
+                rev
+            }
         };
-        let rev = got.header().map(|h| h.revision()).unwrap_or(0);
-        self.replace_view(got.take_kvs());
         let watch = self
             .timed(
                 "watch",
-                w.client.watch(
+                client.watch(
                     root.as_bytes(),
                     Some(
                         WatchOptions::new()
@@ -549,11 +683,28 @@ impl Shared {
             .await;
         let mut watch = match watch {
             Ok(s) => s,
-            Err(e) => return Ended::Failed(e),
+            Err(e) => return Ended::Failed(e.to_string()),
         };
+        // The watch is registered once etcd answers on it (a member may accept the stream and
+        // fail it right after): wait for that answer before calling the session up.
+        match tokio::time::timeout(self.cfg.request_timeout, watch.message()).await {
+            Ok(Ok(Some(resp))) => {
+                if resp.canceled() || resp.compact_revision() > 0 {
+                    return Ended::Resync;
+                }
+                self.apply_watch(&resp, carry);
+            }
+            Ok(Ok(None)) => return Ended::Failed("watch: closed at once".into()),
+            Ok(Err(e)) => return Ended::Failed(format!("watch: {e}")),
+            Err(_) => return Ended::Failed("watch: not created within the request timeout".into()),
+        }
         self.set_healthy();
-        *backoff = MIN_BACKOFF;
-        tracing::debug!(revision = rev, "etcd fleet view loaded; watching");
+        carry.backoff = MIN_BACKOFF;
+        tracing::debug!(
+            endpoint,
+            revision = rev,
+            "etcd fleet view current; watching"
+        );
         loop {
             tokio::select! {
                 msg = watch.message() => match msg {
@@ -561,37 +712,69 @@ impl Shared {
                         if resp.canceled() || resp.compact_revision() > 0 {
                             return Ended::Resync;
                         }
-                        let mut touched = HashSet::new();
-                        for ev in resp.events() {
-                            if let Some(kv) = ev.kv() {
-                                self.apply_event(kv, ev.event_type(), &mut touched);
-                            }
-                        }
-                        let now = Instant::now();
-                        for id in touched {
-                            self.apply_server(&id, now);
-                        }
+                        self.apply_watch(&resp, carry);
                     }
                     Ok(None) => return Ended::Lost("watch closed".into()),
                     Err(e) => return Ended::Lost(format!("watch: {e}")),
                 },
                 op = rx.recv() => match op {
                     None => return Ended::Closed,
-                    Some(op) => {
-                        // One retry: with several members, a request may meet a dead one first.
-                        let r = match self.execute(&mut w, &op).await {
-                            Ok(()) => Ok(()),
-                            Err(_) => self.execute(&mut w, &op).await,
-                        };
-                        if let Err(e) = r {
-                            if op.keep() {
-                                keep(pending, op);
-                            }
+                    Some(op) => match self.write(&mut client, carry, &op).await {
+                        Ok(()) => {}
+                        Err(Failure::Refused(e)) => self.refused(&op, &e),
+                        Err(Failure::Member(e)) => {
+                            // Retried first on the next member (a heartbeat too: it renews a
+                            // lease that should not run out during the failover).
+                            carry.pending.push_front(op);
                             return Ended::Lost(e);
                         }
-                    }
+                    },
                 },
             }
+        }
+    }
+
+    /// Apply one watch message to the view and note the revision it brings the view to.
+    fn apply_watch(&self, resp: &etcd_client::WatchResponse, carry: &mut Carry) {
+        let mut touched = HashSet::new();
+        let mut rev = carry.resume.unwrap_or(0);
+        for ev in resp.events() {
+            if let Some(kv) = ev.kv() {
+                rev = rev.max(kv.mod_revision());
+                self.apply_event(kv, ev.event_type(), &mut touched);
+            }
+        }
+        carry.resume = Some(rev);
+        let now = Instant::now();
+        for id in touched {
+            self.apply_server(&id, now);
+        }
+    }
+
+    /// Write one change, within one request timeout however many requests it takes.
+    async fn write(&self, client: &mut Client, carry: &mut Carry, op: &Op) -> EtcdResult<()> {
+        let timeout = self.cfg.request_timeout;
+        match tokio::time::timeout(
+            timeout,
+            self.execute(client, &mut carry.assignment_lease, op),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Failure::Member(format!(
+                "write: no answer within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// etcd refused a change (any member would): drop it, say so.
+    fn refused(&self, op: &Op, why: &str) {
+        tracing::warn!(error = %why, change = ?op, "etcd refused a change: dropped");
+        if let Op::Register(r) = op {
+            // Not in etcd: forget it here too, so that its next heartbeat gets 404 and it
+            // registers again.
+            self.lock_unwritten().remove(&r.id);
+            let _ = self.local.deregister(&r.id);
         }
     }
 
@@ -600,13 +783,18 @@ impl Shared {
     }
 
     /// Write one change to etcd, and into the view (the watch echo then changes nothing).
-    async fn execute(&self, w: &mut Writer, op: &Op) -> EtcdResult<()> {
+    async fn execute(
+        &self,
+        client: &mut Client,
+        assignment_lease: &mut Option<(i64, Instant)>,
+        op: &Op,
+    ) -> EtcdResult<()> {
         match op {
             Op::Register(r) => {
                 let lease = self
                     .timed(
                         "lease grant",
-                        w.client.lease_grant(self.cfg.lease_ttl_s, None),
+                        client.lease_grant(self.cfg.lease_ttl_s, None),
                     )
                     .await?
                     .id();
@@ -616,7 +804,7 @@ impl Shared {
                     state: ServerState::Ready,
                     written_ms: now_ms(),
                 };
-                let value = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+                let value = serde_json::to_vec(&doc).map_err(Failure::refused)?;
                 let txn = Txn::new().and_then(vec![
                     TxnOp::delete(
                         self.key("ingest", &format!("{}/", r.id)),
@@ -628,12 +816,15 @@ impl Shared {
                         Some(PutOptions::new().with_lease(lease)),
                     ),
                 ]);
-                self.timed("register", w.client.txn(txn)).await?;
+                let done = self.timed("register", client.txn(txn)).await?;
+                let rev = done.header().map_or(0, |h| h.revision());
                 let mut v = self.lock_view();
-                v.servers.insert(r.id.clone(), (doc, lease));
+                v.servers.insert(r.id.clone(), (doc, lease, rev));
                 v.reports.remove(&r.id);
+                drop(v);
+                self.lock_unwritten().remove(&r.id);
             }
-            Op::Beat { id, hb } => self.beat(w, id, hb).await?,
+            Op::Beat { id, hb } => self.beat(client, id, hb).await?,
             Op::Deregister(id) => {
                 let txn = Txn::new().and_then(vec![
                     TxnOp::delete(
@@ -642,7 +833,7 @@ impl Shared {
                     ),
                     TxnOp::delete(self.key("servers", id), None),
                 ]);
-                self.timed("deregister", w.client.txn(txn)).await?;
+                self.timed("deregister", client.txn(txn)).await?;
                 let mut v = self.lock_view();
                 v.servers.remove(id);
                 v.reports.remove(id);
@@ -650,43 +841,51 @@ impl Shared {
             Op::Drain { id, drained } => {
                 let key = self.key("drain", id);
                 if *drained {
-                    self.timed("drain", w.client.put(key, "1", None)).await?;
+                    self.timed("drain", client.put(key, "1", None)).await?;
                     self.lock_view().drained.insert(id.clone());
                 } else {
-                    self.timed("undrain", w.client.delete(key, None)).await?;
+                    self.timed("undrain", client.delete(key, None)).await?;
                     self.lock_view().drained.remove(id);
                 }
             }
             Op::Assign { stream, rec } => {
-                let lease = match w.assignment_lease {
-                    Some((l, at)) if at.elapsed() < ASSIGNMENT_LEASE_EVERY => l,
-                    _ => {
-                        let l = self
-                            .timed(
-                                "lease grant",
-                                w.client.lease_grant(self.cfg.assignment_ttl_s, None),
-                            )
-                            .await?
-                            .id();
-                        w.assignment_lease = Some((l, Instant::now()));
-                        l
+                let value = serde_json::to_vec(rec).map_err(Failure::refused)?;
+                // Twice at most: the second time with a new lease, if the first one is gone
+                // (etcd restored from a snapshot).
+                let mut again = true;
+                loop {
+                    let lease = match *assignment_lease {
+                        Some((l, at)) if at.elapsed() < ASSIGNMENT_LEASE_EVERY => l,
+                        _ => {
+                            let l = self
+                                .timed(
+                                    "lease grant",
+                                    client.lease_grant(self.cfg.assignment_ttl_s, None),
+                                )
+                                .await?
+                                .id();
+                            *assignment_lease = Some((l, Instant::now()));
+                            l
+                        }
+                    };
+                    let put = self
+                        .timed(
+                            "assignment",
+                            client.put(
+                                self.key("assignments", stream),
+                                value.clone(),
+                                Some(PutOptions::new().with_lease(lease)),
+                            ),
+                        )
+                        .await;
+                    match put {
+                        Ok(_) => break,
+                        Err(Failure::Refused(_)) if again => {
+                            *assignment_lease = None;
+                            again = false;
+                        }
+                        Err(e) => return Err(e),
                     }
-                };
-                let value = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
-                let put = self
-                    .timed(
-                        "assignment",
-                        w.client.put(
-                            self.key("assignments", stream),
-                            value,
-                            Some(PutOptions::new().with_lease(lease)),
-                        ),
-                    )
-                    .await;
-                if let Err(e) = put {
-                    // Perhaps the lease is gone (etcd restored from a snapshot): grant anew.
-                    w.assignment_lease = None;
-                    return Err(e);
                 }
             }
         }
@@ -694,10 +893,10 @@ impl Shared {
     }
 
     /// Renew the server's lease; write its load and streams when due (see the write budget).
-    async fn beat(&self, w: &mut Writer, id: &str, hb: &Heartbeat) -> EtcdResult<()> {
+    async fn beat(&self, client: &mut Client, id: &str, hb: &Heartbeat) -> EtcdResult<()> {
         let (doc, lease, reports) = {
             let v = self.lock_view();
-            let Some((doc, lease)) = v.servers.get(id) else {
+            let Some((doc, lease, _)) = v.servers.get(id) else {
                 // Not (yet) in etcd: its registration is still queued or it expired there.
                 return Ok(());
             };
@@ -707,13 +906,12 @@ impl Shared {
                 v.reports.get(id).cloned().unwrap_or_default(),
             )
         };
-        match tokio::time::timeout(self.cfg.request_timeout, w.client.lease_keep_alive(lease)).await
-        {
+        match tokio::time::timeout(self.cfg.request_timeout, client.lease_keep_alive(lease)).await {
             Ok(Ok(_)) => {}
             // The lease expired: etcd deleted the keys and the watch tells every director.
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => return Ok(()),
-            Ok(Err(e)) => return Err(format!("lease keep-alive: {e}")),
-            Err(_) => return Err("lease keep-alive: no answer".into()),
+            Ok(Err(e)) => return Err(Failure::of("lease keep-alive", &e)),
+            Err(_) => return Err(Failure::Member("lease keep-alive: no answer".into())),
         }
         let now = now_ms();
         let due = now.saturating_sub(doc.written_ms) >= self.cfg.load_write_ms;
@@ -753,7 +951,7 @@ impl Shared {
             ..doc
         };
         if write_doc {
-            let value = serde_json::to_vec(&new_doc).map_err(|e| e.to_string())?;
+            let value = serde_json::to_vec(&new_doc).map_err(Failure::refused)?;
             ops.push(TxnOp::put(
                 self.key("servers", id),
                 value,
@@ -761,7 +959,7 @@ impl Shared {
             ));
         }
         for ((stream, role), r) in &puts {
-            let value = serde_json::to_vec(r).map_err(|e| e.to_string())?;
+            let value = serde_json::to_vec(r).map_err(Failure::refused)?;
             ops.push(TxnOp::put(
                 self.key("ingest", &format!("{id}/{stream}/{}", role.as_str())),
                 value,
@@ -778,15 +976,19 @@ impl Shared {
             return Ok(());
         }
         let mut rest = ops;
+        let mut rev = 0;
         while !rest.is_empty() {
             let tail = rest.split_off(rest.len().min(TXN_OPS));
-            self.timed("heartbeat", w.client.txn(Txn::new().and_then(rest)))
+            let done = self
+                .timed("heartbeat", client.txn(Txn::new().and_then(rest)))
                 .await?;
+            rev = done.header().map_or(0, |h| h.revision());
             rest = tail;
         }
         let mut v = self.lock_view();
         if write_doc && let Some(entry) = v.servers.get_mut(id) {
             entry.0 = new_doc;
+            entry.2 = entry.2.max(rev);
         }
         let m = v.reports.entry(id.to_string()).or_default();
         for (k, r) in puts {
@@ -843,10 +1045,15 @@ impl Shared {
         let mut v = self.lock_view();
         match kind {
             "servers" => {
+                if v.servers.get(rest).is_some_and(|e| e.2 > kv.mod_revision()) {
+                    // Older than what this director wrote itself (and already applied).
+                    return;
+                }
                 if put {
                     match serde_json::from_slice::<ServerDoc>(kv.value()) {
                         Ok(doc) if doc.registration.id == rest => {
-                            v.servers.insert(rest.to_string(), (doc, kv.lease()));
+                            v.servers
+                                .insert(rest.to_string(), (doc, kv.lease(), kv.mod_revision()));
                         }
                         Ok(_) => {
                             tracing::warn!(key, "etcd server key names another id: skipped");
@@ -927,8 +1134,12 @@ impl Shared {
     fn apply_server(&self, id: &str, now: Instant) {
         let (doc, streams, drained) = {
             let v = self.lock_view();
-            let Some((doc, _)) = v.servers.get(id) else {
+            let Some((doc, _, _)) = v.servers.get(id) else {
                 drop(v);
+                if self.lock_unwritten().contains(id) {
+                    // Registered through this director, not written yet: keep it.
+                    return;
+                }
                 if self.local.deregister(id).is_ok() {
                     tracing::info!(server = %id, "entry server gone from etcd (lease expired or deregistered)");
                 }
@@ -979,12 +1190,14 @@ impl Shared {
 }
 
 /// Keep a change for when etcd returns, dropping the oldest beyond [`MAX_PENDING`].
-fn keep(pending: &mut VecDeque<Op>, op: Op) {
+fn keep(shared: &Shared, pending: &mut VecDeque<Op>, op: Op) {
     if !op.keep() {
         return;
     }
     if pending.len() >= MAX_PENDING {
-        pending.pop_front();
+        if let Some(Op::Register(r)) = pending.pop_front() {
+            shared.lock_unwritten().remove(&r.id);
+        }
         tracing::warn!(
             kept = MAX_PENDING,
             "too many changes kept while etcd is unreachable: the oldest dropped"
