@@ -14,8 +14,10 @@
 //! **What it is not.** Not a database or a general queue: one writer per stream (enforced with an
 //! advisory `flock` on `<dir>/<stream>/LOCK`, so a second writer gets [`LogError::Locked`]),
 //! strictly consecutive sequence numbers (no holes), whole-segment retention only, blocking
-//! `std::fs` I/O (call it from `spawn_blocking` or a dedicated thread; no async runtime here), and
-//! Unix only (`pread`/`pwrite`, `flock`).
+//! `std::fs` I/O (no async runtime here), and Unix only (`pread`/`pwrite`, `flock`). An append
+//! without fsync is one `pwrite(2)` into the page cache, short enough for an async task to make
+//! inline; fsyncs belong off async workers: [`StreamLog::begin_sync`] hands out a [`SyncJob`] to
+//! run on a blocking thread while appends go on.
 //!
 //! # Durability: the fsync trade-off
 //!
@@ -99,7 +101,7 @@ mod state;
 pub use config::{FsyncPolicy, LogConfig, ParseFsyncPolicyError, validate_stream_name};
 pub use error::LogError;
 pub use format::MAX_PAYLOAD;
-pub use log::{AppendOutcome, RecoveryReport, RetentionReport, StreamLog, Truncation};
+pub use log::{AppendOutcome, RecoveryReport, RetentionReport, StreamLog, SyncJob, Truncation};
 pub use reader::LogReader;
 
 /// One chunk of a stream, as appended and as read back.

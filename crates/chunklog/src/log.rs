@@ -779,6 +779,52 @@ impl StreamLog {
         Ok(())
     }
 
+    /// Starts a sync that runs *without* the log: the fsyncs happen in [`SyncJob::run`] (on a
+    /// blocking thread, say) while appends go on, and [`finish_sync`](Self::finish_sync) then
+    /// advances [`durable_through`](Self::durable_through) to what the job covered. Everything
+    /// appended before this call is covered (the job holds duplicates of the same open files, and
+    /// `fdatasync` flushes a file's data whichever descriptor asks). `None` when nothing written
+    /// is unsynced. Same effect as [`sync`](Self::sync), without holding the writer meanwhile.
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>, LogError> {
+        self.check()?;
+        if !(self.unsynced || self.dir_dirty || !self.pending.is_empty()) {
+            return Ok(None);
+        }
+        let mut files = std::mem::take(&mut self.pending);
+        if self.unsynced {
+            let dup = self.active.try_clone().map_err(|e| {
+                let err = LogError::io("duplicate the segment handle", self.active_path())(e);
+                self.poison(err)
+            })?;
+            files.push(dup);
+        }
+        let job = SyncJob {
+            files,
+            dir: self.shared.dir().to_owned(),
+            dir_dirty: self.dir_dirty,
+            target: self.shared.read().next_seq.checked_sub(1),
+        };
+        self.unsynced = false;
+        self.dir_dirty = false;
+        Ok(Some(job))
+    }
+
+    /// Ends a sync begun with [`begin_sync`](Self::begin_sync), with the job's result: on success
+    /// `durable_through` advances to the job's target; a failed fsync poisons the log (see
+    /// [`sync`](Self::sync)).
+    pub fn finish_sync(&mut self, result: Result<Option<u64>, LogError>) -> Result<(), LogError> {
+        match result {
+            Ok(target) => {
+                let mut st = self.shared.write();
+                if target > st.durable_through {
+                    st.durable_through = target;
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.poison(e)),
+        }
+    }
+
     /// Records a durable END marker: the stream ended after `final_seq`, which must be
     /// `next_seq - 1` (`u64::MAX` for a stream that never had a record). The marker is fsync'd
     /// whatever the policy, along with everything before it. Ending twice with the same
@@ -868,5 +914,31 @@ impl StreamLog {
         let dir = self.shared.dir().to_owned();
         drop(self);
         fs::remove_dir_all(&dir).map_err(LogError::io("remove directory", &dir))
+    }
+}
+
+/// The fsyncs of a [`StreamLog::begin_sync`], to run off the writer (blocking I/O).
+#[derive(Debug)]
+#[must_use = "run the job, then hand its result to StreamLog::finish_sync"]
+pub struct SyncJob {
+    files: Vec<File>,
+    /// The stream's directory (fsync'd when `dir_dirty`).
+    dir: PathBuf,
+    dir_dirty: bool,
+    target: Option<u64>,
+}
+
+impl SyncJob {
+    /// fsyncs the files (and the directory, when it has new entries); `Ok(target)` is the last
+    /// sequence number now durable, for [`StreamLog::finish_sync`].
+    pub fn run(self) -> Result<Option<u64>, LogError> {
+        for f in &self.files {
+            f.sync_data()
+                .map_err(LogError::io("fsync a segment of", &self.dir))?;
+        }
+        if self.dir_dirty {
+            fsync_dir(&self.dir)?;
+        }
+        Ok(self.target)
     }
 }

@@ -183,6 +183,51 @@ fn end_then_append_rejected_and_reopen_restores_everything() {
 }
 
 #[test]
+fn a_detached_sync_covers_what_was_written_before_it_began() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(
+        tmp.path(),
+        300,
+        FsyncPolicy::Interval(Duration::from_millis(100)),
+    );
+    let mut log = StreamLog::open(&c, "s").unwrap();
+    assert!(log.begin_sync().unwrap().is_none(), "nothing to sync yet");
+    append_all(&mut log, 0..10); // rolls segments: sealed ones are pending too
+    let job = log.begin_sync().unwrap().expect("unsynced data");
+    assert!(!log.needs_sync(), "the job took everything unsynced");
+    // Appends go on while the job runs elsewhere.
+    let runner = std::thread::spawn(move || job.run());
+    append_all(&mut log, 10..14);
+    let result = runner.join().unwrap();
+    assert_eq!(result.as_ref().ok(), Some(&Some(9)));
+    assert_eq!(
+        log.durable_through(),
+        None,
+        "not durable before finish_sync"
+    );
+    log.finish_sync(result).unwrap();
+    assert_eq!(log.durable_through(), Some(9), "only what the job covered");
+    assert!(log.needs_sync(), "10..14 still to sync");
+    let job = log.begin_sync().unwrap().unwrap();
+    log.finish_sync(job.run()).unwrap();
+    assert_eq!(log.durable_through(), Some(13));
+    // A failed job poisons the log: after a failed fsync nothing written can be trusted.
+    append_all(&mut log, 14..15);
+    let job = log.begin_sync().unwrap().unwrap();
+    drop(job);
+    let err = chunklog::LogError::Poisoned {
+        stream: "s".into(),
+        cause: "test".into(),
+    };
+    assert!(log.finish_sync(Err(err)).is_err());
+    assert!(log.append(&rec(15)).is_err(), "poisoned");
+    drop(log);
+    // What was synced is all there after a reopen.
+    let log = StreamLog::open(&c, "s").unwrap();
+    assert_eq!(read_all(&log).len(), 15);
+}
+
+#[test]
 fn end_of_an_empty_stream() {
     let tmp = tempfile::tempdir().unwrap();
     let c = cfg(tmp.path(), 1 << 20, FsyncPolicy::Never);

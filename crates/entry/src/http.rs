@@ -564,6 +564,7 @@ async fn push_body(node: Arc<Node>, stream: Arc<Stream>, id: String, body: Body)
     let mut body = body.into_data_stream();
     let mut pending = BytesMut::new();
     let mut total = 0u64;
+    let mut synced_at = start;
     let result: Result<(), String> = loop {
         let next = body.next().await;
         let done = !matches!(next, Some(Ok(_)));
@@ -580,37 +581,27 @@ async fn push_body(node: Arc<Node>, stream: Arc<Stream>, id: String, body: Body)
         if !ready.is_empty() {
             total += ready.iter().map(|b| b.len() as u64).sum::<u64>();
             let pts = start.elapsed().as_micros() as i64;
-            let s = stream.clone();
-            let r =
-                tokio::task::spawn_blocking(move || -> Result<Vec<crate::hub::Chunk>, String> {
-                    let crate::hub::Source::Ingest(log) = &s.source else {
-                        return Err("not ingested here".into());
+            let r = crate::logio::with_log(&node, &stream, move |log| {
+                let mut out = Vec::new();
+                for payload in ready {
+                    let rec = chunklog::Record {
+                        seq: log.next_seq(),
+                        pts,
+                        flags: 0,
+                        payload,
                     };
-                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut out = Vec::new();
-                    for payload in ready {
-                        let rec = chunklog::Record {
-                            seq: log.next_seq(),
-                            pts,
-                            flags: 0,
-                            payload,
-                        };
-                        log.append(&rec).map_err(|e| e.to_string())?;
-                        out.push(crate::hub::Chunk {
-                            seq: rec.seq,
-                            pts,
-                            flags: 0,
-                            payload: rec.payload,
-                        });
-                    }
-                    if log.needs_sync() {
-                        log.sync().map_err(|e| e.to_string())?;
-                    }
-                    Ok(out)
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
+                    log.append(&rec).map_err(|e| e.to_string())?;
+                    out.push(crate::hub::Chunk {
+                        seq: rec.seq,
+                        pts,
+                        flags: 0,
+                        payload: rec.payload,
+                    });
+                }
+                Ok(out)
+            })
+            .await
+            .and_then(|r| r);
             match r {
                 Ok(chunks) => {
                     node.metrics
@@ -619,6 +610,12 @@ async fn push_body(node: Arc<Node>, stream: Arc<Stream>, id: String, body: Body)
                     stream.publish(chunks);
                 }
                 Err(e) => break Err(e),
+            }
+            if crate::logio::unacked_sync_due(&node, synced_at) {
+                if let Err(e) = crate::logio::sync(&node, &stream).await {
+                    break Err(e);
+                }
+                synced_at = tokio::time::Instant::now();
             }
         }
         if done {

@@ -396,14 +396,11 @@ async fn session_loop<T: FrameIo>(
                             return Err((ErrorCode::GoingAway, "replaced by a newer session for this stream".into()));
                         }
                         let rec = Record { seq: d.seq, pts: d.pts, flags: d.flags.bits(), payload: d.payload };
-                        let s = stream.clone();
-                        let out = blocking(move || {
-                            let Source::Ingest(log) = &s.source else { unreachable!("checked above") };
-                            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                        let out = crate::logio::with_log(node, stream, move |log| {
                             let r = log.append(&rec);
                             (r, log.durable_through(), rec)
                         }).await;
-                        let Some((r, durable, rec)) = out else {
+                        let Ok((r, durable, rec)) = out else {
                             return Err((ErrorCode::Internal, "log task failed".into()));
                         };
                         match r {
@@ -461,18 +458,12 @@ async fn session_loop<T: FrameIo>(
                 if last_frame.elapsed() > idle {
                     return Err((ErrorCode::Protocol, "no frame for 15 s".into()));
                 }
-                let s = stream.clone();
-                let durable = blocking(move || {
-                    let Source::Ingest(log) = &s.source else { unreachable!("checked above") };
-                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                    if log.needs_sync() { log.sync().map(|_| log.durable_through()) } else { Ok(log.durable_through()) }
-                }).await;
-                match durable {
-                    Some(Ok(Some(d))) if acked != Some(d) => {
+                match crate::logio::sync(node, stream).await {
+                    Ok(Some(d)) if acked != Some(d) => {
                         io.send(&Frame::Ack { through: d }).await.map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
                         acked = Some(d);
                     }
-                    Some(Err(e)) => return Err((ErrorCode::Internal, format!("log sync failed: {e}"))),
+                    Err(e) => return Err((ErrorCode::Internal, format!("log sync failed: {e}"))),
                     _ => {}
                 }
                 if last_sample.elapsed() >= node.cfg.sample_interval() {

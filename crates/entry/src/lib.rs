@@ -21,6 +21,7 @@ pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod link;
+pub mod logio;
 pub mod node;
 pub mod relay;
 pub mod rtmp;

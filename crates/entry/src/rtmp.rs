@@ -134,6 +134,8 @@ struct Publishing {
     clock: Timeline,
     /// Messages received but not yet appended: (tag type, stream time in ms, body).
     batch: Vec<(u8, i64, bytes::Bytes)>,
+    /// When the log was last fsync'd for this publish (see [`crate::logio::UNACKED_SYNC`]).
+    synced_at: tokio::time::Instant,
 }
 
 /// Where a re-published stream's timeline left off.
@@ -218,7 +220,7 @@ impl Timeline {
 
 impl Publishing {
     /// Append the batch to the log, then publish it to viewers.
-    async fn flush(&mut self) -> Result<(), RtmpError> {
+    async fn flush(&mut self, node: &Node) -> Result<(), RtmpError> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -247,12 +249,7 @@ impl Publishing {
                 (rec, flags)
             })
             .collect();
-        let s = self.stream.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            let Source::Ingest(log) = &s.source else {
-                return Err("not an ingest stream".to_string());
-            };
-            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let out = crate::logio::with_log(node, &self.stream, move |log| {
             let mut chunks = Vec::with_capacity(recs.len());
             for (mut rec, _) in recs {
                 rec.seq = log.next_seq();
@@ -264,21 +261,24 @@ impl Publishing {
                     payload: rec.payload,
                 });
             }
-            if log.needs_sync() {
-                log.sync().map_err(|e| e.to_string())?;
-            }
-            Ok(chunks)
+            Ok::<_, String>(chunks)
         })
         .await
-        .map_err(|e| RtmpError::Log(e.to_string()))?
+        .and_then(|r| r)
         .map_err(RtmpError::Log)?;
         self.stream.publish(out);
+        if crate::logio::unacked_sync_due(node, self.synced_at) {
+            crate::logio::sync(node, &self.stream)
+                .await
+                .map_err(RtmpError::Log)?;
+            self.synced_at = tokio::time::Instant::now();
+        }
         Ok(())
     }
 
     /// The publish is over: a clean unpublish ends the stream; a drop leaves it open.
     async fn finish(mut self, node: &Arc<Node>, clean: bool) {
-        let _ = self.flush().await;
+        let _ = self.flush(node).await;
         self.stream.live_sessions.fetch_sub(1, Ordering::SeqCst);
         node.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
         let s = self.stream.clone();
@@ -377,7 +377,7 @@ impl Conn {
                 self.handle(&mut session, results, &mut out, &mut clean)
                     .await?;
                 if let Some(p) = &mut self.publishing {
-                    p.flush().await?;
+                    p.flush(&self.node).await?;
                 }
                 if clean {
                     return Ok(true);
@@ -691,6 +691,7 @@ impl Conn {
             stream: s,
             clock: Timeline::new(resume),
             batch: Vec::new(),
+            synced_at: tokio::time::Instant::now(),
         })
     }
 }
