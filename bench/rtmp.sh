@@ -8,6 +8,8 @@
 # `tee` command `firstmile assign --protocol rtmp --ffmpeg` prints) and PLAYERS `curl` players
 # read HTTP-FLV from the third node, which relays and merges both copies. nginx-rtmp (Debian
 # libnginx-mod-rtmp, 1 worker): the same file published with -re, PLAYERS `rtmpdump` players.
+# Then the like-for-like run: the file published to one firstmile server alone (no backup), the
+# players on that same server, as with nginx-rtmp.
 # Reported: server CPU seconds per GB delivered (all firstmile entry servers; the nginx worker).
 # Delay: one extra player per system (`flvdelay`) reads the FLV tags and reports arrival time
 # minus (publisher launch time + tag timestamp): ffmpeg -re's start-up is included in both.
@@ -59,6 +61,38 @@ python3 -c "
 cpu=$cpu1-$cpu0; gb=$bytes/1e9
 d=open('$work/fm-delay').read().split() or ['nan','nan','0']
 print(f'firstmile RTMP x2 (tee) -> HTTP-FLV on a relay node: players $PLAYERS, delivered {gb:.3f} GB, entry CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB, delay p50 {d[0]} ms p99 {d[1]} ms')"
+
+kill "${pids[-1]}" 2>/dev/null || true  # the tee publisher: done with it
+wait "${pids[-1]}" 2>/dev/null || true
+
+# --- firstmile, one server (like for like with nginx-rtmp): the same file published to the
+# primary alone, the players reading HTTP-FLV from that same server.
+a1=$("$BIN" assign --director "$director" --location "Paris, FR" --stream rtmpsingle --protocol rtmp --json)
+s_url=$(echo "$a1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"]["url"])')
+s_id=$(echo "$a1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"]["server_id"])')
+s_http=$(awk -v id="$s_id" '$1=="entry" && $2==id {for(i=1;i<=NF;i++) if($i=="http") print $(i+1)}' "$work/up.out")
+rm -f "$work"/f*
+cpu0=$(cpu_of $entry_pids)
+t0=$(date +%s%N)
+ffmpeg -loglevel error -re -i "$src" -map 0 -c copy -f flv "$s_url" &
+pids+=("$!")
+sleep 1.5
+target/release/flvdelay --seconds "$((SECONDS_RUN - 3))" --t0-ns "$t0" --url "$s_http/live/rtmpsingle.flv" > "$work/fs-delay" 2>/dev/null &
+for i in $(seq "$PLAYERS"); do
+  curl -s --max-time "$((SECONDS_RUN - 3))" -o /dev/null -w '%{size_download}\n' \
+    "$s_http/live/rtmpsingle.flv" > "$work/f$i" 2>/dev/null &
+done
+wait_until=$((SECONDS + SECONDS_RUN))
+while [ $SECONDS -lt $wait_until ] && pgrep -f "curl -s --max-time" >/dev/null; do sleep 0.5; done
+cpu1=$(cpu_of $entry_pids)
+bytes=$(cat "$work"/f* 2>/dev/null | awk '{s+=$1} END {print s+0}')
+python3 -c "
+cpu=$cpu1-$cpu0; gb=$bytes/1e9
+d=open('$work/fs-delay').read().split() or ['nan','nan','0']
+print(f'firstmile RTMP x1 -> HTTP-FLV on the same server: players $PLAYERS, delivered {gb:.3f} GB, entry CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB, delay p50 {d[0]} ms p99 {d[1]} ms')"
+
+kill "${pids[-1]}" 2>/dev/null || true
+wait "${pids[-1]}" 2>/dev/null || true
 
 # --- nginx-rtmp
 start_nginx_rtmp

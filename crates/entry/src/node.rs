@@ -72,6 +72,9 @@ pub struct EntryConfig {
     pub relay_give_up_ms: u64,
     /// Seconds a draining server waits for its sessions to finish on SIGTERM.
     pub drain_secs: u64,
+    /// Worker threads of the server's async runtime; 0 = one per CPU core. `firstmile up`, which
+    /// runs six servers and a director on one machine, gives each server one.
+    pub threads: usize,
     /// Seconds between path samples of a session.
     pub sample_secs: u64,
     /// Report this process's CPU use as load (turn off when several servers share a process,
@@ -106,6 +109,7 @@ impl Default for EntryConfig {
             slow_viewer: SlowViewer::Skip,
             relay_give_up_ms: 5000,
             drain_secs: 30,
+            threads: 0,
             sample_secs: 5,
             report_cpu: true,
         }
@@ -218,6 +222,9 @@ impl EntryConfig {
             && let Err(e) = plumbing::tls::client_config(Some(ca))
         {
             return bad("director_ca_file", &e.to_string());
+        }
+        if self.threads > 1024 {
+            return bad("threads", "at most 1024 (0 = one per CPU core)");
         }
         if self.capacity_streams == 0 {
             return bad("capacity_streams", "must be at least 1");

@@ -1,7 +1,7 @@
 //! `firstmile entry`: run one entry server.
 
 use crate::Failure;
-use crate::cmd::serve::{init_tracing, runtime, terminated};
+use crate::cmd::serve::{init_tracing, runtime_with, terminated};
 use anyhow::Context;
 use entry::{Entry, EntryConfig};
 use std::io::Write;
@@ -96,7 +96,7 @@ pub fn run(a: EntryArgs) -> Result<(), Failure> {
     }
     init_tracing("info", false);
     let entry = Entry::init(cfg.clone()).map_err(Failure::usage)?;
-    let rt = runtime()?;
+    let rt = runtime_with(cfg.threads)?;
     rt.block_on(async move {
         let native = tokio::net::TcpListener::bind(cfg.native_listen)
             .await

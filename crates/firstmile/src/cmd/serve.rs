@@ -18,8 +18,16 @@ pub fn init_tracing(default: &str, json: bool) {
 
 /// The multi-threaded runtime the services run on.
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    runtime_with(0)
+}
+
+/// The multi-threaded runtime with `threads` workers (0 = one per CPU core).
+pub fn runtime_with(threads: usize) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.enable_all()
         .build()
         .map_err(|e| Failure::other(anyhow::anyhow!("cannot start the runtime: {e}")))
 }

@@ -174,6 +174,8 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
                 "--rtmp-listen", &format!("{host}:0"),
                 "--data-dir", &dir.join(id).display().to_string(),
                 "--token-public-key", &public_pem, "--fsync", "interval:20",
+                // Six servers and a director share this machine's cores: one worker each.
+                "--set", "threads=1",
             ]
             .iter()
             .map(|s| s.to_string())
