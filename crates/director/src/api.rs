@@ -1276,10 +1276,12 @@ async fn readyz(State(d): State<Director>) -> Response {
 async fn metrics(State(d): State<Director>) -> Response {
     // Refresh the gauges if the structure changed since the last snapshot.
     let _ = d.snapshot();
+    let status = d.registry().status();
     d.inner
         .metrics
         .registry_degraded
-        .set(i64::from(d.registry().status().degraded));
+        .set(i64::from(status.degraded));
+    d.inner.metrics.etcd_writes(status.writes);
     (
         [(
             CONTENT_TYPE,

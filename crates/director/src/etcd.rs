@@ -193,6 +193,17 @@ struct Settings {
     load_write_ms: u64,
 }
 
+/// The requests that write keys (counted in `firstmile_director_etcd_writes_total`): what the
+/// write budget in the module docs bounds. Lease grants and renewals are not key writes.
+const WRITES: [&str; 6] = [
+    "register",
+    "deregister",
+    "drain",
+    "undrain",
+    "assignment",
+    "heartbeat",
+];
+
 #[derive(Debug)]
 struct Shared {
     local: MemoryRegistry,
@@ -202,6 +213,8 @@ struct Shared {
     degraded: AtomicBool,
     detail: Mutex<Option<String>>,
     dropped: AtomicU64,
+    /// Key writes that etcd accepted (see [`WRITES`]).
+    writes: AtomicU64,
     /// Servers registered through this director whose registration is not in etcd yet: a
     /// reload or a delete event must not drop them from the view meanwhile.
     unwritten: Mutex<HashSet<String>>,
@@ -284,6 +297,7 @@ impl EtcdRegistry {
                 degraded: AtomicBool::new(false),
                 detail: Mutex::new(Some("not connected to etcd yet".into())),
                 dropped: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
                 unwritten: Mutex::new(HashSet::new()),
             }),
             tx,
@@ -414,6 +428,7 @@ impl Registry for EtcdRegistry {
             } else {
                 s.detail.lock().unwrap_or_else(|p| p.into_inner()).clone()
             },
+            writes: s.writes.load(Ordering::Relaxed),
         }
     }
 
@@ -534,7 +549,12 @@ impl Shared {
         f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> EtcdResult<T> {
         match tokio::time::timeout(self.cfg.request_timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => {
+                if WRITES.contains(&what) {
+                    self.writes.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(v)
+            }
             Ok(Err(e)) => Err(Failure::of(what, &e)),
             Err(_) => Err(Failure::Member(format!(
                 "{what}: no answer within {:?}",

@@ -9,7 +9,9 @@
 //!   `invalid`;
 //! - `firstmile_director_measurements_total{result}`: `accepted`, `rejected`;
 //! - `firstmile_director_registry_degraded`: 1 while the shared registry (etcd) cannot be reached
-//!   and answers come from the last snapshot, else 0 (always 0 in memory).
+//!   and answers come from the last snapshot, else 0 (always 0 in memory);
+//! - `firstmile_director_etcd_writes_total`: key writes this director made to etcd (puts and
+//!   transactions; lease renewals are not writes), to check the write budget.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,6 +31,8 @@ pub struct Metrics {
     heartbeats: Family<Labels, Counter>,
     measurements: Family<Labels, Counter>,
     pub registry_degraded: Gauge,
+    etcd_writes: Counter,
+    etcd_writes_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -47,6 +51,12 @@ impl Metrics {
         let heartbeats = Family::<Labels, Counter>::default();
         let measurements = Family::<Labels, Counter>::default();
         let registry_degraded = Gauge::default();
+        let etcd_writes = Counter::default();
+        registry.register(
+            "etcd_writes",
+            "Key writes this director made to etcd (puts and transactions)",
+            etcd_writes.clone(),
+        );
         registry.register(
             "assignments",
             "Assignment requests by outcome",
@@ -80,6 +90,8 @@ impl Metrics {
         );
         Self {
             registry_degraded,
+            etcd_writes,
+            etcd_writes_seen: Default::default(),
             registry,
             assignments,
             selection_seconds,
@@ -94,6 +106,16 @@ impl Metrics {
         self.assignments
             .get_or_create(&vec![("outcome", outcome)])
             .inc();
+    }
+
+    /// Bring the etcd write counter up to the registry's count.
+    pub fn etcd_writes(&self, total: u64) {
+        let seen = self
+            .etcd_writes_seen
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+        if total > seen {
+            self.etcd_writes.inc_by(total - seen);
+        }
     }
 
     pub fn heartbeat(&self, result: &'static str) {

@@ -156,6 +156,9 @@ pub struct RegistryStatus {
     /// Why it is degraded or not synced yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Key writes this director made to the shared store since it started (puts and
+    /// transactions; lease renewals are not writes). Always 0 in memory.
+    pub writes: u64,
 }
 
 /// The registry's interface (see the module docs).
@@ -183,6 +186,7 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
             synced: true,
             degraded: false,
             detail: None,
+            writes: 0,
         }
     }
     /// Share an assignment with other directors (a shared store does; memory has no one to

@@ -261,6 +261,15 @@ impl Dir {
             .any(|l| l.trim() == "firstmile_director_registry_degraded 1")
     }
 
+    /// `firstmile_director_etcd_writes_total`.
+    async fn etcd_writes(&self) -> u64 {
+        let r = self.api.app.clone().oneshot_text("/metrics").await;
+        r.lines()
+            .find_map(|l| l.strip_prefix("firstmile_director_etcd_writes_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no etcd write counter in {r}"))
+    }
+
     async fn assign_tokyo(&self) -> (StatusCode, String) {
         let r = self
             .api
@@ -379,6 +388,11 @@ async fn several_directors_share_one_fleet_on_etcd() {
     })
     .await;
     assert!(other.ids().await.is_empty(), "prefixes separate fleets");
+    // Writes are counted where they are made: C registered syd-1; the fleet with no servers
+    // wrote nothing.
+    let written = c.etcd_writes().await;
+    assert!(written >= 1, "C wrote syd-1's registration: {written}");
+    assert_eq!(other.etcd_writes().await, 0);
 
     // Assignments agree, whichever director answers.
     for d in [a, b, c] {
