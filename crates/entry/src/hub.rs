@@ -90,6 +90,11 @@ pub struct Stream {
     pub role: Mutex<Option<proto::Role>>,
     /// Ingest sessions connected right now.
     pub live_sessions: std::sync::atomic::AtomicU64,
+    /// Ingest: when the publisher last sent anything ([`mono_ms`]); a new publish may take over
+    /// from one that has been silent for a while (RTMP).
+    pub input_at_ms: std::sync::atomic::AtomicU64,
+    /// Ingest: wakes a publisher's connection to check whether a newer publish replaced it.
+    pub takeover: tokio::sync::Notify,
     /// FLV streams (RTMP ingest): the metadata and codec configuration a player needs first,
     /// kept from the chunks as they are published (on relays too).
     pub flv: Mutex<crate::flv::Head>,
@@ -128,6 +133,8 @@ impl Stream {
             bytes_in: Default::default(),
             role: Mutex::new(None),
             live_sessions: Default::default(),
+            input_at_ms: Default::default(),
+            takeover: Default::default(),
             flv: Default::default(),
         })
     }
@@ -367,4 +374,15 @@ impl Hub {
         v.extend(lock(&self.relay).values().cloned());
         v
     }
+}
+
+/// Milliseconds on this process's monotonic clock (for [`Stream::input_at_ms`]).
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
 }

@@ -46,18 +46,30 @@
 //! them). A listed server that cannot be asked refuses the publish with a "retry shortly"
 //! description rather than risk it; one the director no longer knows an address for counts as
 //! not holding the stream (relays cannot reach it either). A standalone server (no director)
-//! has no peer. A stream that has ended (clean unpublish), that holds non-FLV data (a native or
-//! HTTP-push stream), or that still has a publisher here (an old connection not yet seen to
-//! drop: it times out after 15 s of silence) is refused as before. A clean unpublish
-//! (`deleteStream`/`closeStream`) ends the stream (END at the last sequence number); a dropped
-//! connection does not.
+//! has no peer. A stream that has ended (clean unpublish) or that holds non-FLV data (a native
+//! or HTTP-push stream) is refused as before. A clean unpublish (`deleteStream`/`closeStream`)
+//! ends the stream (END at the last sequence number); a dropped connection does not.
+//!
+//! **A silent old connection gives way.** After a network blip the server often still holds
+//! the encoder's old connection, half-open: nothing arrives on it, and its read would only time
+//! out after 15 s. A new publish of the stream takes over from a publisher that has sent nothing
+//! for [`TAKEOVER_SILENCE_MS`] (nginx-rtmp's `drop_idle_publisher`, applied when someone is
+//! waiting): the stream's epoch moves on, the old connection is woken and closed, and once it
+//! has flushed and synced the new one continues the stream. A publisher that is sending is never
+//! displaced: a second publisher of an active stream is refused (`BadName`).
+//!
+//! **Expired tokens.** A token is needed to *start* a stream; the signed token of a stream this
+//! server holds (with data, not ended) still continues it after its expiry, because encoders
+//! (OBS) reconnect hours into a stream with the URL they were given. The signature, the stream
+//! and the server are checked as always.
 //!
 //! Not covered: a *first* publish into an empty log is not checked against peers, so an encoder
 //! that switches from one server to the other mid-stream starts a second numbering there (as
 //! before this rule existed).
 //!
 //! **Refusals.** Wrong app → `NetConnection.Connect.Rejected`; bad, expired or misdirected token
-//! → `NetStream.Publish.Denied`; a second publisher for a stream that has one here, an ended
+//! (an expired one only starts nothing) → `NetStream.Publish.Denied`; a second publisher for a
+//! stream whose publisher here is sending, an ended
 //! stream, or a re-publish the rule above refuses → `NetStream.Publish.BadName`; play →
 //! `NetStream.Play.Failed` (play over HTTP-FLV). Every library error, and any panic inside the
 //! library (it indexes into hostile AMF arrays), ends that connection only.
@@ -136,6 +148,8 @@ struct Publishing {
     batch: Vec<(u8, i64, bytes::Bytes)>,
     /// When the log was last fsync'd for this publish (see [`crate::logio::UNACKED_SYNC`]).
     synced_at: tokio::time::Instant,
+    /// The stream's epoch this publish started; a newer one means it was taken over.
+    epoch: u64,
 }
 
 /// Where a re-published stream's timeline left off.
@@ -279,29 +293,35 @@ impl Publishing {
     /// The publish is over: a clean unpublish ends the stream; a drop leaves it open.
     async fn finish(mut self, node: &Arc<Node>, clean: bool) {
         let _ = self.flush(node).await;
-        self.stream.live_sessions.fetch_sub(1, Ordering::SeqCst);
-        node.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
-        let s = self.stream.clone();
-        let ended = tokio::task::spawn_blocking(move || {
-            let Source::Ingest(log) = &s.source else {
-                return None;
-            };
-            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            let next = log.next_seq();
-            if clean && next > 0 && log.ended().is_none() {
-                log.end(next - 1).and_then(|_| log.sync()).ok()?;
-                return Some(next - 1);
-            }
-            let _ = log.sync();
+        // The END (or the sync) before the session counts as gone: a new publish waiting to
+        // take over must find the log as this session left it.
+        let ended = if clean {
+            let s = self.stream.clone();
+            tokio::task::spawn_blocking(move || {
+                let Source::Ingest(log) = &s.source else {
+                    return None;
+                };
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                let next = log.next_seq();
+                if next > 0 && log.ended().is_none() {
+                    log.end(next - 1).and_then(|_| log.sync()).ok()?;
+                    return Some(next - 1);
+                }
+                None
+            })
+            .await
+            .ok()
+            .flatten()
+        } else {
+            let _ = crate::logio::sync(node, &self.stream).await;
             None
-        })
-        .await
-        .ok()
-        .flatten();
+        };
         if let Some(f) = ended {
             self.stream.end(f);
             tracing::info!(stream = %self.stream.name, final_seq = f, "rtmp stream ended");
         }
+        self.stream.live_sessions.fetch_sub(1, Ordering::SeqCst);
+        node.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -387,14 +407,40 @@ impl Conn {
                 self.sock.write_all(&out).await?;
                 out.clear();
             }
-            let n = match tokio::time::timeout(Duration::from_secs(15), self.sock.read(&mut buf))
-                .await
-            {
-                Ok(r) => r?,
-                Err(_) => return Err(RtmpError::Timeout),
+            let publishing = self
+                .publishing
+                .as_ref()
+                .map(|p| (p.stream.clone(), p.epoch));
+            let read = tokio::time::timeout(Duration::from_secs(15), self.sock.read(&mut buf));
+            let n = match publishing {
+                None => match read.await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(RtmpError::Timeout),
+                },
+                Some((stream, epoch)) => tokio::select! {
+                    r = read => match r {
+                        Ok(r) => r?,
+                        Err(_) => return Err(RtmpError::Timeout),
+                    },
+                    _ = stream.takeover.notified() => {
+                        if stream.epoch.load(Ordering::SeqCst) != epoch {
+                            return Err(RtmpError::Refused(
+                                "taken over by a new publish after this connection went silent"
+                                    .into(),
+                            ));
+                        }
+                        input.clear();
+                        continue;
+                    }
+                },
             };
             if n == 0 {
                 return Ok(false);
+            }
+            if let Some(p) = &self.publishing {
+                p.stream
+                    .input_at_ms
+                    .store(crate::hub::mono_ms(), Ordering::Relaxed);
             }
             input.clear();
             input.extend_from_slice(&buf[..n]);
@@ -578,10 +624,15 @@ impl Conn {
                 "no token: publish to live/<stream>?token=<token from the director>".into(),
             ));
         }
-        let claims = node.verifier.verify(token, node.now_unix()).map_err(|e| {
-            node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-            (DENIED, format!("token refused: {e}"))
-        })?;
+        // The signature and claims first; expiry below (a stream held here may continue).
+        let now = node.now_unix();
+        let claims = node
+            .verifier
+            .verify_with_leeway(token, now, u64::MAX)
+            .map_err(|e| {
+                node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                (DENIED, format!("token refused: {e}"))
+            })?;
         let name = stream.unwrap_or(&claims.stream).to_string();
         if claims.stream != name || claims.server != node.cfg.id {
             node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -595,6 +646,59 @@ impl Conn {
         }
         if proto::StreamId::parse(&name).is_err() {
             return Err((BAD_NAME, format!("bad stream id {name:?}")));
+        }
+        // A token is needed to start a stream; the token that started a stream this server
+        // holds (not ended) still continues it after it expires: OBS reconnects hours into a
+        // stream with the URL it was given.
+        if now >= claims.exp {
+            let continues = node.hub.get_ingest(&name).is_some_and(|s| {
+                let e = s.edge();
+                e.next_seq > 0 && e.ended.is_none()
+            });
+            if !continues {
+                node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                return Err((
+                    DENIED,
+                    format!(
+                        "token refused: {}",
+                        token::TokenError::Expired {
+                            exp: claims.exp,
+                            now
+                        }
+                    ),
+                ));
+            }
+        }
+        // A publisher that has gone silent (a connection the network dropped without a word,
+        // which would otherwise hold the stream until its 15 s read timeout) gives way to a new
+        // publish; an active one does not.
+        if let Some(s) = node.hub.get_ingest(&name)
+            && s.live_sessions.load(Ordering::SeqCst) > 0
+        {
+            let silent =
+                crate::hub::mono_ms().saturating_sub(s.input_at_ms.load(Ordering::Relaxed));
+            if silent < TAKEOVER_SILENCE_MS {
+                return Err((
+                    BAD_NAME,
+                    format!(
+                        "stream {name} already has a publisher on this server (it sent data \
+                         {silent} ms ago)"
+                    ),
+                ));
+            }
+            s.epoch.fetch_add(1, Ordering::SeqCst);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while s.live_sessions.load(Ordering::SeqCst) > 0 {
+                if tokio::time::Instant::now() > deadline {
+                    return Err((
+                        BAD_NAME,
+                        format!("stream {name}: the silent publisher did not let go; retry"),
+                    ));
+                }
+                s.takeover.notify_waiters();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tracing::info!(stream = %name, peer = %self.peer, silent_ms = silent, "rtmp publish takes over from a silent connection");
         }
         // A re-publish into a stream with data: ask about the other servers first, outside the
         // opening lock (it serialises the opening of every stream on this node).
@@ -675,7 +779,9 @@ impl Conn {
             Some(stored_resume(&s).await.map_err(|why| (BAD_NAME, why))?)
         };
         s.live_sessions.fetch_add(1, Ordering::SeqCst);
-        s.epoch.fetch_add(1, Ordering::SeqCst);
+        let epoch = s.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        s.input_at_ms
+            .store(crate::hub::mono_ms(), Ordering::Relaxed);
         node.metrics.sessions.fetch_add(1, Ordering::Relaxed);
         *s.role.lock().unwrap_or_else(|e| e.into_inner()) = Some(claims.role);
         match resume {
@@ -692,9 +798,14 @@ impl Conn {
             clock: Timeline::new(resume),
             batch: Vec::new(),
             synced_at: tokio::time::Instant::now(),
+            epoch,
         })
     }
 }
+
+/// A publisher silent this long gives way to a new publish of its stream (nginx-rtmp's
+/// `drop_idle_publisher`, applied when someone is waiting).
+pub const TAKEOVER_SILENCE_MS: u64 = 2_000;
 
 /// How long each question about the other servers may take.
 const PEER_TIMEOUT: Duration = Duration::from_secs(3);

@@ -872,3 +872,145 @@ async fn rtmp_dual_path_republish_is_refused_while_the_other_path_carries_the_st
         have.len()
     );
 }
+
+/// A TCP forwarder to `to` for one connection. When `freeze` fires it stops forwarding but keeps
+/// both connections open, as a network that drops a path without a word does; `closed` fires
+/// when the server then closes its side.
+async fn freezable_proxy(
+    to: SocketAddr,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (freeze_tx, freeze_rx) = tokio::sync::oneshot::channel::<()>();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut a, _) = l.accept().await.unwrap();
+        let mut b = TcpStream::connect(to).await.unwrap();
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+            _ = freeze_rx => {}
+        }
+        // Frozen: the publisher's side stays open and silent; drain what the server says
+        // until it hangs up.
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = b.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = closed_tx.send(());
+        drop(a);
+    });
+    (addr, freeze_tx, closed_rx)
+}
+
+/// Issue 5, OBS after a network blip: the old connection is silently dead (half-open), the
+/// encoder reconnects with the URL it was given — whose token has expired meanwhile. The new
+/// publish takes over from the silent connection (which the server then closes) well before
+/// that connection's 15 s read timeout, and continues the stream; an expired token cannot
+/// start a stream that is not held here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_reconnect_takes_over_a_silent_connection_even_with_an_expired_token() {
+    need_ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let s = standalone(&dp);
+    let src1 = make_pattern(&dp, "one.flv", 8, "testsrc2", 440);
+    let src2 = make_pattern(&dp, "two.flv", 2, "testsrc", 880);
+    let stream = "obs-blip";
+    let key = token::SigningKey::from_bytes(&[7u8; 32]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = token_for(&key, stream, "solo-1", Role::Primary, now - 60);
+
+    let (proxy, freeze, closed) = freezable_proxy(s.rtmp).await;
+    let mut first = ffmpeg_publish(
+        &src1,
+        &format!("rtmp://{proxy}/live/{stream}?token={}", solo_token(stream)),
+    );
+    wait_seq(s.http, stream, 60).await;
+    freeze.send(()).unwrap();
+    let frozen_at = std::time::Instant::now();
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let publish = |src: PathBuf, url: String| {
+        tokio::task::spawn_blocking(move || ffmpeg_publish(&src, &url).wait_with_output().unwrap())
+    };
+    // An expired token starts nothing.
+    let other = token_for(&key, "fresh", "solo-1", Role::Primary, now - 60);
+    let out = publish(
+        src2.clone(),
+        format!("rtmp://{}/live/fresh?token={other}", s.rtmp),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "an expired token started a stream");
+    assert_eq!(stream_row(s.http, "fresh").await, Value::Null);
+
+    // The reconnect: refused while the old connection is only briefly silent, then accepted.
+    let url = format!("rtmp://{}/live/{stream}?token={expired}", s.rtmp);
+    loop {
+        let out = publish(src2.clone(), url.clone()).await.unwrap();
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            frozen_at.elapsed() < Duration::from_secs(10),
+            "the reconnect was not accepted within 10 s of the old connection going silent \
+             (its read timeout is 15 s): {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the server closes the silent connection it replaced")
+        .unwrap();
+
+    // The stream: the first publish's packets (a prefix of its source), then all of the second.
+    let mut row = Value::Null;
+    for _ in 0..500 {
+        row = stream_row(s.http, stream).await;
+        if row["ended"].as_u64().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let total = row["ended"]
+        .as_u64()
+        .expect("the clean end ends the stream")
+        + 1;
+    let stored = first_tags(s.http, stream, total).await;
+    let times = tag_times(&stored);
+    let join = times
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, t)| t.0 == 18)
+        .map(|(i, _)| i)
+        .expect("the second publish's metadata tag");
+    let part1 = dp.join("part1.flv");
+    std::fs::write(&part1, first_tags(s.http, stream, join as u64).await).unwrap();
+    let whole = dp.join("whole.flv");
+    std::fs::write(&whole, &stored).unwrap();
+    let (src1_p, part1_p) = (by_codec(packet_md5s(&src1)), by_codec(packet_md5s(&part1)));
+    let mut want = part1_p.clone();
+    for (codec, got) in &part1_p {
+        let all = &src1_p[codec];
+        assert!(
+            !got.is_empty() && all[..got.len()] == got[..],
+            "{codec}: the first publish's stored packets are not a prefix of its source"
+        );
+    }
+    for (codec, lines) in by_codec(packet_md5s(&src2)) {
+        want.entry(codec).or_default().extend(lines);
+    }
+    assert_eq!(by_codec(packet_md5s(&whole)), want);
+}
