@@ -766,22 +766,6 @@ async fn rtmp_republish_after_a_drop_continues_the_stream() {
     }
 }
 
-/// A TCP forwarder to `to` for one connection, cut (both sides closed) when `cut` fires.
-async fn cuttable_proxy(to: SocketAddr) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut a, _) = l.accept().await.unwrap();
-        let mut b = TcpStream::connect(to).await.unwrap();
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-            _ = rx => {}
-        }
-    });
-    (addr, tx)
-}
-
 /// Issue 5, dual path: a `tee` publishes to both servers; the path to the primary is cut
 /// mid-stream while the backup keeps receiving. The primary's reconnecting publisher is refused
 /// with a description that says where the stream went on and what to do, its log is left as
@@ -802,7 +786,7 @@ async fn rtmp_dual_path_republish_is_refused_while_the_other_path_carries_the_st
         a["backup"]["url"].as_str().unwrap().to_string(),
     );
     let lon = servers[0].http;
-    let (proxy, cut) = cuttable_proxy(servers[0].rtmp).await;
+    let (proxy, cut, _) = proxy_once(servers[0].rtmp, Stop::Cut).await;
     let pu_proxied = pu.replace(&servers[0].rtmp.to_string(), &proxy.to_string());
     assert_ne!(pu, pu_proxied);
     let tee = format!("[f=flv:onfail=ignore]{pu_proxied}|[f=flv:onfail=ignore]{bu}");
@@ -873,11 +857,20 @@ async fn rtmp_dual_path_republish_is_refused_while_the_other_path_carries_the_st
     );
 }
 
-/// A TCP forwarder to `to` for one connection. When `freeze` fires it stops forwarding but keeps
-/// both connections open, as a network that drops a path without a word does; `closed` fires
-/// when the server then closes its side.
-async fn freezable_proxy(
+/// What a [`proxy_once`] does when told to stop forwarding.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    /// Close both connections (a path that fails loudly).
+    Cut,
+    /// Keep both open and silent, as a network that drops a path without a word does.
+    Freeze,
+}
+
+/// A TCP forwarder to `to` for one connection; the sender stops it (see [`Stop`]); the receiver
+/// fires when the server has closed its side after that.
+async fn proxy_once(
     to: SocketAddr,
+    stop: Stop,
 ) -> (
     SocketAddr,
     tokio::sync::oneshot::Sender<()>,
@@ -885,14 +878,17 @@ async fn freezable_proxy(
 ) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let (freeze_tx, freeze_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let (mut a, _) = l.accept().await.unwrap();
         let mut b = TcpStream::connect(to).await.unwrap();
         tokio::select! {
             _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-            _ = freeze_rx => {}
+            _ = stop_rx => {}
+        }
+        if stop == Stop::Cut {
+            return;
         }
         // Frozen: the publisher's side stays open and silent; drain what the server says
         // until it hangs up.
@@ -905,7 +901,7 @@ async fn freezable_proxy(
         let _ = closed_tx.send(());
         drop(a);
     });
-    (addr, freeze_tx, closed_rx)
+    (addr, stop_tx, closed_rx)
 }
 
 /// Issue 5, OBS after a network blip: the old connection is silently dead (half-open), the
@@ -929,7 +925,7 @@ async fn rtmp_reconnect_takes_over_a_silent_connection_even_with_an_expired_toke
         .as_secs();
     let expired = token_for(&key, stream, "solo-1", Role::Primary, now - 60);
 
-    let (proxy, freeze, closed) = freezable_proxy(s.rtmp).await;
+    let (proxy, freeze, closed) = proxy_once(s.rtmp, Stop::Freeze).await;
     let mut first = ffmpeg_publish(
         &src1,
         &format!("rtmp://{proxy}/live/{stream}?token={}", solo_token(stream)),
