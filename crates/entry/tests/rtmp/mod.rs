@@ -1010,3 +1010,249 @@ async fn rtmp_reconnect_takes_over_a_silent_connection_even_with_an_expired_toke
     }
     assert_eq!(by_codec(packet_md5s(&whole)), want);
 }
+
+/// A minimal RTMP publisher driven by hand over `rml_rtmp`'s chunk codec, so the connect command
+/// can carry what an enhanced-RTMP encoder sends (`fourCcList`) and the video messages can be
+/// enhanced-RTMP (ex-header) ones, which Debian's ffmpeg 5.1 cannot produce.
+struct HandPublisher {
+    sock: TcpStream,
+    ser: rml_rtmp::chunk_io::ChunkSerializer,
+    de: rml_rtmp::chunk_io::ChunkDeserializer,
+    stream_id: u32,
+    /// Bytes read but not yet handed to the deserializer (the handshake's leftovers).
+    pending: Vec<u8>,
+}
+
+impl HandPublisher {
+    async fn send(&mut self, m: rml_rtmp::messages::RtmpMessage, ts: u32, stream_id: u32) {
+        let p = m
+            .into_message_payload(rml_rtmp::time::RtmpTimestamp::new(ts), stream_id)
+            .unwrap();
+        let packet = self.ser.serialize(&p, false, false).unwrap();
+        self.sock.write_all(&packet.bytes).await.unwrap();
+    }
+
+    /// Read messages until a command named `name` arrives; returns its extra arguments.
+    async fn until_command(&mut self, name: &str) -> Vec<rml_rtmp::rml_amf0::Amf0Value> {
+        use rml_rtmp::messages::RtmpMessage;
+        let mut buf = vec![0u8; 65536];
+        let mut input: Vec<u8> = std::mem::take(&mut self.pending);
+        loop {
+            while let Some(p) = self.de.get_next_message(&input).unwrap() {
+                input.clear();
+                match p.to_rtmp_message().unwrap() {
+                    RtmpMessage::SetChunkSize { size } => {
+                        self.de.set_max_chunk_size(size as usize).unwrap();
+                    }
+                    RtmpMessage::Amf0Command {
+                        command_name,
+                        additional_arguments,
+                        ..
+                    } if command_name == name => return additional_arguments,
+                    _ => {}
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), self.sock.read(&mut buf))
+                .await
+                .expect("an answer from the server")
+                .unwrap();
+            assert!(n > 0, "the server closed while waiting for {name}");
+            input = buf[..n].to_vec();
+        }
+    }
+
+    async fn publish(addr: SocketAddr, key: &str) -> Self {
+        use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+        use rml_rtmp::messages::RtmpMessage;
+        use rml_rtmp::rml_amf0::Amf0Value;
+        let mut sock = TcpStream::connect(addr).await.unwrap();
+        let mut hs = Handshake::new(PeerType::Client);
+        sock.write_all(&hs.generate_outbound_p0_and_p1().unwrap())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let rest = loop {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed during the handshake");
+            match hs.process_bytes(&buf[..n]).unwrap() {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    sock.write_all(&response_bytes).await.unwrap();
+                }
+                HandshakeProcessResult::Completed {
+                    response_bytes,
+                    remaining_bytes,
+                } => {
+                    sock.write_all(&response_bytes).await.unwrap();
+                    break remaining_bytes;
+                }
+            }
+        };
+        let mut p = HandPublisher {
+            sock,
+            ser: rml_rtmp::chunk_io::ChunkSerializer::new(),
+            de: rml_rtmp::chunk_io::ChunkDeserializer::new(),
+            stream_id: 0,
+            pending: rest,
+        };
+        let props: std::collections::HashMap<String, Amf0Value> = [
+            ("app", Amf0Value::Utf8String(rtmp_app())),
+            (
+                "tcUrl",
+                Amf0Value::Utf8String(format!("rtmp://{addr}/live")),
+            ),
+            ("flashVer", Amf0Value::Utf8String("FMLE/3.0".into())),
+            (
+                "fourCcList",
+                Amf0Value::StrictArray(
+                    ["av01", "vp09", "hvc1"]
+                        .iter()
+                        .map(|f| Amf0Value::Utf8String((*f).into()))
+                        .collect(),
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let cmd = |name: &str, tx: f64, object: Amf0Value, args: Vec<Amf0Value>| {
+            RtmpMessage::Amf0Command {
+                command_name: name.into(),
+                transaction_id: tx,
+                command_object: object,
+                additional_arguments: args,
+            }
+        };
+        p.send(cmd("connect", 1.0, Amf0Value::Object(props), vec![]), 0, 0)
+            .await;
+        p.until_command("_result").await;
+        p.send(cmd("createStream", 2.0, Amf0Value::Null, vec![]), 0, 0)
+            .await;
+        let args = p.until_command("_result").await;
+        let Some(Amf0Value::Number(id)) = args.first() else {
+            panic!("createStream answered {args:?}");
+        };
+        p.stream_id = *id as u32;
+        let publish = cmd(
+            "publish",
+            0.0,
+            Amf0Value::Null,
+            vec![
+                Amf0Value::Utf8String(key.into()),
+                Amf0Value::Utf8String("live".into()),
+            ],
+        );
+        p.send(publish, 0, p.stream_id).await;
+        let status = p.until_command("onStatus").await;
+        let code = status.iter().find_map(|v| match v {
+            Amf0Value::Object(o) => o.get("code").cloned(),
+            _ => None,
+        });
+        assert_eq!(
+            code,
+            Some(Amf0Value::Utf8String("NetStream.Publish.Start".into())),
+            "{status:?}"
+        );
+        p
+    }
+
+    async fn video(&mut self, ts: u32, body: Vec<u8>) {
+        let id = self.stream_id;
+        self.send(
+            rml_rtmp::messages::RtmpMessage::VideoData { data: body.into() },
+            ts,
+            id,
+        )
+        .await;
+    }
+}
+
+fn rtmp_app() -> String {
+    entry::rtmp::APP.to_string()
+}
+
+/// Enhanced RTMP (HEVC by FourCC, as OBS 30 and ffmpeg ≥ 6.1 send it): a connect with
+/// `fourCcList` is accepted, the ex-header video messages are stored byte for byte, and
+/// HTTP-FLV from the live edge starts with the HEVC `SequenceStart` then the newest keyframe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_rtmp_hevc_passes_through_with_its_sequence_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = standalone(dir.path());
+    let stream = "hevc-cam";
+    let key = format!("{stream}?token={}", solo_token(stream));
+    let mut p = HandPublisher::publish(s.rtmp, &key).await;
+    // Ex-header video: byte 0 = 0x80 | frame type << 4 | packet type, then the FourCC.
+    let ex = |frame: u8, packet: u8, rest: &[u8]| -> Vec<u8> {
+        let mut b = vec![0x80 | (frame << 4) | packet];
+        b.extend_from_slice(b"hvc1");
+        b.extend_from_slice(rest);
+        b
+    };
+    let mut sent = vec![ex(1, 0, b"\x01hvcC-configuration-record")];
+    for i in 0..20u8 {
+        // Frames 0 and 10 are keyframes; CodedFrames carry a 3-byte composition time.
+        let frame = if i % 10 == 0 { 1 } else { 2 };
+        sent.push(ex(frame, 1, &[0, 0, 0, 0x26, 0x01, i, i, i]));
+    }
+    p.video(0, sent[0].clone()).await;
+    for (i, body) in sent[1..].iter().enumerate() {
+        p.video(i as u32 * 33, body.clone()).await;
+    }
+    wait_seq(s.http, stream, sent.len() as u64).await;
+
+    // Stored byte for byte, in order, with the keyframes flagged as such for the live edge.
+    let stored = first_tags(s.http, stream, sent.len() as u64).await;
+    let bodies: Vec<Vec<u8>> = {
+        let mut at = 13;
+        let mut out = Vec::new();
+        while at < stored.len() {
+            let len = u32::from_be_bytes([0, stored[at + 1], stored[at + 2], stored[at + 3]])
+                as usize
+                + 15;
+            out.push(
+                entry::flv::parse(&stored[at..at + len])
+                    .unwrap()
+                    .data
+                    .to_vec(),
+            );
+            at += len;
+        }
+        out
+    };
+    assert_eq!(bodies, sent);
+
+    // HTTP-FLV from the live edge: the header, the cached SequenceStart, then frame 10 (the
+    // newest keyframe) and what follows.
+    let mut r = get(format!("http://{}/live/{stream}.flv", s.http))
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let mut body = Vec::new();
+    let want: Vec<Vec<u8>> = std::iter::once(sent[0].clone())
+        .chain(sent[11..].iter().cloned())
+        .collect();
+    let mut tags = Vec::new();
+    while tags.len() < want.len() {
+        let more = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+            .await
+            .expect("HTTP-FLV data")
+            .unwrap()
+            .expect("the stream is open");
+        body.extend_from_slice(&more);
+        tags.clear();
+        let mut at = 13;
+        while at + 15 <= body.len() {
+            let len =
+                u32::from_be_bytes([0, body[at + 1], body[at + 2], body[at + 3]]) as usize + 15;
+            if at + len > body.len() {
+                break;
+            }
+            let t = entry::flv::parse(&body[at..at + len]).unwrap();
+            if t.kind == 9 {
+                tags.push(t.data.to_vec());
+            }
+            at += len;
+        }
+    }
+    assert_eq!(&body[..3], b"FLV");
+    assert_eq!(tags, want);
+}
