@@ -77,6 +77,7 @@ async fn list(State(node): State<Arc<Node>>) -> Response {
                 "next_seq": e.next_seq,
                 "ended": e.ended,
                 "live_sessions": s.live_sessions.load(Ordering::SeqCst),
+                "rejoin": s.rejoin.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             })
         })
         .collect();

@@ -95,6 +95,8 @@ pub struct Stream {
     pub input_at_ms: std::sync::atomic::AtomicU64,
     /// Ingest: wakes a publisher's connection to check whether a newer publish replaced it.
     pub takeover: tokio::sync::Notify,
+    /// Ingest: a rejoining dual-path publish's state, for `GET /v1/streams` ([`crate::rejoin`]).
+    pub rejoin: Mutex<Option<String>>,
     /// FLV streams (RTMP ingest): the metadata and codec configuration a player needs first,
     /// kept from the chunks as they are published (on relays too).
     pub flv: Mutex<crate::flv::Head>,
@@ -135,6 +137,7 @@ impl Stream {
             live_sessions: Default::default(),
             input_at_ms: Default::default(),
             takeover: Default::default(),
+            rejoin: Default::default(),
             flv: Default::default(),
         })
     }

@@ -23,6 +23,7 @@ pub mod ingest;
 pub mod link;
 pub mod logio;
 pub mod node;
+pub mod rejoin;
 pub mod relay;
 pub mod rtmp;
 pub mod tcpinfo;

@@ -6,7 +6,7 @@
 //! read batch (RTMP, HTTP push) took a trip to a blocking thread and back — two thread wake-ups
 //! per chunk, the largest CPU cost of an ingest server after the kernel's own TCP work.
 //!
-//! **Syncs** ([`sync`]) fsync what was written on a blocking thread *without* holding the log
+//! **Syncs** (`sync`) fsync what was written on a blocking thread *without* holding the log
 //! ([`StreamLog::begin_sync`] → [`chunklog::SyncJob::run`] → [`StreamLog::finish_sync`]), so
 //! appends and viewers' reads go on during the fsync.
 //!

@@ -362,27 +362,50 @@ async fn pull_once(node: &Node, merge: &Merge, url: &str) -> Result<(), String> 
 }
 
 async fn read_frames(node: &Node, merge: &Merge, resp: reqwest::Response) -> Result<(), String> {
+    let end = read_chunks(node, resp, |c| {
+        std::future::ready(match merge.offer(c) {
+            Merged::Accepted | Merged::Duplicate => Ok(true),
+            Merged::Ahead => Err("upstream ahead of the merge; reconnecting".into()),
+        })
+    })
+    .await?;
+    if let Some(final_seq) = end {
+        // Wait until the merge has everything up to the end (the other upstream may still be
+        // delivering); this upstream has delivered it all by now.
+        merge.stream.end(final_seq);
+    }
+    Ok(())
+}
+
+/// Read a `GET …/chunks` response: each DATA frame, as a chunk, goes to `on_chunk` (which
+/// answers whether to go on); `Ok(Some(final seq))` at END, `Ok(None)` when `on_chunk` stopped.
+pub(crate) async fn read_chunks<F, Fut>(
+    node: &Node,
+    resp: reqwest::Response,
+    mut on_chunk: F,
+) -> Result<Option<u64>, String>
+where
+    F: FnMut(Chunk) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, String>>,
+{
     let mut body = resp.bytes_stream();
     let mut buf = BytesMut::new();
     let mut dec = Decoder::new(node.limits);
     loop {
         while let Some(f) = dec.decode(&mut buf).map_err(|e| e.to_string())? {
             match f {
-                Frame::Data(d) => match merge.offer(Chunk {
-                    seq: d.seq,
-                    pts: d.pts,
-                    flags: d.flags.bits(),
-                    payload: d.payload,
-                }) {
-                    Merged::Accepted | Merged::Duplicate => {}
-                    Merged::Ahead => return Err("upstream ahead of the merge; reconnecting".into()),
-                },
-                Frame::End { final_seq } => {
-                    // Wait until the merge has everything up to the end (the other upstream may
-                    // still be delivering); this upstream has delivered it all by now.
-                    merge.stream.end(final_seq);
-                    return Ok(());
+                Frame::Data(d) => {
+                    let c = Chunk {
+                        seq: d.seq,
+                        pts: d.pts,
+                        flags: d.flags.bits(),
+                        payload: d.payload,
+                    };
+                    if !on_chunk(c).await? {
+                        return Ok(None);
+                    }
                 }
+                Frame::End { final_seq } => return Ok(Some(final_seq)),
                 other => return Err(format!("unexpected {} frame", other.frame_type().name())),
             }
         }

@@ -28,17 +28,17 @@
 //!   tags, [`resume_point`]) after the last stored tag; when it already continues, it is kept.
 //!   The new publish's metadata and sequence headers are stored as the tags they are, so
 //!   HTTP-FLV viewers and relays just keep reading across the join.
-//! - *Dual path* (another ingest server of the stream holds chunks of it too): **refused** with
-//!   `NetStream.Publish.BadName` and a description naming the other server and what to do. The
-//!   messages this path missed while it was down exist only there, so numbering the new ones
-//!   from this log's end would give the same sequence number to different messages on the two
-//!   servers, and the merge would splice them (a corrupted picture, silently). Aligning with the
-//!   peer — fetching its chunks for the gap and finding where the new messages sit in its log by
-//!   their bytes — would keep both paths, but it needs an authority: when *both* servers lost
-//!   their publisher (an ffmpeg `tee` restarted) each would be aligning with the other, and a
-//!   wrong guess corrupts viewers' pictures without any error anywhere. A refusal is visible,
-//!   and the server that kept receiving keeps the stream whole for viewers meanwhile. Not done:
-//!   the alignment itself.
+//! - *Dual path* (another ingest server of the stream holds chunks of it too, and kept
+//!   receiving): the publish is accepted and **rejoins** ([`crate::rejoin`]): this server mirrors
+//!   the other one's log from its own log's end, byte for byte, while it finds this connection's
+//!   messages in that copy (learning which sequence numbers and times they have there); when the
+//!   other server's copy stops (it died, or its publisher ended), this one continues from this
+//!   connection's messages after the last one the log has, numbering them as the other server
+//!   did. Numbering the new messages from this log's end instead would give one sequence number
+//!   to different messages on the two servers, and the relay merge would splice them. A clean
+//!   unpublish while still mirroring ends the stream here only where the other server's log
+//!   ends (its END is awaited, 5 s at most). An other server that the director lists without an
+//!   address is a refusal (`BadName`, saying what to do).
 //!
 //! Whether another server holds the stream is asked of the director (`GET /v1/streams/{id}`:
 //! the assigned and the reporting servers) and then of each listed server that has not
@@ -150,6 +150,13 @@ struct Publishing {
     synced_at: tokio::time::Instant,
     /// The stream's epoch this publish started; a newer one means it was taken over.
     epoch: u64,
+    /// A dual-path publish rejoining while the other server carries the stream
+    /// ([`crate::rejoin`]).
+    rejoin: Option<crate::rejoin::Rejoin>,
+    /// Added to this connection's times once it continues a rejoined stream on its own.
+    shift_ms: i64,
+    /// The shift is still to be worked out from the stored tags (no message matched).
+    shift_pending: bool,
 }
 
 /// Where a re-published stream's timeline left off.
@@ -238,10 +245,33 @@ impl Publishing {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
+        if let Some(r) = &mut self.rejoin {
+            if r.mirroring() {
+                r.encoder_messages(batch);
+                self.show_rejoin();
+                return Ok(());
+            }
+            let (kept, settled) = r.settle(batch);
+            batch = kept;
+            if settled {
+                self.rejoin = None;
+                self.show_rejoin();
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+        }
+        if self.shift_pending {
+            let r = stored_resume(&self.stream).await.map_err(RtmpError::Log)?;
+            self.shift_ms = r.last_ms + r.gap_ms - batch[0].1;
+            self.shift_pending = false;
+        }
+        let shift = self.shift_ms;
         let recs: Vec<(Record, u8)> = batch
             .into_iter()
             .map(|(kind, ms, data)| {
+                let ms = ms + shift;
                 // The tag carries the low 32 bits of the time (as RTMP does), the chunk pts the
                 // whole of it. Metadata tags carry 0, as players expect of `onMetaData`
                 // (ffmpeg's FLV demuxer takes one with another timestamp for a subtitle packet,
@@ -290,8 +320,110 @@ impl Publishing {
         Ok(())
     }
 
+    /// Publish the rejoin's state in the stream's row (`GET /v1/streams`) when it changed.
+    fn show_rejoin(&self) {
+        let now = self.rejoin.as_ref().map(crate::rejoin::Rejoin::status);
+        let mut shown = self.stream.rejoin.lock().unwrap_or_else(|e| e.into_inner());
+        if *shown != now {
+            *shown = now;
+        }
+    }
+
+    /// An event of a rejoin's pull from the other server (see [`crate::rejoin`]).
+    async fn on_peer(
+        &mut self,
+        node: &Node,
+        ev: crate::rejoin::PeerEvent,
+    ) -> Result<(), RtmpError> {
+        match ev {
+            crate::rejoin::PeerEvent::Chunk(c) => {
+                let rec = Record {
+                    seq: c.seq,
+                    pts: c.pts,
+                    flags: c.flags,
+                    payload: c.payload.clone(),
+                };
+                let appended = crate::logio::with_log(node, &self.stream, move |log| {
+                    log.append(&rec).map_err(|e| e.to_string())
+                })
+                .await
+                .and_then(|r| r)
+                .map_err(RtmpError::Log)?;
+                if let Some(r) = &mut self.rejoin {
+                    r.peer_chunk(&c);
+                    self.show_rejoin();
+                }
+                if appended == chunklog::AppendOutcome::Appended {
+                    self.stream.publish([c]);
+                }
+                if crate::logio::unacked_sync_due(node, self.synced_at) {
+                    crate::logio::sync(node, &self.stream)
+                        .await
+                        .map_err(RtmpError::Log)?;
+                    self.synced_at = tokio::time::Instant::now();
+                }
+            }
+            crate::rejoin::PeerEvent::Ended(_) | crate::rejoin::PeerEvent::Gone(_) => {
+                let why = match &ev {
+                    crate::rejoin::PeerEvent::Ended(f) => format!("its stream ended at {f}"),
+                    crate::rejoin::PeerEvent::Gone(why) => why.clone(),
+                    crate::rejoin::PeerEvent::Chunk(_) => String::new(),
+                };
+                let Some(r) = &mut self.rejoin else {
+                    return Ok(());
+                };
+                let waiting = r.take_over();
+                match r.delta_ms {
+                    Some(d) => self.shift_ms = d,
+                    None => self.shift_pending = true,
+                }
+                tracing::info!(
+                    stream = %self.stream.name, peer = %r.peer, why = %why,
+                    matched = r.delta_ms.is_some(), waiting = waiting.len(),
+                    "rtmp rejoin: the other server's copy stopped; continuing from this encoder"
+                );
+                self.show_rejoin();
+                let later = std::mem::take(&mut self.batch);
+                self.batch = waiting;
+                self.batch.extend(later);
+                self.flush(node).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The publish is over: a clean unpublish ends the stream; a drop leaves it open.
-    async fn finish(mut self, node: &Arc<Node>, clean: bool) {
+    async fn finish(mut self, node: &Arc<Node>, mut clean: bool) {
+        // A rejoin still mirroring the other server: this log may only END where the other one
+        // does. Take in its copy until its END (bounded); no END here otherwise. This
+        // connection's own messages are in that copy, or never will be.
+        if self.rejoin.as_ref().is_some_and(|r| r.mirroring()) {
+            let until = tokio::time::Instant::now() + Duration::from_secs(5);
+            let mut peer_end = None;
+            while let Some(r) = self.rejoin.as_mut() {
+                let ev = match tokio::time::timeout_at(until, r.next()).await {
+                    Ok(Some(ev)) => ev,
+                    _ => break,
+                };
+                match ev {
+                    crate::rejoin::PeerEvent::Chunk(c) => {
+                        let chunk = crate::rejoin::PeerEvent::Chunk(c);
+                        if self.on_peer(node, chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    crate::rejoin::PeerEvent::Ended(f) => {
+                        peer_end = Some(f);
+                        break;
+                    }
+                    crate::rejoin::PeerEvent::Gone(_) => break,
+                }
+            }
+            clean = clean && peer_end.is_some_and(|f| self.stream.edge().next_seq == f + 1);
+            self.batch.clear();
+        }
+        self.rejoin = None;
+        self.show_rejoin();
         let _ = self.flush(node).await;
         // The END (or the sync) before the session counts as gone: a new publish waiting to
         // take over must find the log as this session left it.
@@ -422,6 +554,21 @@ impl Conn {
                         Ok(r) => r?,
                         Err(_) => return Err(RtmpError::Timeout),
                     },
+                    ev = async {
+                        match self.publishing.as_mut().and_then(|p| p.rejoin.as_mut()) {
+                            Some(r) => r.next().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        let ev = ev.unwrap_or_else(|| {
+                            crate::rejoin::PeerEvent::Gone("the pull stopped".into())
+                        });
+                        if let Some(p) = &mut self.publishing {
+                            p.on_peer(&self.node, ev).await?;
+                        }
+                        input.clear();
+                        continue;
+                    }
                     _ = stream.takeover.notified() => {
                         if stream.epoch.load(Ordering::SeqCst) != epoch {
                             return Err(RtmpError::Refused(
@@ -703,19 +850,25 @@ impl Conn {
         // A re-publish into a stream with data: ask about the other servers first, outside the
         // opening lock (it serialises the opening of every stream on this node).
         let mut checked_at = None;
+        let mut rejoin = None;
         if let Some(s) = node.hub.get_ingest(&name) {
             let e = s.edge();
             if e.next_seq > 0 && e.ended.is_none() && s.live_sessions.load(Ordering::SeqCst) == 0 {
                 match peer_holding(&node, &name).await {
                     Ok(None) => checked_at = Some(e.next_seq),
+                    // The other path carries the stream: rejoin by mirroring it.
+                    Ok(Some((peer, Some(base)))) => {
+                        checked_at = Some(e.next_seq);
+                        rejoin = Some((peer, base));
+                    }
                     // Descriptions stay short: ffmpeg shows only their first 255 bytes.
-                    Ok(Some(peer)) => {
+                    Ok(Some((peer, None))) => {
                         return Err((
                             BAD_NAME,
                             format!(
-                                "stream {name} is also ingested at {peer}, which holds it too: \
-                                 a path cannot rejoin mid-stream. Keep publishing to {peer}, or \
-                                 get a new stream id from the director for all outputs"
+                                "stream {name} is also ingested at {peer}, which cannot be \
+                                 reached from here to rejoin. Keep publishing to {peer}, or get \
+                                 a new stream id from the director for all outputs"
                             ),
                         ));
                     }
@@ -793,13 +946,23 @@ impl Conn {
                 last_ms = r.last_ms, gap_ms = r.gap_ms, "rtmp re-publish continues the stream"
             ),
         }
-        Ok(Publishing {
+        let p = Publishing {
             stream: s,
             clock: Timeline::new(resume),
             batch: Vec::new(),
             synced_at: tokio::time::Instant::now(),
             epoch,
-        })
+            rejoin: rejoin.map(|(peer, base)| {
+                crate::rejoin::Rejoin::start(node.clone(), peer, base, name.clone(), edge.next_seq)
+            }),
+            shift_ms: 0,
+            shift_pending: false,
+        };
+        p.show_rejoin();
+        if let Some(r) = &p.rejoin {
+            tracing::info!(stream = %name, peer = %r.peer, from = edge.next_seq, "rtmp publish rejoins: mirroring the other server's copy");
+        }
+        Ok(p)
     }
 }
 
@@ -812,7 +975,10 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Another ingest server that holds chunks of `stream` (see the module docs), `Ok(None)` when
 /// none does, `Err` when that cannot be told now.
-async fn peer_holding(node: &Node, stream: &str) -> Result<Option<String>, String> {
+async fn peer_holding(
+    node: &Node,
+    stream: &str,
+) -> Result<Option<(String, Option<String>)>, String> {
     let Some(dir) = &node.cfg.director else {
         return Ok(None);
     };
@@ -841,8 +1007,9 @@ async fn peer_holding(node: &Node, stream: &str) -> Result<Option<String>, Strin
         if id == node.cfg.id {
             continue;
         }
+        let http = row["urls"]["http"].as_str().map(str::to_string);
         if row["next_seq"].as_u64().is_some_and(|n| n > 0) {
-            return Ok(Some(id.to_string()));
+            return Ok(Some((id.to_string(), http)));
         }
         // Assigned, but not reporting chunks: ask it (a restarted server does not report the
         // streams it recovered).
@@ -867,7 +1034,7 @@ async fn peer_holding(node: &Node, stream: &str) -> Result<Option<String>, Strin
                 && s["next_seq"].as_u64().is_some_and(|n| n > 0)
         });
         if holds {
-            return Ok(Some(id.to_string()));
+            return Ok(Some((id.to_string(), http)));
         }
     }
     Ok(None)

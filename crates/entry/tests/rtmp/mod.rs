@@ -767,30 +767,33 @@ async fn rtmp_republish_after_a_drop_continues_the_stream() {
 }
 
 /// Issue 5, dual path: a `tee` publishes to both servers; the path to the primary is cut
-/// mid-stream while the backup keeps receiving. The primary's reconnecting publisher is refused
-/// with a description that says where the stream went on and what to do, its log is left as
-/// it was, and a viewer on a third node gets the whole source, once, from the backup.
+/// mid-stream while the backup keeps receiving. The encoder's primary output reconnects (an
+/// `ffmpeg` sending the same packets from a little before where the stream is, its clock
+/// restarted, as an encoder's reconnecting output does) and *rejoins*: the primary mirrors the
+/// backup's log, byte for byte. Then the backup server dies: the primary goes on from the
+/// rejoined encoder alone, and a viewer on a third node gets the whole source, every packet
+/// once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rtmp_dual_path_republish_is_refused_while_the_other_path_carries_the_stream() {
+async fn rtmp_dual_path_rejoins_then_carries_the_stream_when_the_other_server_dies() {
     need_ffmpeg();
     let d = start_director();
     let dir = tempfile::tempdir().unwrap();
     let dp = dir.path().to_path_buf();
-    let servers = three_servers(&d, &dp).await;
-    let src = make_source(&dp, 6);
-    let again = make_pattern(&dp, "again.flv", 2, "testsrc", 880);
+    let mut servers = three_servers(&d, &dp).await;
+    let src = make_source(&dp, 8);
     let stream = "rtmp-rejoin";
     let a = assign_rtmp(&d, stream).await;
     let (pu, bu) = (
         a["primary"]["url"].as_str().unwrap().to_string(),
         a["backup"]["url"].as_str().unwrap().to_string(),
     );
-    let lon = servers[0].http;
+    let (lon, fra) = (servers[0].http, servers[1].http);
     let (proxy, cut, _) = proxy_once(servers[0].rtmp, Stop::Cut).await;
     let pu_proxied = pu.replace(&servers[0].rtmp.to_string(), &proxy.to_string());
     assert_ne!(pu, pu_proxied);
     let tee = format!("[f=flv:onfail=ignore]{pu_proxied}|[f=flv:onfail=ignore]{bu}");
     let src2 = src.clone();
+    let started = std::time::Instant::now();
     let publisher = tokio::task::spawn_blocking(move || {
         Command::new("ffmpeg")
             .arg("-nostdin")
@@ -807,39 +810,63 @@ async fn rtmp_dual_path_republish_is_refused_while_the_other_path_carries_the_st
     wait_reported(&d, stream, &["lon-1", "fra-1"]).await;
     let nyc = servers[2].http;
     let viewer = tokio::spawn(fetch(format!("http://{nyc}/live/{stream}.flv?from=start")));
-    let mid = next_seq(lon, stream).await + 60;
+    let mid = next_seq(lon, stream).await + 30;
     wait_seq(lon, stream, mid).await;
     cut.send(()).unwrap();
     wait_unpublished(lon, stream).await;
     let held = next_seq(lon, stream).await;
+
+    // The primary output reconnects: the same packets from where the stream is (ffmpeg -ss
+    // starts at the keyframe before, up to a second back), its timestamps from 0 again.
+    let from = started.elapsed().as_secs_f64();
+    let (src3, pu2) = (src.clone(), pu.clone());
+    let rejoined = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .arg("-nostdin")
+            .args(["-hide_banner", "-loglevel", "error", "-re", "-ss"])
+            .arg(format!("{:.2}", from.max(0.0)))
+            .arg("-i")
+            .arg(&src3)
+            .args(["-map", "0", "-c", "copy", "-f", "flv", &pu2])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    });
+    // The primary mirrors the backup: it finds the reconnected output's packets in the
+    // backup's copy, and what it holds is the backup's log, byte for byte.
+    let mut row = Value::Null;
+    for _ in 0..1000 {
+        row = stream_row(lon, stream).await;
+        if row["rejoin"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("aligned"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(row["rejoin"], "mirroring fra-1, aligned", "{row}");
+    assert!(next_seq(lon, stream).await > held);
+    let n = next_seq(lon, stream).await;
+    let (at_lon, at_fra) = (
+        first_tags(lon, stream, n).await,
+        first_tags(fra, stream, n).await,
+    );
     assert!(
-        next_seq(servers[1].http, stream).await > 0,
-        "the backup holds the stream"
+        at_lon == at_fra,
+        "the rejoined primary's log is not a copy of the backup's"
     );
 
-    // The encoder's primary output reconnects with the same key.
-    let out = tokio::task::spawn_blocking(move || {
-        ffmpeg_publish(&again, &pu).wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    // The backup dies mid-stream: the primary carries on from the rejoined encoder.
+    servers[1].kill();
+    let first = publisher.await.unwrap();
+    assert!(first.status.success() || !first.stderr.is_empty());
+    let out = rejoined.await.unwrap();
     assert!(
-        !out.status.success(),
-        "the dual-path re-publish must be refused"
+        out.status.success(),
+        "the rejoined publish runs to its end: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        err.contains("also ingested at fra-1") && err.contains("new stream id"),
-        "the refusal says why and what to do: {err}"
-    );
-    assert_eq!(
-        next_seq(lon, stream).await,
-        held,
-        "the primary's log is untouched"
-    );
-    assert_eq!(stream_row(lon, stream).await["ended"], Value::Null);
-
-    let _ = publisher.await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(30), viewer)
         .await
         .expect("the viewer ends with the stream")
@@ -847,14 +874,19 @@ async fn rtmp_dual_path_republish_is_refused_while_the_other_path_carries_the_st
         .expect("viewer");
     let recv = dp.join("recv.flv");
     std::fs::write(&recv, &got).unwrap();
-    let (want, have) = (packet_md5s(&src), packet_md5s(&recv));
-    assert!(want.len() > 200, "source has {} packets", want.len());
-    assert!(
-        want == have,
-        "the viewer's packets differ from the source's: {} vs {}",
-        want.len(),
-        have.len()
-    );
+    let (want, have) = (by_codec(packet_md5s(&src)), by_codec(packet_md5s(&recv)));
+    assert!(want.values().map(Vec::len).sum::<usize>() > 300);
+    for (codec, w) in &want {
+        let h = have.get(codec).cloned().unwrap_or_default();
+        let at = w.iter().zip(&h).position(|(a, b)| a != b);
+        assert!(
+            *w == h,
+            "{codec}: the viewer's packets differ from the source's ({} vs {}, first \
+             difference at {at:?})",
+            w.len(),
+            h.len()
+        );
+    }
 }
 
 /// What a [`proxy_once`] does when told to stop forwarding.
