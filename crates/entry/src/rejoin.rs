@@ -19,6 +19,14 @@
 //! servers got the same messages in the same order from one encoder, this numbers them as the
 //! peer did: the merge key holds.
 //!
+//! **Both paths at once.** When the encoder's own uplink blips, both outputs reconnect and each
+//! server finds the other holding the stream: both mirror, neither copy grows. A mirror whose
+//! peer's copy has stood still for [`STALL`] while its own connection kept delivering asks the
+//! peer (`GET /v1/streams`): no publisher there, or the peer is itself mirroring and this
+//! server's id is the smaller → this server takes over (without a match: from the next
+//! keyframe) and leads; the other keeps mirroring it and aligns with it. A peer with a publisher
+//! of its own that is not mirroring is waited for: it is the one that numbers the stream.
+//!
 //! **Matching** is per media kind (audio, video), and only moves forward within a kind: a
 //! separate connection may interleave audio and video a little differently from the peer's, and
 //! a repeated frame (a silent audio frame) must not match an old copy of itself.
@@ -40,6 +48,19 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// How long the peer's copy may stand still, while this connection delivers, before the peer is
+/// asked whether it still has a publisher.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What to do about a stalled peer.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Continue from this connection: why.
+    TakeOver(String),
+    /// The peer has a publisher of its own: keep mirroring.
+    Wait,
+}
 
 /// How many of the peer's recent chunks are kept for matching (~100 s of a 30 fps stream with
 /// audio).
@@ -70,6 +91,14 @@ enum State {
 #[derive(Debug)]
 pub struct Rejoin {
     pub peer: String,
+    /// The peer's HTTP base URL.
+    pub base: String,
+    /// When the peer's copy last grew (or the rejoin began).
+    peer_at: tokio::time::Instant,
+    /// This connection delivered audio or video since then.
+    media_since_peer: bool,
+    /// When to look at the peer's progress next.
+    pub check_at: tokio::time::Instant,
     rx: mpsc::Receiver<PeerEvent>,
     task: tokio::task::JoinHandle<()>,
     state: State,
@@ -119,10 +148,8 @@ impl Rejoin {
     /// Start pulling `stream` from the peer at `base` (its HTTP URL) from sequence `from`.
     pub fn start(node: Arc<Node>, peer: String, base: String, stream: String, from: u64) -> Self {
         let (tx, rx) = mpsc::channel(1024);
-        let url = format!(
-            "{}/v1/streams/{stream}/chunks?from={from}",
-            base.trim_end_matches('/')
-        );
+        let base = base.trim_end_matches('/').to_string();
+        let url = format!("{base}/v1/streams/{stream}/chunks?from={from}");
         let task = tokio::spawn(async move {
             let ev = match pull(&node, &url, &tx).await {
                 Ok(Some(f)) => PeerEvent::Ended(f),
@@ -133,6 +160,10 @@ impl Rejoin {
         });
         Rejoin {
             peer,
+            base,
+            peer_at: tokio::time::Instant::now(),
+            media_since_peer: false,
+            check_at: tokio::time::Instant::now(),
             rx,
             task,
             state: State::Mirror,
@@ -159,6 +190,48 @@ impl Rejoin {
         self.state == State::Mirror
     }
 
+    /// The peer's copy has not grown for [`STALL`] while this connection kept delivering media:
+    /// the peer may have no publisher any more (see [`Verdict`]).
+    pub fn stalled(&self) -> bool {
+        self.state == State::Mirror && self.media_since_peer && self.peer_at.elapsed() >= STALL
+    }
+
+    /// Ask the peer about a stall (its `GET /v1/streams` row for `stream`): take over when it has
+    /// no publisher, or is itself rejoining and this server's id is the smaller (both paths
+    /// dropped at once: exactly one of the two servers must lead, the other then mirrors it).
+    pub async fn verdict(&mut self, node: &Node, stream: &str) -> Verdict {
+        self.peer_at = tokio::time::Instant::now();
+        let url = format!("{}/v1/streams", self.base);
+        let list = match node.http.get(&url).timeout(STALL).send().await {
+            Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
+            _ => None,
+        };
+        let Some(list) = list else {
+            return Verdict::TakeOver("the other server does not answer".into());
+        };
+        let row = list["streams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["stream"] == stream);
+        let Some(row) = row else {
+            return Verdict::TakeOver("the other server no longer holds the stream".into());
+        };
+        if row["live_sessions"].as_u64() == Some(0) {
+            return Verdict::TakeOver("the other server has no publisher".into());
+        }
+        if row["rejoin"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("mirroring"))
+            && node.cfg.id < self.peer
+        {
+            return Verdict::TakeOver(
+                "both paths are rejoining: the server with the smaller id leads".into(),
+            );
+        }
+        Verdict::Wait
+    }
+
     /// Some message of this connection was found in the peer's copy.
     pub fn aligned(&self) -> bool {
         self.last_match.iter().any(Option::is_some)
@@ -182,6 +255,8 @@ impl Rejoin {
         if !matchable(t.kind, t.data) {
             return;
         }
+        self.peer_at = tokio::time::Instant::now();
+        self.media_since_peer = false;
         let k = key(t.kind, t.data);
         let peer_ms = c.pts.div_euclid(1000);
         self.window.insert(k, (c.seq, peer_ms));
@@ -221,6 +296,7 @@ impl Rejoin {
     pub fn encoder_messages(&mut self, batch: Vec<Message>) {
         for m in batch {
             let (kind, ms, data) = &m;
+            self.media_since_peer |= matches!(*kind, flv::AUDIO | flv::VIDEO);
             let i = kind_index(*kind);
             if matchable(*kind, data)
                 && let Some(&(seq, peer_ms)) = self.window.get(&key(*kind, data))

@@ -329,6 +329,24 @@ impl Publishing {
         }
     }
 
+    /// A rejoin whose peer's copy stands still: ask the peer, and take over if it says so.
+    async fn check_stall(&mut self, node: &Node) -> Result<(), RtmpError> {
+        let Some(r) = self.rejoin.as_mut() else {
+            return Ok(());
+        };
+        r.check_at = tokio::time::Instant::now() + Duration::from_millis(500);
+        if !r.stalled() {
+            return Ok(());
+        }
+        match r.verdict(node, &self.stream.name).await {
+            crate::rejoin::Verdict::TakeOver(why) => {
+                self.on_peer(node, crate::rejoin::PeerEvent::Gone(why))
+                    .await
+            }
+            crate::rejoin::Verdict::Wait => Ok(()),
+        }
+    }
+
     /// An event of a rejoin's pull from the other server (see [`crate::rejoin`]).
     async fn on_peer(
         &mut self,
@@ -554,17 +572,35 @@ impl Conn {
                         Ok(r) => r?,
                         Err(_) => return Err(RtmpError::Timeout),
                     },
-                    ev = async {
+                    wake = async {
                         match self.publishing.as_mut().and_then(|p| p.rejoin.as_mut()) {
-                            Some(r) => r.next().await,
+                            Some(r) if r.mirroring() => {
+                                let check_at = r.check_at;
+                                tokio::select! {
+                                    ev = r.next() => Some(ev),
+                                    _ = tokio::time::sleep_until(check_at) => None,
+                                }
+                            }
+                            Some(r) => Some(r.next().await),
                             None => std::future::pending().await,
                         }
                     } => {
-                        let ev = ev.unwrap_or_else(|| {
-                            crate::rejoin::PeerEvent::Gone("the pull stopped".into())
-                        });
                         if let Some(p) = &mut self.publishing {
-                            p.on_peer(&self.node, ev).await?;
+                            match wake {
+                                Some(ev) => {
+                                    let ev = ev.unwrap_or_else(|| {
+                                        crate::rejoin::PeerEvent::Gone("the pull stopped".into())
+                                    });
+                                    p.on_peer(&self.node, ev).await?;
+                                }
+                                None => p.check_stall(&self.node).await?,
+                            }
+                            // These wake-ups restart the read's timeout: keep the 15 s rule.
+                            let idle = crate::hub::mono_ms()
+                                .saturating_sub(p.stream.input_at_ms.load(Ordering::Relaxed));
+                            if idle > 15_000 {
+                                return Err(RtmpError::Timeout);
+                            }
                         }
                         input.clear();
                         continue;

@@ -818,20 +818,7 @@ async fn rtmp_dual_path_rejoins_then_carries_the_stream_when_the_other_server_di
 
     // The primary output reconnects: the same packets from where the stream is (ffmpeg -ss
     // starts at the keyframe before, up to a second back), its timestamps from 0 again.
-    let from = started.elapsed().as_secs_f64();
-    let (src3, pu2) = (src.clone(), pu.clone());
-    let rejoined = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .arg("-nostdin")
-            .args(["-hide_banner", "-loglevel", "error", "-re", "-ss"])
-            .arg(format!("{:.2}", from.max(0.0)))
-            .arg("-i")
-            .arg(&src3)
-            .args(["-map", "0", "-c", "copy", "-f", "flv", &pu2])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    });
+    let rejoined = publish_from(&src, started.elapsed().as_secs_f64(), &pu);
     // The primary mirrors the backup: it finds the reconnected output's packets in the
     // backup's copy, and what it holds is the backup's log, byte for byte.
     let mut row = Value::Null;
@@ -885,6 +872,122 @@ async fn rtmp_dual_path_rejoins_then_carries_the_stream_when_the_other_server_di
              difference at {at:?})",
             w.len(),
             h.len()
+        );
+    }
+}
+
+/// An encoder output reconnecting mid-stream: `src` published from `secs` in (ffmpeg -ss starts
+/// at the keyframe before), its timestamps from 0 again.
+fn publish_from(
+    src: &FsPath,
+    secs: f64,
+    url: &str,
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let (src, url) = (src.to_path_buf(), url.to_string());
+    tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .arg("-nostdin")
+            .args(["-hide_banner", "-loglevel", "error", "-re", "-ss"])
+            .arg(format!("{:.2}", secs.max(0.0)))
+            .arg("-i")
+            .arg(&src)
+            .args(["-map", "0", "-c", "copy", "-f", "flv", &url])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+}
+
+/// Issue 5, both paths of a dual publish drop at once (the encoder's own uplink blipped) and
+/// both outputs reconnect: each server finds the other holding the stream, so both start to
+/// rejoin, mirroring each other, and neither copy grows. They break the tie: the server with
+/// the smaller id leads (continues from its encoder output), the other mirrors it. The stream
+/// goes on, and the two logs stay byte-for-byte copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_both_paths_rejoining_at_once_elect_one_leader() {
+    need_ffmpeg();
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let servers = three_servers(&d, &dp).await;
+    let src = make_source(&dp, 9);
+    let stream = "rtmp-both";
+    let a = assign_rtmp(&d, stream).await;
+    let (pu, bu) = (
+        a["primary"]["url"].as_str().unwrap().to_string(),
+        a["backup"]["url"].as_str().unwrap().to_string(),
+    );
+    let (lon, fra) = (servers[0].http, servers[1].http);
+    let (p1, cut1, _) = proxy_once(servers[0].rtmp, Stop::Cut).await;
+    let (p2, cut2, _) = proxy_once(servers[1].rtmp, Stop::Cut).await;
+    let tee = format!(
+        "[f=flv:onfail=ignore]{}|[f=flv:onfail=ignore]{}",
+        pu.replace(&servers[0].rtmp.to_string(), &p1.to_string()),
+        bu.replace(&servers[1].rtmp.to_string(), &p2.to_string())
+    );
+    let src2 = src.clone();
+    let started = std::time::Instant::now();
+    let publisher = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .arg("-nostdin")
+            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+            .arg(&src2)
+            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    });
+    for s in &servers[..2] {
+        wait_seq(s.http, stream, 40).await;
+    }
+    wait_reported(&d, stream, &["lon-1", "fra-1"]).await;
+    cut1.send(()).unwrap();
+    cut2.send(()).unwrap();
+    wait_unpublished(lon, stream).await;
+    wait_unpublished(fra, stream).await;
+    let held = next_seq(lon, stream).await.max(next_seq(fra, stream).await);
+
+    let at = started.elapsed().as_secs_f64();
+    let (to_lon, to_fra) = (publish_from(&src, at, &pu), publish_from(&src, at, &bu));
+    // fra-1 < lon-1: fra-1 leads once both have seen the other stand still; lon-1 mirrors it.
+    let (mut rl, mut rf) = (Value::Null, Value::Null);
+    for _ in 0..2000 {
+        rl = stream_row(lon, stream).await;
+        rf = stream_row(fra, stream).await;
+        if rl["rejoin"] == "mirroring fra-1, aligned"
+            && !rf["rejoin"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("mirroring"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if rl["rejoin"] != "mirroring fra-1, aligned" {
+        let (a, b) = (to_lon.await.unwrap(), to_fra.await.unwrap());
+        panic!(
+            "lon-1: {rl}, fra-1: {rf}; publishers: {} / {}",
+            String::from_utf8_lossy(&a.stderr),
+            String::from_utf8_lossy(&b.stderr)
+        );
+    }
+    // The stream goes on, through the leader and into the mirror.
+    wait_seq(lon, stream, held + 60).await;
+    let n = next_seq(lon, stream).await;
+    let (at_lon, at_fra) = (
+        first_tags(lon, stream, n).await,
+        first_tags(fra, stream, n).await,
+    );
+    assert!(
+        at_lon == at_fra,
+        "the two logs are not copies of each other"
+    );
+    let _ = publisher.await.unwrap();
+    for out in [to_lon.await.unwrap(), to_fra.await.unwrap()] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }
