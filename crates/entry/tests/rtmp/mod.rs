@@ -121,16 +121,8 @@ async fn assign_rtmp(d: &Director, stream: &str) -> Value {
 }
 
 async fn next_seq(http: SocketAddr, stream: &str) -> u64 {
-    let Ok(r) = get(format!("http://{http}/v1/streams")).await else {
-        return 0;
-    };
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    v["streams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["stream"] == stream)
-        .and_then(|s| s["next_seq"].as_u64())
+    stream_row(http, stream).await["next_seq"]
+        .as_u64()
         .unwrap_or(0)
 }
 
@@ -153,6 +145,22 @@ async fn fetch(url: String) -> Result<Vec<u8>, String> {
         .await
         .map(|b| b.to_vec())
         .map_err(|e| e.to_string())
+}
+
+/// What a viewer started with [`fetch`] got once the stream ended, written to `dir/name`.
+async fn viewer_got(
+    viewer: tokio::task::JoinHandle<Result<Vec<u8>, String>>,
+    dir: &FsPath,
+    name: &str,
+) -> (Vec<u8>, PathBuf) {
+    let got = tokio::time::timeout(Duration::from_secs(30), viewer)
+        .await
+        .expect("the viewer ends with the stream")
+        .unwrap()
+        .expect("viewer");
+    let path = dir.join(name);
+    std::fs::write(&path, &got).unwrap();
+    (got, path)
 }
 
 /// Dual RTMP publish with `tee` to the primary and the backup; a viewer on a third node gets
@@ -228,14 +236,8 @@ async fn dual_publish_case(kill_primary: bool) {
         "publisher: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = tokio::time::timeout(Duration::from_secs(30), viewer)
-        .await
-        .expect("viewer ends with the stream")
-        .unwrap()
-        .expect("viewer");
+    let (got, recv) = viewer_got(viewer, &dp, "recv.flv").await;
     assert_eq!(&got[..3], b"FLV");
-    let recv = dp.join("recv.flv");
-    std::fs::write(&recv, &got).unwrap();
     let (want, have) = (packet_md5s(&src), packet_md5s(&recv));
     assert!(want.len() > 150, "source has {} packets", want.len());
     if want != have {
@@ -711,13 +713,7 @@ async fn rtmp_republish_after_a_drop_continues_the_stream() {
     }
     let want_packets: usize = want.values().map(Vec::len).sum();
     for (name, viewer) in [("local", local), ("relayed", relayed)] {
-        let got = tokio::time::timeout(Duration::from_secs(30), viewer)
-            .await
-            .expect("the viewer ends with the stream")
-            .unwrap()
-            .expect("viewer");
-        let recv = dp.join(format!("{name}.flv"));
-        std::fs::write(&recv, &got).unwrap();
+        let (got, recv) = viewer_got(viewer, &dp, &format!("{name}.flv")).await;
         let have = by_codec(packet_md5s(&recv));
         for (codec, w) in &want {
             let h = have.get(codec).cloned().unwrap_or_default();
@@ -766,32 +762,56 @@ async fn rtmp_republish_after_a_drop_continues_the_stream() {
     }
 }
 
-/// Issue 5, dual path: a `tee` publishes to both servers; the path to the primary is cut
-/// mid-stream while the backup keeps receiving. The encoder's primary output reconnects (an
-/// `ffmpeg` sending the same packets from a little before where the stream is, its clock
-/// restarted, as an encoder's reconnecting output does) and *rejoins*: the primary mirrors the
-/// backup's log, byte for byte. Then the backup server dies: the primary goes on from the
-/// rejoined encoder alone, and a viewer on a third node gets the whole source, every packet
-/// once, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rtmp_dual_path_rejoins_then_carries_the_stream_when_the_other_server_dies() {
+/// The first chunks of `stream` on `a` (as many as it holds now) are byte for byte those on
+/// `b`.
+async fn assert_copies(a: SocketAddr, b: SocketAddr, stream: &str) {
+    let n = next_seq(a, stream).await;
+    let (at_a, at_b) = (
+        first_tags(a, stream, n).await,
+        first_tags(b, stream, n).await,
+    );
+    assert!(at_a == at_b, "the first {n} chunks on {a} and {b} differ");
+}
+
+/// A dual publish through cuttable proxies: director, three servers (lon-1 primary, fra-1
+/// backup, nyc-1), an `ffmpeg` `tee` of `src` to both, each path through a [`proxy_once`]
+/// (`Stop::Cut`) when asked, running until both servers hold `at_least` chunks.
+struct TeeRun {
+    _d: Director,
+    _dir: tempfile::TempDir,
+    servers: [Server; 3],
+    src: PathBuf,
+    pu: String,
+    bu: String,
+    /// The cuts of the proxied paths (primary, backup).
+    cuts: [Option<tokio::sync::oneshot::Sender<()>>; 2],
+    started: std::time::Instant,
+    publisher: tokio::task::JoinHandle<std::process::Output>,
+}
+
+async fn tee_run(stream: &str, secs: u32, proxied: [bool; 2], at_least: u64) -> TeeRun {
     need_ffmpeg();
     let d = start_director();
     let dir = tempfile::tempdir().unwrap();
-    let dp = dir.path().to_path_buf();
-    let mut servers = three_servers(&d, &dp).await;
-    let src = make_source(&dp, 8);
-    let stream = "rtmp-rejoin";
+    let servers = three_servers(&d, dir.path()).await;
+    let src = make_source(dir.path(), secs);
     let a = assign_rtmp(&d, stream).await;
     let (pu, bu) = (
         a["primary"]["url"].as_str().unwrap().to_string(),
         a["backup"]["url"].as_str().unwrap().to_string(),
     );
-    let (lon, fra) = (servers[0].http, servers[1].http);
-    let (proxy, cut, _) = proxy_once(servers[0].rtmp, Stop::Cut).await;
-    let pu_proxied = pu.replace(&servers[0].rtmp.to_string(), &proxy.to_string());
-    assert_ne!(pu, pu_proxied);
-    let tee = format!("[f=flv:onfail=ignore]{pu_proxied}|[f=flv:onfail=ignore]{bu}");
+    let mut cuts = [None, None];
+    let mut outs = Vec::new();
+    for (i, url) in [&pu, &bu].into_iter().enumerate() {
+        let mut url = url.clone();
+        if proxied[i] {
+            let (proxy, cut, _) = proxy_once(servers[i].rtmp, Stop::Cut).await;
+            url = url.replace(&servers[i].rtmp.to_string(), &proxy.to_string());
+            cuts[i] = Some(cut);
+        }
+        outs.push(format!("[f=flv:onfail=ignore]{url}"));
+    }
+    let tee = outs.join("|");
     let src2 = src.clone();
     let started = std::time::Instant::now();
     let publisher = tokio::task::spawn_blocking(move || {
@@ -805,20 +825,47 @@ async fn rtmp_dual_path_rejoins_then_carries_the_stream_when_the_other_server_di
             .unwrap()
     });
     for s in &servers[..2] {
-        wait_seq(s.http, stream, 10).await;
+        wait_seq(s.http, stream, at_least).await;
     }
     wait_reported(&d, stream, &["lon-1", "fra-1"]).await;
+    TeeRun {
+        _d: d,
+        _dir: dir,
+        servers,
+        src,
+        pu,
+        bu,
+        cuts,
+        started,
+        publisher,
+    }
+}
+
+/// Issue 5, dual path: a `tee` publishes to both servers; the path to the primary is cut
+/// mid-stream while the backup keeps receiving. The encoder's primary output reconnects (an
+/// `ffmpeg` sending the same packets from a little before where the stream is, its clock
+/// restarted, as an encoder's reconnecting output does) and *rejoins*: the primary mirrors the
+/// backup's log, byte for byte. Then the backup server dies: the primary goes on from the
+/// rejoined encoder alone, and a viewer on a third node gets the whole source, every packet
+/// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_dual_path_rejoins_then_carries_the_stream_when_the_other_server_dies() {
+    let stream = "rtmp-rejoin";
+    let mut run = tee_run(stream, 8, [true, false], 10).await;
+    let (servers, src, pu) = (&mut run.servers, &run.src, &run.pu);
+    let (lon, fra) = (servers[0].http, servers[1].http);
+    let dp = run._dir.path().to_path_buf();
     let nyc = servers[2].http;
     let viewer = tokio::spawn(fetch(format!("http://{nyc}/live/{stream}.flv?from=start")));
     let mid = next_seq(lon, stream).await + 30;
     wait_seq(lon, stream, mid).await;
-    cut.send(()).unwrap();
+    run.cuts[0].take().unwrap().send(()).unwrap();
     wait_unpublished(lon, stream).await;
     let held = next_seq(lon, stream).await;
 
     // The primary output reconnects: the same packets from where the stream is (ffmpeg -ss
     // starts at the keyframe before, up to a second back), its timestamps from 0 again.
-    let rejoined = publish_from(&src, started.elapsed().as_secs_f64(), &pu);
+    let rejoined = publish_from(src, run.started.elapsed().as_secs_f64(), pu);
     // The primary mirrors the backup: it finds the reconnected output's packets in the
     // backup's copy, and what it holds is the backup's log, byte for byte.
     let mut row = Value::Null;
@@ -834,19 +881,11 @@ async fn rtmp_dual_path_rejoins_then_carries_the_stream_when_the_other_server_di
     }
     assert_eq!(row["rejoin"], "mirroring fra-1, aligned", "{row}");
     assert!(next_seq(lon, stream).await > held);
-    let n = next_seq(lon, stream).await;
-    let (at_lon, at_fra) = (
-        first_tags(lon, stream, n).await,
-        first_tags(fra, stream, n).await,
-    );
-    assert!(
-        at_lon == at_fra,
-        "the rejoined primary's log is not a copy of the backup's"
-    );
+    assert_copies(lon, fra, stream).await;
 
     // The backup dies mid-stream: the primary carries on from the rejoined encoder.
     servers[1].kill();
-    let first = publisher.await.unwrap();
+    let first = run.publisher.await.unwrap();
     assert!(first.status.success() || !first.stderr.is_empty());
     let out = rejoined.await.unwrap();
     assert!(
@@ -854,14 +893,8 @@ async fn rtmp_dual_path_rejoins_then_carries_the_stream_when_the_other_server_di
         "the rejoined publish runs to its end: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = tokio::time::timeout(Duration::from_secs(30), viewer)
-        .await
-        .expect("the viewer ends with the stream")
-        .unwrap()
-        .expect("viewer");
-    let recv = dp.join("recv.flv");
-    std::fs::write(&recv, &got).unwrap();
-    let (want, have) = (by_codec(packet_md5s(&src)), by_codec(packet_md5s(&recv)));
+    let (_, recv) = viewer_got(viewer, &dp, "recv.flv").await;
+    let (want, have) = (by_codec(packet_md5s(src)), by_codec(packet_md5s(&recv)));
     assert!(want.values().map(Vec::len).sum::<usize>() > 300);
     for (codec, w) in &want {
         let h = have.get(codec).cloned().unwrap_or_default();
@@ -905,50 +938,19 @@ fn publish_from(
 /// goes on, and the two logs stay byte-for-byte copies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmp_both_paths_rejoining_at_once_elect_one_leader() {
-    need_ffmpeg();
-    let d = start_director();
-    let dir = tempfile::tempdir().unwrap();
-    let dp = dir.path().to_path_buf();
-    let servers = three_servers(&d, &dp).await;
-    let src = make_source(&dp, 9);
     let stream = "rtmp-both";
-    let a = assign_rtmp(&d, stream).await;
-    let (pu, bu) = (
-        a["primary"]["url"].as_str().unwrap().to_string(),
-        a["backup"]["url"].as_str().unwrap().to_string(),
-    );
-    let (lon, fra) = (servers[0].http, servers[1].http);
-    let (p1, cut1, _) = proxy_once(servers[0].rtmp, Stop::Cut).await;
-    let (p2, cut2, _) = proxy_once(servers[1].rtmp, Stop::Cut).await;
-    let tee = format!(
-        "[f=flv:onfail=ignore]{}|[f=flv:onfail=ignore]{}",
-        pu.replace(&servers[0].rtmp.to_string(), &p1.to_string()),
-        bu.replace(&servers[1].rtmp.to_string(), &p2.to_string())
-    );
-    let src2 = src.clone();
-    let started = std::time::Instant::now();
-    let publisher = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .arg("-nostdin")
-            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
-            .arg(&src2)
-            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    });
-    for s in &servers[..2] {
-        wait_seq(s.http, stream, 40).await;
+    let mut run = tee_run(stream, 9, [true, true], 40).await;
+    let (lon, fra) = (run.servers[0].http, run.servers[1].http);
+    let (src, pu, bu) = (&run.src, &run.pu, &run.bu);
+    for cut in &mut run.cuts {
+        cut.take().unwrap().send(()).unwrap();
     }
-    wait_reported(&d, stream, &["lon-1", "fra-1"]).await;
-    cut1.send(()).unwrap();
-    cut2.send(()).unwrap();
     wait_unpublished(lon, stream).await;
     wait_unpublished(fra, stream).await;
     let held = next_seq(lon, stream).await.max(next_seq(fra, stream).await);
 
-    let at = started.elapsed().as_secs_f64();
-    let (to_lon, to_fra) = (publish_from(&src, at, &pu), publish_from(&src, at, &bu));
+    let at = run.started.elapsed().as_secs_f64();
+    let (to_lon, to_fra) = (publish_from(src, at, pu), publish_from(src, at, bu));
     // fra-1 < lon-1: fra-1 leads once both have seen the other stand still; lon-1 mirrors it.
     let (mut rl, mut rf) = (Value::Null, Value::Null);
     for _ in 0..2000 {
@@ -973,16 +975,8 @@ async fn rtmp_both_paths_rejoining_at_once_elect_one_leader() {
     }
     // The stream goes on, through the leader and into the mirror.
     wait_seq(lon, stream, held + 60).await;
-    let n = next_seq(lon, stream).await;
-    let (at_lon, at_fra) = (
-        first_tags(lon, stream, n).await,
-        first_tags(fra, stream, n).await,
-    );
-    assert!(
-        at_lon == at_fra,
-        "the two logs are not copies of each other"
-    );
-    let _ = publisher.await.unwrap();
+    assert_copies(lon, fra, stream).await;
+    let _ = run.publisher.await.unwrap();
     for out in [to_lon.await.unwrap(), to_fra.await.unwrap()] {
         assert!(
             out.status.success(),
