@@ -274,5 +274,6 @@ pub fn obs_fields(a: &Assignment, protocol: Protocol) -> Result<String, String> 
     if a.backup.is_some() {
         s.push_str("The backup goes into a second output (a second OBS profile, or a plugin such as \"Multiple RTMP outputs\"), with the same encoder settings.\n");
     }
+    s.push_str("Turn on Settings > Advanced > Automatically Reconnect: an output that reconnects with these fields continues the stream (after the token expires too).\n");
     Ok(s)
 }
