@@ -37,6 +37,12 @@
 //! and continues from there, its times placed after the log's end by the stream's own frame
 //! interval: a jump in the picture at most, never a corruption of what is stored.
 //!
+//! While mirroring, this server's copy depends on the peer's path: if that path dies but the
+//! peer server does not, this server takes over only once the peer has noticed its publisher is
+//! gone (at once on a reset connection; a half-open one takes its 15 s read timeout, or 2 s of
+//! silence when a new publish arrives there). Viewers then see a stall of that length, not a
+//! gap or a duplicate.
+//!
 //! The state shows in `GET /v1/streams` (`rejoin`: "mirroring fra-1, not aligned yet",
 //! "mirroring fra-1, aligned", "continuing alone after fra-1 stopped").
 

@@ -64,8 +64,10 @@
 //! and the server are checked as always.
 //!
 //! Not covered: a *first* publish into an empty log is not checked against peers, so an encoder
-//! that switches from one server to the other mid-stream starts a second numbering there (as
-//! before this rule existed).
+//! that switches from one server to the other mid-stream, or a second output that starts
+//! publishing later than the first (two separately started OBS outputs, rather than one `tee`),
+//! starts a numbering of its own there that differs from the other server's. Rejoining there
+//! too (mirror the other's log from 0) would fix it; it is not built.
 //!
 //! **Refusals.** Wrong app → `NetConnection.Connect.Rejected`; bad, expired or misdirected token
 //! (an expired one only starts nothing) → `NetStream.Publish.Denied`; a second publisher for a
@@ -413,9 +415,14 @@ impl Publishing {
     /// The publish is over: a clean unpublish ends the stream; a drop leaves it open.
     async fn finish(mut self, node: &Arc<Node>, mut clean: bool) {
         // A rejoin still mirroring the other server: this log may only END where the other one
-        // does. Take in its copy until its END (bounded); no END here otherwise. This
-        // connection's own messages are in that copy, or never will be.
-        if self.rejoin.as_ref().is_some_and(|r| r.mirroring()) {
+        // does. On a clean end take in its copy until its END (bounded, 5 s); no END here
+        // otherwise.
+        let mirroring = self.rejoin.as_ref().is_some_and(|r| r.mirroring());
+        if mirroring {
+            // This connection's own messages are in the other server's copy, or never will be.
+            self.batch.clear();
+        }
+        if clean && mirroring {
             let until = tokio::time::Instant::now() + Duration::from_secs(5);
             let mut peer_end = None;
             while let Some(r) = self.rejoin.as_mut() {
@@ -437,8 +444,7 @@ impl Publishing {
                     crate::rejoin::PeerEvent::Gone(_) => break,
                 }
             }
-            clean = clean && peer_end.is_some_and(|f| self.stream.edge().next_seq == f + 1);
-            self.batch.clear();
+            clean = peer_end.is_some_and(|f| self.stream.edge().next_seq == f + 1);
         }
         self.rejoin = None;
         self.show_rejoin();
