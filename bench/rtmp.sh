@@ -42,28 +42,38 @@ for _ in $(seq 100); do
 done
 p_url=$(echo "$a" | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"]["url"])')
 b_url=$(echo "$a" | python3 -c 'import json,sys; print(json.load(sys.stdin)["backup"]["url"])')
-cpu0=$(cpu_of $entry_pids)
-t0=$(date +%s%N)
-ffmpeg -loglevel error -re -i "$src" -map 0 -c copy -f tee \
-  "[f=flv:onfail=ignore]$p_url|[f=flv:onfail=ignore]$b_url" &
-pids+=("$!")
-sleep 1.5
-target/release/flvdelay --seconds "$((SECONDS_RUN - 3))" --t0-ns "$t0" --url "$view/live/rtmpbench.flv" > "$work/fm-delay" 2>/dev/null &
-for i in $(seq "$PLAYERS"); do
-  curl -s --max-time "$((SECONDS_RUN - 3))" -o /dev/null -w '%{size_download}\n' \
-    "$view/live/rtmpbench.flv" > "$work/f$i" 2>/dev/null &
-done
-wait_until=$((SECONDS + SECONDS_RUN))
-while [ $SECONDS -lt $wait_until ] && pgrep -f "curl -s --max-time" >/dev/null; do sleep 0.5; done
-cpu1=$(cpu_of $entry_pids)
-bytes=$(cat "$work"/f* 2>/dev/null | awk '{s+=$1} END {print s+0}')
-python3 -c "
+# fm_run LABEL STREAM PLAY_URL PUBLISH_ARGS...: publish $src with ffmpeg -re (PUBLISH_ARGS are
+# its output options), PLAYERS curl players and one flvdelay on PLAY_URL; prints CPU per GB of
+# all entry servers and the delay.
+fm_run() {
+  local label=$1 stream=$2 play=$3; shift 3
+  rm -f "$work"/f*
+  local cpu0 cpu1 t0 bytes
+  cpu0=$(cpu_of $entry_pids)
+  t0=$(date +%s%N)
+  ffmpeg -loglevel error -re -i "$src" -map 0 -c copy "$@" &
+  pids+=("$!")
+  sleep 1.5
+  target/release/flvdelay --seconds "$((SECONDS_RUN - 3))" --t0-ns "$t0" --url "$play" \
+    > "$work/$stream-delay" 2>/dev/null &
+  for i in $(seq "$PLAYERS"); do
+    curl -s --max-time "$((SECONDS_RUN - 3))" -o /dev/null -w '%{size_download}\n' \
+      "$play" > "$work/f$i" 2>/dev/null &
+  done
+  local wait_until=$((SECONDS + SECONDS_RUN))
+  while [ $SECONDS -lt $wait_until ] && pgrep -f "curl -s --max-time" >/dev/null; do sleep 0.5; done
+  cpu1=$(cpu_of $entry_pids)
+  bytes=$(cat "$work"/f* 2>/dev/null | awk '{s+=$1} END {print s+0}')
+  python3 -c "
 cpu=$cpu1-$cpu0; gb=$bytes/1e9
-d=open('$work/fm-delay').read().split() or ['nan','nan','0']
-print(f'firstmile RTMP x2 (tee) -> HTTP-FLV on a relay node: players $PLAYERS, delivered {gb:.3f} GB, entry CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB, delay p50 {d[0]} ms p99 {d[1]} ms')"
+d=open('$work/$stream-delay').read().split() or ['nan','nan','0']
+print(f'$label: players $PLAYERS, delivered {gb:.3f} GB, entry CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB, delay p50 {d[0]} ms p99 {d[1]} ms')"
+  kill "${pids[-1]}" 2>/dev/null || true  # the publisher: done with it
+  wait "${pids[-1]}" 2>/dev/null || true
+}
 
-kill "${pids[-1]}" 2>/dev/null || true  # the tee publisher: done with it
-wait "${pids[-1]}" 2>/dev/null || true
+fm_run "firstmile RTMP x2 (tee) -> HTTP-FLV on a relay node" rtmpbench "$view/live/rtmpbench.flv" \
+  -f tee "[f=flv:onfail=ignore]$p_url|[f=flv:onfail=ignore]$b_url"
 
 # --- firstmile, one server (like for like with nginx-rtmp): the same file published to the
 # primary alone, the players reading HTTP-FLV from that same server.
@@ -71,28 +81,8 @@ a1=$("$BIN" assign --director "$director" --location "Paris, FR" --stream rtmpsi
 s_url=$(echo "$a1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"]["url"])')
 s_id=$(echo "$a1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"]["server_id"])')
 s_http=$(awk -v id="$s_id" '$1=="entry" && $2==id {for(i=1;i<=NF;i++) if($i=="http") print $(i+1)}' "$work/up.out")
-rm -f "$work"/f*
-cpu0=$(cpu_of $entry_pids)
-t0=$(date +%s%N)
-ffmpeg -loglevel error -re -i "$src" -map 0 -c copy -f flv "$s_url" &
-pids+=("$!")
-sleep 1.5
-target/release/flvdelay --seconds "$((SECONDS_RUN - 3))" --t0-ns "$t0" --url "$s_http/live/rtmpsingle.flv" > "$work/fs-delay" 2>/dev/null &
-for i in $(seq "$PLAYERS"); do
-  curl -s --max-time "$((SECONDS_RUN - 3))" -o /dev/null -w '%{size_download}\n' \
-    "$s_http/live/rtmpsingle.flv" > "$work/f$i" 2>/dev/null &
-done
-wait_until=$((SECONDS + SECONDS_RUN))
-while [ $SECONDS -lt $wait_until ] && pgrep -f "curl -s --max-time" >/dev/null; do sleep 0.5; done
-cpu1=$(cpu_of $entry_pids)
-bytes=$(cat "$work"/f* 2>/dev/null | awk '{s+=$1} END {print s+0}')
-python3 -c "
-cpu=$cpu1-$cpu0; gb=$bytes/1e9
-d=open('$work/fs-delay').read().split() or ['nan','nan','0']
-print(f'firstmile RTMP x1 -> HTTP-FLV on the same server: players $PLAYERS, delivered {gb:.3f} GB, entry CPU {cpu:.2f} s = {cpu/gb if gb else float(\"nan\"):.2f} CPU s/GB, delay p50 {d[0]} ms p99 {d[1]} ms')"
-
-kill "${pids[-1]}" 2>/dev/null || true
-wait "${pids[-1]}" 2>/dev/null || true
+fm_run "firstmile RTMP x1 -> HTTP-FLV on the same server" rtmpsingle "$s_http/live/rtmpsingle.flv" \
+  -f flv "$s_url"
 
 # --- nginx-rtmp
 start_nginx_rtmp
