@@ -84,8 +84,12 @@ pub enum Class {
 }
 
 pub fn classify(t: &TagRef<'_>) -> Class {
-    let d = t.data;
-    match t.kind {
+    classify_body(t.kind, t.data)
+}
+
+/// [`classify`] of a tag given as its type and body (an RTMP message, before it is a tag).
+pub fn classify_body(kind: u8, d: &[u8]) -> Class {
+    match kind {
         VIDEO => {
             let Some(&b0) = d.first() else {
                 return Class::Video;

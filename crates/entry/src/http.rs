@@ -565,7 +565,7 @@ async fn push_body(node: Arc<Node>, stream: Arc<Stream>, id: String, body: Body)
     let mut body = body.into_data_stream();
     let mut pending = BytesMut::new();
     let mut total = 0u64;
-    let mut synced_at = start;
+    let mut synced = crate::logio::UnackedSync::new();
     let result: Result<(), String> = loop {
         let next = body.next().await;
         let done = !matches!(next, Some(Ok(_)));
@@ -612,11 +612,8 @@ async fn push_body(node: Arc<Node>, stream: Arc<Stream>, id: String, body: Body)
                 }
                 Err(e) => break Err(e),
             }
-            if crate::logio::unacked_sync_due(&node, synced_at) {
-                if let Err(e) = crate::logio::sync(&node, &stream).await {
-                    break Err(e);
-                }
-                synced_at = tokio::time::Instant::now();
+            if let Err(e) = synced.tick(&node, &stream).await {
+                break Err(e);
             }
         }
         if done {

@@ -71,7 +71,24 @@ pub(crate) async fn sync(node: &Node, stream: &Stream) -> Result<Option<u64>, St
     Ok(log.durable_through())
 }
 
-/// Whether a protocol without acknowledgements should sync now, `since` its last sync.
-pub(crate) fn unacked_sync_due(node: &Node, since: tokio::time::Instant) -> bool {
-    matches!(node.log_config.fsync, FsyncPolicy::Interval(_)) && since.elapsed() >= UNACKED_SYNC
+/// The fsync clock of a protocol without acknowledgements (RTMP, HTTP push): under `interval`,
+/// its stream's log is synced every [`UNACKED_SYNC`].
+#[derive(Debug)]
+pub(crate) struct UnackedSync(tokio::time::Instant);
+
+impl UnackedSync {
+    pub fn new() -> Self {
+        Self(tokio::time::Instant::now())
+    }
+
+    /// Sync `stream`'s log if the policy is `interval` and [`UNACKED_SYNC`] has passed.
+    pub async fn tick(&mut self, node: &Node, stream: &Stream) -> Result<(), String> {
+        if matches!(node.log_config.fsync, FsyncPolicy::Interval(_))
+            && self.0.elapsed() >= UNACKED_SYNC
+        {
+            sync(node, stream).await?;
+            self.0 = tokio::time::Instant::now();
+        }
+        Ok(())
+    }
 }

@@ -139,13 +139,8 @@ fn key(kind: u8, data: &[u8]) -> (u8, u64) {
 
 /// Audio or video that is not codec configuration: what matching uses.
 fn matchable(kind: u8, data: &[u8]) -> bool {
-    let t = flv::TagRef {
-        kind,
-        ts_ms: 0,
-        data,
-    };
     matches!(
-        flv::classify(&t),
+        flv::classify_body(kind, data),
         flv::Class::Video | flv::Class::VideoKeyframe | flv::Class::Audio
     )
 }
@@ -344,12 +339,7 @@ impl Rejoin {
             // Configuration and metadata are kept (a re-sent sequence header is harmless; the
             // media after it needs it).
             if self.need_keyframe {
-                let t = flv::TagRef {
-                    kind: *kind,
-                    ts_ms: 0,
-                    data,
-                };
-                match flv::classify(&t) {
+                match flv::classify_body(*kind, data) {
                     flv::Class::VideoKeyframe => {
                         self.need_keyframe = false;
                         self.settled = [true; 2];

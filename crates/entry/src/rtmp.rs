@@ -148,8 +148,8 @@ struct Publishing {
     clock: Timeline,
     /// Messages received but not yet appended: (tag type, stream time in ms, body).
     batch: Vec<(u8, i64, bytes::Bytes)>,
-    /// When the log was last fsync'd for this publish (see [`crate::logio::UNACKED_SYNC`]).
-    synced_at: tokio::time::Instant,
+    /// When the log is fsync'd for this publish (see [`crate::logio::UNACKED_SYNC`]).
+    synced: crate::logio::UnackedSync,
     /// The stream's epoch this publish started; a newer one means it was taken over.
     epoch: u64,
     /// A dual-path publish rejoining while the other server carries the stream
@@ -270,7 +270,7 @@ impl Publishing {
             self.shift_pending = false;
         }
         let shift = self.shift_ms;
-        let recs: Vec<(Record, u8)> = batch
+        let recs: Vec<Record> = batch
             .into_iter()
             .map(|(kind, ms, data)| {
                 let ms = ms + shift;
@@ -279,25 +279,22 @@ impl Publishing {
                 // (ffmpeg's FLV demuxer takes one with another timestamp for a subtitle packet,
                 // which a re-publish's metadata, mid-stream, would otherwise become).
                 let tag_ms = if kind == flv::SCRIPT { 0 } else { ms as u32 };
-                let payload = flv::tag(kind, tag_ms, &data);
-                let class = flv::parse(&payload).map(|t| flv::classify(&t));
-                let flags = if class == Some(flv::Class::VideoKeyframe) {
+                let flags = if flv::classify_body(kind, &data) == flv::Class::VideoKeyframe {
                     proto::DataFlags::KEYFRAME.bits()
                 } else {
                     0
                 };
-                let rec = Record {
+                Record {
                     seq: 0,
                     pts: ms * 1000,
                     flags,
-                    payload,
-                };
-                (rec, flags)
+                    payload: flv::tag(kind, tag_ms, &data),
+                }
             })
             .collect();
         let out = crate::logio::with_log(node, &self.stream, move |log| {
             let mut chunks = Vec::with_capacity(recs.len());
-            for (mut rec, _) in recs {
+            for mut rec in recs {
                 rec.seq = log.next_seq();
                 log.append(&rec).map_err(|e| e.to_string())?;
                 chunks.push(Chunk {
@@ -313,22 +310,16 @@ impl Publishing {
         .and_then(|r| r)
         .map_err(RtmpError::Log)?;
         self.stream.publish(out);
-        if crate::logio::unacked_sync_due(node, self.synced_at) {
-            crate::logio::sync(node, &self.stream)
-                .await
-                .map_err(RtmpError::Log)?;
-            self.synced_at = tokio::time::Instant::now();
-        }
-        Ok(())
+        self.synced
+            .tick(node, &self.stream)
+            .await
+            .map_err(RtmpError::Log)
     }
 
     /// Publish the rejoin's state in the stream's row (`GET /v1/streams`) when it changed.
     fn show_rejoin(&self) {
         let now = self.rejoin.as_ref().map(crate::rejoin::Rejoin::status);
-        let mut shown = self.stream.rejoin.lock().unwrap_or_else(|e| e.into_inner());
-        if *shown != now {
-            *shown = now;
-        }
+        *self.stream.rejoin.lock().unwrap_or_else(|e| e.into_inner()) = now;
     }
 
     /// A rejoin whose peer's copy stands still: ask the peer, and take over if it says so.
@@ -341,10 +332,7 @@ impl Publishing {
             return Ok(());
         }
         match r.verdict(node, &self.stream.name).await {
-            crate::rejoin::Verdict::TakeOver(why) => {
-                self.on_peer(node, crate::rejoin::PeerEvent::Gone(why))
-                    .await
-            }
+            crate::rejoin::Verdict::TakeOver(why) => self.take_over(node, why).await,
             crate::rejoin::Verdict::Wait => Ok(()),
         }
     }
@@ -376,40 +364,39 @@ impl Publishing {
                 if appended == chunklog::AppendOutcome::Appended {
                     self.stream.publish([c]);
                 }
-                if crate::logio::unacked_sync_due(node, self.synced_at) {
-                    crate::logio::sync(node, &self.stream)
-                        .await
-                        .map_err(RtmpError::Log)?;
-                    self.synced_at = tokio::time::Instant::now();
-                }
+                self.synced
+                    .tick(node, &self.stream)
+                    .await
+                    .map_err(RtmpError::Log)
             }
-            crate::rejoin::PeerEvent::Ended(_) | crate::rejoin::PeerEvent::Gone(_) => {
-                let why = match &ev {
-                    crate::rejoin::PeerEvent::Ended(f) => format!("its stream ended at {f}"),
-                    crate::rejoin::PeerEvent::Gone(why) => why.clone(),
-                    crate::rejoin::PeerEvent::Chunk(_) => String::new(),
-                };
-                let Some(r) = &mut self.rejoin else {
-                    return Ok(());
-                };
-                let waiting = r.take_over();
-                match r.delta_ms {
-                    Some(d) => self.shift_ms = d,
-                    None => self.shift_pending = true,
-                }
-                tracing::info!(
-                    stream = %self.stream.name, peer = %r.peer, why = %why,
-                    matched = r.delta_ms.is_some(), waiting = waiting.len(),
-                    "rtmp rejoin: the other server's copy stopped; continuing from this encoder"
-                );
-                self.show_rejoin();
-                let later = std::mem::take(&mut self.batch);
-                self.batch = waiting;
-                self.batch.extend(later);
-                self.flush(node).await?;
+            crate::rejoin::PeerEvent::Ended(f) => {
+                self.take_over(node, format!("its stream ended at {f}"))
+                    .await
             }
+            crate::rejoin::PeerEvent::Gone(why) => self.take_over(node, why).await,
         }
-        Ok(())
+    }
+
+    /// The other server's copy stopped: continue from this connection (see [`crate::rejoin`]).
+    async fn take_over(&mut self, node: &Node, why: String) -> Result<(), RtmpError> {
+        let Some(r) = &mut self.rejoin else {
+            return Ok(());
+        };
+        let waiting = r.take_over();
+        match r.delta_ms {
+            Some(d) => self.shift_ms = d,
+            None => self.shift_pending = true,
+        }
+        tracing::info!(
+            stream = %self.stream.name, peer = %r.peer, why = %why,
+            matched = r.delta_ms.is_some(), waiting = waiting.len(),
+            "rtmp rejoin: the other server's copy stopped; continuing from this encoder"
+        );
+        self.show_rejoin();
+        let later = std::mem::take(&mut self.batch);
+        self.batch = waiting;
+        self.batch.extend(later);
+        self.flush(node).await
     }
 
     /// The publish is over: a clean unpublish ends the stream; a drop leaves it open.
@@ -522,6 +509,9 @@ fn metadata_tag(m: &StreamMetadata) -> Vec<u8> {
     flv::on_metadata(&f)
 }
 
+/// A connection silent this long is closed.
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Largest read buffered at once; the library holds at most one partial message (≤ 16 MiB,
 /// RTMP's 24-bit length) beyond it.
 const READ_BUF: usize = 64 * 1024;
@@ -567,7 +557,7 @@ impl Conn {
                 .publishing
                 .as_ref()
                 .map(|p| (p.stream.clone(), p.epoch));
-            let read = tokio::time::timeout(Duration::from_secs(15), self.sock.read(&mut buf));
+            let read = tokio::time::timeout(READ_TIMEOUT, self.sock.read(&mut buf));
             let n = match publishing {
                 None => match read.await {
                     Ok(r) => r?,
@@ -587,8 +577,7 @@ impl Conn {
                                     _ = tokio::time::sleep_until(check_at) => None,
                                 }
                             }
-                            Some(r) => Some(r.next().await),
-                            None => std::future::pending().await,
+                            _ => std::future::pending().await,
                         }
                     } => {
                         if let Some(p) = &mut self.publishing {
@@ -601,10 +590,10 @@ impl Conn {
                                 }
                                 None => p.check_stall(&self.node).await?,
                             }
-                            // These wake-ups restart the read's timeout: keep the 15 s rule.
+                            // These wake-ups restart the read's timeout: keep its rule.
                             let idle = crate::hub::mono_ms()
                                 .saturating_sub(p.stream.input_at_ms.load(Ordering::Relaxed));
-                            if idle > 15_000 {
+                            if u128::from(idle) > READ_TIMEOUT.as_millis() {
                                 return Err(RtmpError::Timeout);
                             }
                         }
@@ -992,7 +981,7 @@ impl Conn {
             stream: s,
             clock: Timeline::new(resume),
             batch: Vec::new(),
-            synced_at: tokio::time::Instant::now(),
+            synced: crate::logio::UnackedSync::new(),
             epoch,
             rejoin: rejoin.map(|(peer, base)| {
                 crate::rejoin::Rejoin::start(node.clone(), peer, base, name.clone(), edge.next_seq)
