@@ -37,6 +37,40 @@ fn geo_resolves_a_typed_place_as_json() {
     assert!((lat - 33.66).abs() < 0.1, "{lat}");
 }
 
+/// Southern and western coordinates are typed with a minus sign; the argument parser must not
+/// take them for flags (it did: "unexpected argument '-3'").
+#[test]
+fn negative_coordinates_are_places_not_flags() {
+    let o = firstmile(&["geo", "-33.87,151.21", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let loc = &v["place"]["location"];
+    assert!((loc["lat"].as_f64().unwrap() + 33.87).abs() < 1e-9, "{v}");
+    assert!((loc["lon"].as_f64().unwrap() - 151.21).abs() < 1e-9, "{v}");
+    let o = firstmile(&["geo", "-22.9,-43.2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Options that take a place: the value reaches the command (here: the director is
+    // unreachable, which is a different error than a parse failure, exit 69 not 2).
+    for (cmd, flag) in [("assign", "--location"), ("push", "--location")] {
+        let o = firstmile(&[
+            cmd,
+            "--director",
+            "http://127.0.0.1:9",
+            flag,
+            "-33.87,151.21",
+        ]);
+        let e = stderr(&o);
+        assert!(!e.contains("unexpected argument"), "{cmd}: {e}");
+        assert_ne!(o.status.code(), Some(2), "{cmd}: {e}");
+    }
+    let o = firstmile(&["entry", "--location", "-33.87,151.21", "--check"]);
+    assert!(
+        !stderr(&o).contains("unexpected argument"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn geo_unknown_place_suggests_and_exits_65() {
     let o = firstmile(&["geo", "Frankfrut"]);

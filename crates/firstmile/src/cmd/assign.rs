@@ -11,8 +11,9 @@ pub struct AskArgs {
     /// The director's base URL.
     #[arg(long, env = "FIRSTMILE_DIRECTOR", value_name = "URL")]
     pub director: String,
-    /// Where the device is, as a person would type it ("Paris, FR", "SFO", "48.85,2.35").
-    #[arg(long)]
+    /// Where the device is, as a person would type it ("Paris, FR", "SFO", "48.85,2.35",
+    /// "-33.87,151.21").
+    #[arg(long, allow_hyphen_values = true)]
     pub location: Option<String>,
     /// Stream id to (re)use; the director mints one when absent.
     #[arg(long)]

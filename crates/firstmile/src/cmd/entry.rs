@@ -22,7 +22,7 @@ pub struct EntryArgs {
     #[arg(long)]
     pub pop: Option<String>,
     /// Shorthand for --set location=... (a place or "lat,lon")
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub location: Option<String>,
     /// Shorthand for --set director=...
     #[arg(long)]

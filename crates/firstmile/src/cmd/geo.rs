@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct GeoArgs {
-    /// What a user would type ("Paris, TX", "SFO", "48.85,2.35", "Germany") or an IP address.
+    /// What a user would type ("Paris, TX", "SFO", "48.85,2.35", "-33.87,151.21", "Germany")
+    /// or an IP address. Negative coordinates are taken as typed (not as flags).
+    #[arg(allow_hyphen_values = true)]
     pub query: String,
     /// City database for IP lookups (GeoIP2/GeoLite2/DB-IP City, or ip-location-db format).
     #[arg(long, env = "FIRSTMILE_MMDB")]

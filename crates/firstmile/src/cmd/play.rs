@@ -26,8 +26,8 @@ pub struct PlayArgs {
     /// Play from this entry server (http://host:port) instead of asking the director.
     #[arg(long, value_name = "URL")]
     pub from_url: Option<String>,
-    /// Where the viewer is, for the director's ranking.
-    #[arg(long)]
+    /// Where the viewer is, for the director's ranking (a place or "lat,lon").
+    #[arg(long, allow_hyphen_values = true)]
     pub location: Option<String>,
     /// Also trust the CA certificates in this PEM file for an https:// director (besides the
     /// public web roots).

@@ -34,7 +34,7 @@ pub struct UpArgs {
     pub servers: u8,
     /// Where clients on this machine (127.0.0.1) are located by IP, so the backup is chosen
     /// from there while the primary follows the typed location.
-    #[arg(long, default_value = "London, GB")]
+    #[arg(long, default_value = "London, GB", allow_hyphen_values = true)]
     pub client_site: String,
     /// Keep data and logs here instead of a temporary directory.
     #[arg(long)]
