@@ -17,6 +17,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The longest stream id accepted anywhere, in bytes (the wire's hard maximum).
 pub const MAX_STREAM_ID_LEN: usize = 128;
@@ -28,8 +29,13 @@ const STREAM_ID_ACCEPTED: &str =
 /// The name of one live stream: 1..=128 bytes of `[A-Za-z0-9._-]`, first byte a letter or digit.
 ///
 /// Serializes as a plain string; deserializing validates.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(
+    value_type = String,
+    pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+    examples("live1")
+)]
 pub struct StreamId(String);
 
 /// Why a string is not a valid [`StreamId`].
@@ -164,7 +170,7 @@ impl AsRef<str> for StreamId {
 }
 
 /// Which of a stream's two upload paths a session is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The path chosen from the typed location.
@@ -228,7 +234,7 @@ impl FromStr for Role {
 }
 
 /// How a device pushes a stream to an entry server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// firstmile's framed protocol over TCP (optionally TLS): see [`crate::frame`].
@@ -282,6 +288,165 @@ impl FromStr for Protocol {
             .into_iter()
             .find(|p| p.as_str() == s)
             .ok_or_else(|| ParseProtocolError { got: s.to_owned() })
+    }
+}
+
+/// The longest entry-server id, POP name or broadcast id accepted anywhere, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// What a [`ServerId`], [`PopId`] or [`BroadcastId`] accepts, for error messages.
+pub const NAME_ACCEPTED: &str =
+    "1 to 64 characters from [A-Za-z0-9._-], starting with a letter or digit";
+
+/// Why a string is not a valid name ([`ServerId`], [`PopId`], [`BroadcastId`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {got:?} is not valid: {NAME_ACCEPTED}")]
+pub struct NameError {
+    /// Which kind of name.
+    pub what: &'static str,
+    /// The rejected input (cut to 80 characters).
+    pub got: String,
+}
+
+fn check_name(what: &'static str, s: &str) -> Result<(), NameError> {
+    let b = s.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= MAX_NAME_LEN
+        && b.iter().all(|&c| is_id_byte(c))
+        && b[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError {
+            what,
+            got: s.chars().take(80).collect(),
+        })
+    }
+}
+
+/// A validated name: 1..=64 bytes of `[A-Za-z0-9._-]`, first a letter or digit. Serializes as a
+/// plain string; deserializing validates.
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $example:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+        #[serde(try_from = "String", into = "String")]
+        #[schema(
+            value_type = String,
+            pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+            examples($example)
+        )]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `s`.
+            pub fn parse(s: &str) -> Result<Self, NameError> {
+                check_name($what, s)?;
+                Ok(Self(s.to_owned()))
+            }
+
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                check_name($what, &s)?;
+                Ok(Self(s))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+name_type!(
+    /// The id of one entry server (unique in a fleet), e.g. `fra-1`.
+    ServerId,
+    "entry-server id",
+    "fra-1"
+);
+name_type!(
+    /// A point of presence: the failure domain an entry server is in, e.g. `fra`.
+    PopId,
+    "POP",
+    "fra"
+);
+name_type!(
+    /// One go-live of a stream (see `DESIGN.md`: stream, broadcast, publisher). The director
+    /// makes them ([`BroadcastId::new`]): the Unix time in milliseconds, then random bits, so
+    /// they sort by start time and never repeat for a stream.
+    BroadcastId,
+    "broadcast id",
+    "b19a2f3c4d5e-7f3a9c21"
+);
+
+impl BroadcastId {
+    /// A fresh id for a broadcast starting at `unix_ms`, made unique by `random`.
+    pub fn new(unix_ms: u64, random: u32) -> Self {
+        Self(format!("b{unix_ms:012x}-{random:08x}"))
+    }
+
+    /// The start time encoded by [`BroadcastId::new`], if this id has that form.
+    pub fn unix_ms(&self) -> Option<u64> {
+        let hex = self.0.strip_prefix('b')?.split('-').next()?;
+        u64::from_str_radix(hex, 16).ok()
+    }
+}
+
+impl PartialEq<str> for StreamId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl std::borrow::Borrow<str> for StreamId {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -346,6 +511,26 @@ mod tests {
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"cam-1\"");
         let err = serde_json::from_str::<StreamId>("\"../etc\"").unwrap_err();
         assert!(err.to_string().contains("accepted"), "{err}");
+    }
+
+    #[test]
+    fn names_validate_and_broadcast_ids_sort_by_time() {
+        for ok in ["fra-1", "a", "POP_9.x"] {
+            assert_eq!(ServerId::parse(ok).unwrap().as_str(), ok);
+            assert_eq!(PopId::parse(ok).unwrap(), ok);
+        }
+        for bad in ["", "-a", "a/b", "a b", &"x".repeat(65)] {
+            let e = ServerId::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("[A-Za-z0-9._-]"), "{e}");
+        }
+        let e = serde_json::from_str::<PopId>("\"../x\"").unwrap_err();
+        assert!(e.to_string().contains("POP"), "{e}");
+        let a = BroadcastId::new(1_700_000_000_000, 7);
+        let b = BroadcastId::new(1_700_000_000_001, 1);
+        assert!(a < b, "ids sort by start time");
+        assert_eq!(a.unix_ms(), Some(1_700_000_000_000));
+        assert_eq!(BroadcastId::parse(a.as_str()).unwrap(), a);
+        assert_eq!(BroadcastId::new(u64::MAX, u32::MAX).as_str().len(), 26);
     }
 
     #[test]

@@ -319,3 +319,167 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP contract: every example in the schemas deserializes into its type and serializes
+// back to the same JSON (absent and null optional fields are the same thing).
+
+mod contract {
+    use proto::api::*;
+    use serde_json::Value;
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::Schema;
+
+    /// `null` members removed, recursively: an absent optional field and a null one are equal.
+    fn normalize(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), normalize(v)))
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
+            Value::Number(n) => n
+                .as_f64()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            other => other.clone(),
+        }
+    }
+
+    fn roundtrip<T: serde::Serialize + serde::de::DeserializeOwned>(name: &str, ex: &Value) {
+        let t: T = serde_json::from_value(ex.clone())
+            .unwrap_or_else(|e| panic!("example of {name} does not deserialize: {e}\n{ex:#}"));
+        let back = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            normalize(&back),
+            normalize(ex),
+            "{name}: the example does not survive a round trip"
+        );
+        // And the serialized form reads back.
+        let _: T = serde_json::from_value(back).unwrap();
+    }
+
+    fn examples(s: &RefOr<Schema>) -> Vec<Value> {
+        let json = serde_json::to_value(s).unwrap();
+        json.get("examples")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_example_round_trips_through_its_type() {
+        macro_rules! table {
+            ($($t:ty),* $(,)?) => {
+                vec![$( (stringify!($t).rsplit("::").next().unwrap().to_string(),
+                         roundtrip::<$t> as fn(&str, &Value)) ),*]
+            };
+        }
+        let table = table!(
+            ErrorBody,
+            Urls,
+            Liveness,
+            proto::StreamId,
+            proto::ServerId,
+            proto::PopId,
+            proto::BroadcastId,
+            proto::StreamKey,
+            Point,
+            LocationInput,
+            TypedLocation,
+            IpLocation,
+            AssignmentRequest,
+            ProbeResult,
+            ProbeTargets,
+            Assignment,
+            RttSource,
+            RankedList,
+            Registration,
+            Registered,
+            Heartbeat,
+            HeartbeatAnswer,
+            Readiness,
+            StreamInfo,
+            BroadcastInfo,
+            StreamCreate,
+            StreamKeyIssued,
+            StreamRecord,
+            StreamUpdate,
+            PublishRequest,
+            PublishGrant,
+            PlaybackTokenRequest,
+            PlaybackToken,
+            EntryStreams,
+            EntryReadiness,
+        );
+        let mut checked = 0;
+        for (name, schema) in schemas() {
+            let ex = examples(&schema);
+            if ex.is_empty() {
+                continue;
+            }
+            let Some((_, f)) = table.iter().find(|(n, _)| *n == name) else {
+                panic!("schema {name} has examples but no round-trip entry in this test");
+            };
+            for e in &ex {
+                f(&name, e);
+                checked += 1;
+            }
+        }
+        assert!(checked >= table.len(), "only {checked} examples checked");
+        // Every message type of a request or an answer carries an example.
+        for (name, _) in &table {
+            let (_, s) = schemas().into_iter().find(|(n, _)| n == name).unwrap();
+            assert!(!examples(&s).is_empty(), "{name} has no example");
+        }
+    }
+
+    #[test]
+    fn requests_refuse_unknown_fields_and_bad_ids() {
+        let e = serde_json::from_str::<AssignmentRequest>(r#"{"stream": "a", "loaction": "x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("loaction"), "{e}");
+        let e = serde_json::from_str::<Registration>(
+            r#"{"id": "../x", "pop": "p", "location": "Paris", "capacity": {"streams": 1, "mbps": 1}, "urls": {}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("entry-server id"), "{e}");
+    }
+
+    #[test]
+    fn object_schemas_list_their_required_fields() {
+        let mut with_required = 0;
+        let mut objects = 0;
+        for (name, s) in schemas() {
+            let v = serde_json::to_value(&s).unwrap();
+            if v.get("type") == Some(&Value::from("object")) && v.get("properties").is_some() {
+                objects += 1;
+                if v.get("required").is_some() {
+                    with_required += 1;
+                } else {
+                    // Only messages whose every field is optional may list none.
+                    assert!(
+                        [
+                            "AssignmentRequest",
+                            "Heartbeat",
+                            "Load",
+                            "PlaybackTokenRequest",
+                            "StreamUpdate",
+                            "Urls",
+                            "HeartbeatAnswer",
+                            "Locations",
+                        ]
+                        .contains(&name.as_str()),
+                        "{name} lists no required field: {v:#}"
+                    );
+                }
+            }
+        }
+        assert!(objects > 30 && with_required > 25, "{with_required}/{objects}");
+    }
+}

@@ -1,16 +1,21 @@
 //! Assignment tokens: what the director signs and entry servers check.
 //!
-//! **What.** Each pick of an assignment (primary, backup) carries a token that binds the stream
-//! id, the entry server id, the role and an expiry. The director signs it with its Ed25519
-//! [`SigningKey`]; entry servers hold only the [`VerifyingKey`] and call
-//! [`VerifyingKey::verify`] before they accept an upload.
+//! **What.** Each pick of an assignment (primary, backup) carries an *ingest* token that binds
+//! the stream id, the broadcast, the entry server id, the role and an expiry ([`Claims`]). The
+//! director signs it with its Ed25519 [`SigningKey`]; entry servers hold only the
+//! [`VerifyingKey`] and call [`VerifyingKey::verify`] before they accept an upload. A *playback*
+//! token ([`PlayClaims`]) lets a viewer watch one private stream until it expires; entry servers
+//! check it with [`VerifyingKey::verify_play`]. The `scp` claim (`ingest` / `play`) is required
+//! and checked, so neither kind is ever accepted as the other.
 //!
 //! **Format: a compact JWS / JWT with `alg` = `EdDSA` (RFC 7515, RFC 7519, RFC 8037).**
 //!
 //! ```text
 //! base64url(header) "." base64url(claims) "." base64url(ed25519(header "." claims))
 //! header = {"alg":"EdDSA","typ":"JWT"}
-//! claims = {"stream":"abc","server":"fra-1","role":"primary","iat":1700000000,"exp":1700003600}
+//! ingest = {"scp":"ingest","stream":"abc","broadcast":"b018c2f3a4b5c-0000002a","server":"fra-1",
+//!           "role":"primary","private":false,"iat":1700000000,"exp":1700003600}
+//! play   = {"scp":"play","stream":"abc","iat":1700000000,"exp":1700003600}
 //! ```
 //!
 //! base64url is unpadded (RFC 7515 §2). `iat` and `exp` are Unix seconds (JWT NumericDate).
@@ -37,6 +42,7 @@ use ed25519_dalek::{Signature, Signer};
 use serde::{Deserialize, Serialize};
 
 pub use proto::Role;
+use proto::{BroadcastId, ServerId, StreamId};
 
 /// The JOSE header of every token, as encoded by [`SigningKey::sign`].
 pub const HEADER_JSON: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
@@ -44,19 +50,72 @@ pub const HEADER_JSON: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
 /// The longest token [`VerifyingKey::verify`] looks at, in bytes. Real tokens are ~300 bytes.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
-/// What a token says.
+/// What a token is for (the `scp` claim).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Publishing one broadcast at one entry server as one role.
+    Ingest,
+    /// Watching one stream.
+    Play,
+}
+
+/// What an ingest token says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    /// The stream id the upload is for.
-    pub stream: String,
-    /// The entry server id the token is valid at.
-    pub server: String,
+    /// Always [`Scope::Ingest`].
+    pub scp: Scope,
+    /// The stream the upload is for.
+    pub stream: StreamId,
+    /// The broadcast (one go-live of the stream) the upload belongs to.
+    pub broadcast: BroadcastId,
+    /// The entry server the token is valid at.
+    pub server: ServerId,
     /// Which of the stream's two paths this is.
     pub role: Role,
+    /// Viewers of this broadcast need a playback token.
+    #[serde(default)]
+    pub private: bool,
     /// Issued at, Unix seconds.
     pub iat: u64,
     /// Expires at, Unix seconds: the token is refused from this second on.
     pub exp: u64,
+}
+
+/// What a playback token says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlayClaims {
+    /// Always [`Scope::Play`].
+    pub scp: Scope,
+    /// The stream the viewer may watch (any of its broadcasts).
+    pub stream: StreamId,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Expires at, Unix seconds.
+    pub exp: u64,
+}
+
+trait Expiring {
+    fn exp(&self) -> u64;
+    fn scope(&self) -> Scope;
+}
+
+impl Expiring for Claims {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+    fn scope(&self) -> Scope {
+        self.scp
+    }
+}
+
+impl Expiring for PlayClaims {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+    fn scope(&self) -> Scope {
+        self.scp
+    }
 }
 
 /// Why a token was refused. Every variant is the presenter's fault; retrying with the same token
@@ -75,6 +134,9 @@ pub enum TokenError {
     /// The token was valid until `exp`.
     #[error("token expired at {exp} (Unix seconds), now is {now}")]
     Expired { exp: u64, now: u64 },
+    /// A valid token of the other kind (a playback token presented to publish, or the reverse).
+    #[error("this is {got:?} token; {want:?} is needed here")]
+    Scope { got: Scope, want: Scope },
 }
 
 /// A key file or key bytes that cannot be used. The operator is at fault.
@@ -143,8 +205,17 @@ impl SigningKey {
         VerifyingKey(self.0.verifying_key())
     }
 
-    /// Sign `claims` into a compact token.
+    /// Sign ingest `claims` into a compact token.
     pub fn sign(&self, claims: &Claims) -> String {
+        self.sign_any(claims)
+    }
+
+    /// Sign playback `claims` into a compact token.
+    pub fn sign_play(&self, claims: &PlayClaims) -> String {
+        self.sign_any(claims)
+    }
+
+    fn sign_any<T: Serialize>(&self, claims: &T) -> String {
         let header = URL_SAFE_NO_PAD.encode(HEADER_JSON);
         // Serializing a struct of strings and integers cannot fail.
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
@@ -194,7 +265,8 @@ impl VerifyingKey {
         self.0.to_public_key_pem(LineEnding::LF).unwrap_or_default()
     }
 
-    /// Check a token's signature and expiry at `now` (Unix seconds), and return its claims.
+    /// Check an ingest token's signature, scope and expiry at `now` (Unix seconds), and return
+    /// its claims.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         self.verify_with_leeway(token, now, 0)
     }
@@ -207,6 +279,21 @@ impl VerifyingKey {
         now: u64,
         leeway_s: u64,
     ) -> Result<Claims, TokenError> {
+        self.verify_any(token, now, leeway_s, Scope::Ingest)
+    }
+
+    /// Check a playback token's signature, scope and expiry at `now`.
+    pub fn verify_play(&self, token: &str, now: u64) -> Result<PlayClaims, TokenError> {
+        self.verify_any(token, now, 0, Scope::Play)
+    }
+
+    fn verify_any<T: serde::de::DeserializeOwned + Expiring>(
+        &self,
+        token: &str,
+        now: u64,
+        leeway_s: u64,
+        want: Scope,
+    ) -> Result<T, TokenError> {
         let malformed = |m: &str| TokenError::Malformed(m.to_string());
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed(format!(
@@ -246,11 +333,27 @@ impl VerifyingKey {
         let payload = URL_SAFE_NO_PAD
             .decode(p)
             .map_err(|_| malformed("claims are not unpadded base64url"))?;
-        let claims: Claims = serde_json::from_slice(&payload)
+        #[derive(Deserialize)]
+        struct ScopeOnly {
+            scp: Scope,
+        }
+        let got = serde_json::from_slice::<ScopeOnly>(&payload)
+            .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?
+            .scp;
+        if got != want {
+            return Err(TokenError::Scope { got, want });
+        }
+        let claims: T = serde_json::from_slice(&payload)
             .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
-        if now >= claims.exp.saturating_add(leeway_s) {
+        if claims.scope() != want {
+            return Err(TokenError::Scope {
+                got: claims.scope(),
+                want,
+            });
+        }
+        if now >= claims.exp().saturating_add(leeway_s) {
             return Err(TokenError::Expired {
-                exp: claims.exp,
+                exp: claims.exp(),
                 now,
             });
         }

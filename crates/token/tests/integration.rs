@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use token::{Claims, Role, SigningKey, TokenError, VerifyingKey};
+use token::{Claims, PlayClaims, Role, Scope, SigningKey, TokenError, VerifyingKey};
 
 fn key(seed: u64) -> SigningKey {
     SigningKey::generate(&mut ChaCha8Rng::seed_from_u64(seed))
@@ -13,12 +13,46 @@ fn key(seed: u64) -> SigningKey {
 
 fn claims() -> Claims {
     Claims {
-        stream: "abc".into(),
-        server: "fra-1".into(),
+        scp: Scope::Ingest,
+        stream: "abc".parse().unwrap(),
+        broadcast: "b1".parse().unwrap(),
+        server: "fra-1".parse().unwrap(),
         role: Role::Backup,
+        private: false,
         iat: 1_700_000_000,
         exp: 1_700_000_600,
     }
+}
+
+#[test]
+fn a_playback_token_is_not_an_ingest_token_and_the_reverse() {
+    let sk = key(9);
+    let play = sk.sign_play(&PlayClaims {
+        scp: Scope::Play,
+        stream: "abc".parse().unwrap(),
+        iat: 1_700_000_000,
+        exp: 1_700_000_600,
+    });
+    let vk = sk.public_key();
+    assert_eq!(vk.verify_play(&play, 1_700_000_001).unwrap().stream.as_str(), "abc");
+    assert_eq!(
+        vk.verify(&play, 1_700_000_001),
+        Err(TokenError::Scope {
+            got: Scope::Play,
+            want: Scope::Ingest
+        })
+    );
+    let ingest = sk.sign(&claims());
+    assert!(matches!(
+        vk.verify_play(&ingest, 1_700_000_001),
+        Err(TokenError::Scope { .. })
+    ));
+    // A signed claim set that lies about its scope still fails on the missing fields.
+    let mut fake = serde_json::to_value(claims()).unwrap();
+    fake["scp"] = "play".into();
+    let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","typ":"JWT"}"#);
+    let p = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&fake).unwrap());
+    assert!(vk.verify(&format!("{h}.{p}.x"), 1_700_000_001).is_err());
 }
 
 #[test]
@@ -58,7 +92,7 @@ fn tampered_payload_is_a_bad_signature() {
     let t = sk.sign(&claims());
     let parts: Vec<&str> = t.split('.').collect();
     let mut c = claims();
-    c.server = "evil-1".into();
+    c.server = "evil-1".parse().unwrap();
     let forged = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap());
     let tampered = format!("{}.{}.{}", parts[0], forged, parts[2]);
     let e = sk
