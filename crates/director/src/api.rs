@@ -1,41 +1,43 @@
-//! The HTTP/JSON API (`/v1`), described by `openapi.json` (served at `/openapi.json`).
+//! The director's HTTP/JSON API (`/v1`): parse, call the use case, serialize.
 //!
-//! **Boundaries.** Every handler parses its input itself (bodies as bytes, with
-//! `serde_path_to_error` so an error names the field), validates ranges, and maps every failure
-//! to an [`ApiError`]: a status, a stable `code`, the `field` at fault and what is `accepted`.
-//! Syntax errors are 400, well-formed but unacceptable values 422, oversized bodies 413. No
-//! handler unwraps untrusted input; a panic anyway is caught and answered 500 (and is a bug).
+//! **Shape.** Every handler parses its input (bodies as bytes through `serde_path_to_error`, so an
+//! error names the field), calls one method of [`Director`] (the use cases live in
+//! [`crate::assign`] and [`crate::broadcasts`], testable without HTTP), and serializes the
+//! contract type it got back (`proto::api`). Every failure becomes an [`ApiError`]: a status, a
+//! stable `code`, the `field` at fault and what is `accepted` ([`proto::api::ErrorBody`]).
+//! Syntax errors are 400, well-formed but unacceptable values 422, oversized bodies 413, missing
+//! credentials 401, wrong ones 403. A panic is caught and answered 500 (and is a bug).
 //!
-//! **Client IP.** From the connection; `Forwarded` / `X-Forwarded-For` are believed only when the
-//! peer is in `http.trusted_proxies`, and then the rightmost address that is not itself a trusted
-//! proxy is the client (the leftmost entries are whatever the client chose to send).
+//! **OpenAPI.** The router is built with `utoipa_axum`: each route is registered together with
+//! its `#[utoipa::path]` description, so the document served at `/openapi.json` ([`openapi`]) is
+//! generated from the same code that routes, and its schemas from the contract's types. A test
+//! compares it with the copy checked in beside this crate (`openapi.json`), and validates it as
+//! OpenAPI 3.1.
 //!
-//! **What not.** No selection logic (that is `select`), no registry logic (`registry`).
+//! **What not.** No selection logic (that is `select`), no registry logic (`registry`), no
+//! use-case logic (`assign`, `broadcasts`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use geo::Location;
-use geo::gazetteer::{Gazetteer, PlaceError};
-use ipnet::IpNet;
-use proto::{Role, StreamId};
-use select::{Capacity, Load, Protocol};
+use proto::api::{
+    Assignment, AssignmentRequest, BroadcastList, ErrorBody, Heartbeat, HeartbeatAnswer,
+    Liveness, LocationInput, PlaybackToken, PlaybackTokenRequest, ProbeTargets, PublishGrant,
+    PublishRequest, RankedList, Readiness, ReadinessStatus, Registered, Registration,
+    ServerList, ServerRecord, StreamCreate, StreamInfo, StreamKeyIssued, StreamList,
+    StreamRecord, StreamUpdate,
+};
+use proto::{BroadcastId, Protocol, ServerId, StreamId, StreamKey};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -44,52 +46,47 @@ use tower_http::request_id::{
 };
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::registry::{Heartbeat, Registration, RegistryError, ServerState, StreamReport};
-use crate::state::{AssignmentRecord, Director, MeasurementIn, PickRecord};
-use crate::tls::TlsPeer;
+use crate::assign::{AssignError, FieldError};
+use crate::broadcasts::{AdminError, PlaybackAuth, PlaybackError};
+pub use crate::clientip::{ClientIp, client_ip};
+use crate::publish::PublishError;
+use crate::registry::{Heartbeat as RegHeartbeat, Registration as RegRegistration, RegistryError};
+use crate::state::Director;
 
-/// The OpenAPI 3.1 document.
-pub const OPENAPI: &str = include_str!("../openapi.json");
-
-/// Longest typed place accepted, in characters.
-pub const MAX_PLACE_LEN: usize = 200;
-/// Longest entry-server id or POP name.
-pub const MAX_SERVER_ID_LEN: usize = 64;
+/// Longest city name accepted at registration.
 const MAX_CITY_LEN: usize = 100;
+/// Longest URL accepted at registration.
 const MAX_URL_LEN: usize = 512;
-const ID_ACCEPTED: &str = "1 to 64 characters from [A-Za-z0-9._-], starting with a letter or digit";
 
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-/// An error answer: `{"error": message, "code": code, "field": field?, "accepted": what?}`.
+/// An error answer ([`ErrorBody`]), with its status and an optional `Retry-After`.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub field: Option<String>,
-    pub accepted: Option<String>,
+    pub body: ErrorBody,
     pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
-            code,
-            message: message.into(),
-            field: None,
-            accepted: None,
+            body: ErrorBody::new(code, message),
             retry_after_s: None,
         }
     }
 
     fn field(field: &str, message: impl Into<String>, accepted: Option<String>) -> Self {
         let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message);
-        e.field = Some(field.to_string());
-        e.accepted = accepted;
+        e.body.field = Some(field.to_string());
+        e.body.accepted = accepted;
         e
     }
 
@@ -104,18 +101,21 @@ impl ApiError {
             format!("missing or wrong credential: send Authorization: Bearer <{what}>"),
         )
     }
+
+    fn retry_after(mut self, s: u64) -> Self {
+        self.retry_after_s = Some(s.max(1));
+        self
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &str {
+        &self.body.code
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.message, "code": self.code });
-        if let Some(f) = self.field {
-            body["field"] = Value::String(f);
-        }
-        if let Some(a) = self.accepted {
-            body["accepted"] = Value::String(a);
-        }
-        let mut resp = (self.status, Json(body)).into_response();
+        let mut resp = (self.status, Json(self.body)).into_response();
         if let Some(s) = self.retry_after_s
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
@@ -129,11 +129,77 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
             RegistryError::NotFound(_) => ApiError::not_found(e.to_string()),
-            RegistryError::Full(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "registry_full",
-                e.to_string(),
-            ),
+            RegistryError::Full(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "registry_full", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::field(&e.field, e.message, e.accepted)
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        let msg = e.to_string();
+        match e {
+            PublishError::StreamRequired(_) => ApiError::field("stream", msg, Some(
+                "a stream id: 1 to 128 characters from [A-Za-z0-9._-], starting with a letter or digit".into(),
+            )),
+            PublishError::KeyRequired(_) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "stream_key_required", msg)
+            }
+            PublishError::WrongKey(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "wrong_stream_key", msg)
+            }
+            PublishError::Denied { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "publish_denied", msg)
+            }
+            PublishError::HookUnavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "publish_hook_unavailable", msg)
+                    .retry_after(5)
+            }
+            PublishError::Continue(_) => {
+                ApiError::new(StatusCode::CONFLICT, "broadcast_ended", msg)
+            }
+            PublishError::Join(_) => ApiError::new(StatusCode::CONFLICT, "stream_busy", msg),
+            PublishError::Store(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", msg)
+                    .retry_after(2)
+            }
+        }
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        let msg = e.to_string();
+        match e {
+            AdminError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "exists", msg),
+            AdminError::NotFound(_) => ApiError::not_found(msg),
+            AdminError::Store(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", msg)
+                    .retry_after(2)
+            }
+            AdminError::Invalid(f) => f.into(),
+        }
+    }
+}
+
+impl From<PlaybackError> for ApiError {
+    fn from(e: PlaybackError) -> Self {
+        let msg = e.to_string();
+        match e {
+            PlaybackError::NotFound(_) => ApiError::not_found(msg),
+            PlaybackError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg),
+            PlaybackError::Invalid(f) => f.into(),
+            PlaybackError::Store(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", msg)
+                    .retry_after(2)
+            }
         }
     }
 }
@@ -142,20 +208,18 @@ impl From<RegistryError> for ApiError {
 fn accepted_for(field: &str, d: &Director) -> Option<String> {
     let top = field.split(['.', '[']).next().unwrap_or(field);
     Some(match top {
-        "stream" => {
-            "1 to 128 characters from [A-Za-z0-9._-], starting with a letter or digit".into()
-        }
-        "location" => format!(
-            "a place as typed (at most {MAX_PLACE_LEN} characters), or {{\"lat\": -90..90, \"lon\": -180..180}}"
-        ),
-        "protocol" | "protocols" | "urls" => "native, websocket, rtmp, http".into(),
+        "stream" => proto::ids::NAME_ACCEPTED.replace("64", "128"),
+        "location" => proto::api::place::LOCATION_ACCEPTED.into(),
+        "protocol" | "urls" => "native, websocket, rtmp, http".into(),
         "bitrate_kbps" => format!(
             "an integer from 1 to {} (kbit/s)",
             d.config().max_bitrate_kbps
         ),
-        "id" | "pop" => ID_ACCEPTED.into(),
-        "role" => "primary, backup".into(),
+        "id" | "pop" | "server_id" | "broadcast" => proto::ids::NAME_ACCEPTED.into(),
+        "key" => proto::KEY_ACCEPTED.into(),
+        "role" | "replace" => "primary, backup".into(),
         "state" => "ready, draining".into(),
+        "disk" => "ok, full, failing".into(),
         _ => return None,
     })
 }
@@ -207,7 +271,7 @@ fn json_error(d: &Director, e: serde_path_to_error::Error<serde_json::Error>) ->
                     "invalid_body",
                     format!("request body: {inner}"),
                 );
-                e.accepted = Some("a JSON object as described in /openapi.json".into());
+                e.body.accepted = Some("a JSON object as described in /openapi.json".into());
                 e
             } else {
                 // Unknown fields are reported at the parent's path; the message names the key.
@@ -218,113 +282,26 @@ fn json_error(d: &Director, e: serde_path_to_error::Error<serde_json::Error>) ->
     }
 }
 
+fn path_id<T: std::str::FromStr>(
+    path: Result<Path<String>, PathRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    let Path(id) =
+        path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.body_text()))?;
+    id.parse::<T>()
+        .map_err(|_| ApiError::not_found(format!("no {what} has that id")))
+}
+
+fn path_two(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
+    let Path(p) =
+        path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.body_text()))?;
+    Ok(p)
+}
+
 // ---------------------------------------------------------------------------------------------
-// Client IP and credentials
-
-/// The client's address as the director believes it (see the module docs). `None` when the
-/// router is served without connection info.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub Option<IpAddr>);
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
-fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
-    proxies.iter().any(|n| n.contains(&ip))
-}
-
-/// Parse one address from a Forwarded `for=` value or an X-Forwarded-For entry.
-fn parse_forwarded_addr(s: &str) -> Option<IpAddr> {
-    let s = s.trim().trim_matches('"');
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Some(sa.ip());
-    }
-    // "[2001:db8::1]" without a port.
-    s.strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-        .and_then(|r| r.parse().ok())
-}
-
-/// The forwarding chain, client first, from `Forwarded` (preferred) or `X-Forwarded-For`.
-/// `None` when a header is present but unparseable (then nothing in it is believed).
-fn forwarded_chain(headers: &HeaderMap) -> Option<Vec<IpAddr>> {
-    let forwarded: Vec<&str> = headers
-        .get_all("forwarded")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let mut chain = Vec::new();
-    if !forwarded.is_empty() {
-        for elem in forwarded.iter().flat_map(|v| v.split(',')) {
-            for pair in elem.split(';') {
-                if let Some((k, v)) = pair.split_once('=')
-                    && k.trim().eq_ignore_ascii_case("for")
-                {
-                    chain.push(parse_forwarded_addr(v)?);
-                }
-            }
-        }
-        return Some(chain);
-    }
-    for v in headers.get_all("x-forwarded-for") {
-        for part in v.to_str().ok()?.split(',') {
-            chain.push(parse_forwarded_addr(part)?);
-        }
-    }
-    Some(chain)
-}
-
-/// The client IP for a request from `peer` with `headers`.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
-    let peer = canonical(peer);
-    if !trusted(peer, proxies) {
-        return peer;
-    }
-    let Some(chain) = forwarded_chain(headers) else {
-        return peer;
-    };
-    let mut client = peer;
-    for ip in chain.into_iter().rev().map(canonical) {
-        client = ip;
-        if !trusted(ip, proxies) {
-            break;
-        }
-    }
-    client
-}
-
-impl FromRequestParts<Director> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, d: &Director) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0)
-            .or_else(|| {
-                parts
-                    .extensions
-                    .get::<MockConnectInfo<SocketAddr>>()
-                    .map(|c| c.0)
-            })
-            .or_else(|| {
-                parts
-                    .extensions
-                    .get::<ConnectInfo<TlsPeer>>()
-                    .map(|c| c.0.0)
-            });
-        Ok(ClientIp(peer.map(|p| {
-            client_ip(p.ip(), &parts.headers, &d.config().http.trusted_proxies)
-        })))
-    }
-}
+// Credentials
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -333,12 +310,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn bearer_ok(headers: &HeaderMap, secret: &str) -> bool {
+fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), secret.as_bytes()))
+        .map(str::trim)
+}
+
+fn bearer_ok(headers: &HeaderMap, secret: &str) -> bool {
+    bearer(headers).is_some_and(|t| constant_time_eq(t.as_bytes(), secret.as_bytes()))
 }
 
 fn require_cluster(d: &Director, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
@@ -363,410 +344,137 @@ fn require_admin(d: &Director, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn rate_limit(d: &Director, ip: ClientIp) -> Result<(), ApiError> {
-    let key = ip.0.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let key = ip.0.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     d.inner.limiter.check(key, Instant::now()).map_err(|wait| {
         d.inner.metrics.assignment("rate_limited");
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut e = ApiError::new(
+        ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!("too many requests from {key}: retry after {secs} s"),
-        );
-        e.retry_after_s = Some(secs);
-        e
+        )
+        .retry_after(secs)
     })
 }
 
 // ---------------------------------------------------------------------------------------------
-// Locations
+// Devices
 
-/// The typed location of a request, as resolved.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-enum TypedOut {
-    Resolved {
-        input: String,
-        label: String,
-        location: Location,
-        reason: String,
-    },
-    Coordinates {
-        location: Location,
-    },
-    Unknown {
-        input: String,
-        reason: String,
-    },
-}
-
-impl TypedOut {
-    fn location(&self) -> Option<Location> {
-        match self {
-            TypedOut::Resolved { location, .. } | TypedOut::Coordinates { location } => {
-                Some(*location)
-            }
-            TypedOut::Unknown { .. } => None,
-        }
-    }
-}
-
-/// Parse a `location` value: a typed place (resolved, or unknown when nothing matches) or
-/// coordinates. Bad coordinates and unusable text are errors naming `field`.
-fn typed_location(field: &str, v: &Value, strict: bool) -> Result<Option<TypedOut>, ApiError> {
-    let accepted = Some(format!(
-        "a place as typed (at most {MAX_PLACE_LEN} characters), or {{\"lat\": -90..90, \"lon\": -180..180}}"
-    ));
-    match v {
-        Value::Null => Ok(None),
-        Value::String(s) => typed_text(field, s, strict),
-        Value::Object(m) => {
-            let num = |k: &str| m.get(k).and_then(Value::as_f64);
-            if m.len() != 2 {
-                return Err(ApiError::field(
-                    field,
-                    format!("{field}: an object must have exactly the keys lat and lon"),
-                    accepted,
-                ));
-            }
-            let (Some(lat), Some(lon)) = (num("lat"), num("lon")) else {
-                return Err(ApiError::field(
-                    field,
-                    format!("{field}: lat and lon must be numbers"),
-                    accepted,
-                ));
-            };
-            let loc = Location::new(lat, lon)
-                .map_err(|e| ApiError::field(field, format!("{field}: {e}"), accepted))?;
-            Ok(Some(TypedOut::Coordinates { location: loc }))
-        }
-        _ => Err(ApiError::field(
-            field,
-            format!("{field}: expected a string or an object"),
-            accepted,
-        )),
-    }
-}
-
-fn typed_text(field: &str, s: &str, strict: bool) -> Result<Option<TypedOut>, ApiError> {
-    let n = s.chars().count();
-    if n > MAX_PLACE_LEN {
-        return Err(ApiError::field(
-            field,
-            format!("{field}: {n} characters, at most {MAX_PLACE_LEN} are accepted"),
-            None,
-        ));
-    }
-    match Gazetteer::embedded().resolve(s) {
-        Ok(r) => Ok(Some(TypedOut::Resolved {
-            input: s.to_string(),
-            label: r.place.label(),
-            location: r.place.location,
-            reason: r.reason,
-        })),
-        Err(PlaceError::Empty) if !strict => Ok(None),
-        Err(e @ PlaceError::Unknown { .. }) if !strict => Ok(Some(TypedOut::Unknown {
-            input: s.to_string(),
-            reason: e.to_string(),
-        })),
-        Err(e) => Err(ApiError::field(field, format!("{field}: {e}"), None)),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Assignments
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AssignmentIn {
-    #[serde(default)]
-    stream: Option<StreamId>,
-    #[serde(default)]
-    location: Option<Value>,
-    #[serde(default)]
-    protocol: Option<Protocol>,
-    #[serde(default)]
-    bitrate_kbps: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct PickOut<'a> {
-    role: Role,
-    server_id: &'a str,
-    pop: &'a str,
-    city: &'a str,
-    location: Location,
-    protocol: Protocol,
-    url: &'a str,
-    urls: &'a BTreeMap<String, String>,
-    token: &'a str,
-    estimate: &'a select::Estimate,
-    scored_from: &'a select::Basis,
-    runners_up: &'a [select::choose::RunnerUp],
-    note: &'a Option<String>,
-}
-
-fn bitrate(d: &Director, b: Option<u64>) -> Result<u32, ApiError> {
-    let max = d.config().max_bitrate_kbps;
-    match b {
-        None => Ok(d.config().default_bitrate_kbps),
-        Some(b) if (1..=u64::from(max)).contains(&b) => Ok(b as u32),
-        Some(b) => Err(ApiError::field(
-            "bitrate_kbps",
-            format!("bitrate_kbps: {b} is out of range"),
-            accepted_for("bitrate_kbps", d),
-        )),
-    }
-}
-
-fn mint_stream_id() -> StreamId {
-    let id = format!("s{:016x}", rand::random::<u64>());
-    // Sixteen hex digits after a letter always satisfy the stream id rules.
-    StreamId::parse(&id).unwrap_or_else(|_| StreamId::parse("s0").expect("valid literal"))
-}
-
+/// Ask for a primary and a backup entry server for a stream.
+///
+/// Starts a broadcast of the stream (or continues the one named in `broadcast`); needs the
+/// stream's key unless `open` mode creates the stream with this request.
+#[utoipa::path(post, path = "/v1/assignments", tag = "devices",
+    request_body = AssignmentRequest,
+    responses(
+        (status = 200, description = "Primary and backup, each with a token", body = Assignment),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "The stream has a key and none was sent", body = ErrorBody),
+        (status = 403, description = "Wrong key, or denied by the platform's hook", body = ErrorBody),
+        (status = 409, description = "`broadcast` ended, or both paths taken", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "A field is not acceptable", body = ErrorBody),
+        (status = 429, description = "Rate limited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "No entry server can take the stream, or the hook is down (Retry-After)", body = ErrorBody),
+    ))]
 async fn assign(
     State(d): State<Director>,
     ip: ClientIp,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Assignment>, ApiError> {
     rate_limit(&d, ip)?;
-    // Every outcome is counted inside (invalid, no_server, ok, no_backup).
-    assign_inner(&d, ip, body)
-}
-
-fn assign_inner(
-    d: &Director,
-    ip: ClientIp,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let invalid = |e: ApiError| {
+    let req: AssignmentRequest = parse_json(&d, body).inspect_err(|_| {
         d.inner.metrics.assignment("invalid");
-        e
-    };
-    let req: AssignmentIn = parse_json(d, body).map_err(invalid)?;
-    let protocol = req.protocol.unwrap_or(Protocol::Native);
-    let bitrate_kbps = bitrate(d, req.bitrate_kbps).map_err(invalid)?;
-    let typed = match &req.location {
-        Some(v) => typed_location("location", v, false).map_err(invalid)?,
-        None => None,
-    };
-    let ip_loc = ip.0.map(|a| d.inner.locator.lookup(a));
-    let sreq = select::Request {
-        typed: typed.as_ref().and_then(TypedOut::location),
-        ip: ip_loc.as_ref().and_then(|l| l.location()),
-        protocol,
-        bitrate_kbps,
-    };
-
-    let snap = d.snapshot();
-    let learned = d.corrections();
-    let now = d.unix_now();
-    let t0 = Instant::now();
-    let sel = select::select(
-        &snap.fleet,
-        &sreq,
-        d.params(),
-        Some(&learned),
-        &d.inner.default_location,
-        now,
-    );
-    d.inner
-        .metrics
-        .selection_seconds
-        .observe(t0.elapsed().as_secs_f64());
-    let sel = match sel {
-        Ok(s) => s,
+    })?;
+    match d.assign(req, ip.0).await {
+        Ok(a) => Ok(Json(a)),
         Err(e) => {
-            d.inner.metrics.assignment("no_server");
-            let mut err = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_entry_server",
-                e.to_string(),
-            );
-            err.retry_after_s = Some(d.config().heartbeat.interval_ms.div_ceil(1000).max(1));
-            return Err(err);
+            let (outcome, err): (&'static str, ApiError) = match e {
+                AssignError::Invalid(f) => ("invalid", f.into()),
+                AssignError::NoServer(s) => (
+                    "no_server",
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_entry_server", s.to_string())
+                        .retry_after(d.config().heartbeat.interval_ms.div_ceil(1000)),
+                ),
+                AssignError::Publish(p) => ("refused", p.into()),
+            };
+            d.inner.metrics.assignment(outcome);
+            Err(err)
         }
-    };
-    let stream = req.stream.unwrap_or_else(mint_stream_id);
-    let ttl = d.config().tokens.ttl_s;
-    let expires_at = now + ttl;
-    let empty = BTreeMap::new();
-    let pick_out = |p: &'_ select::Pick, role: Role| -> PickAnswer {
-        let urls = snap.urls.get(&p.server_id).map(|u| &**u).unwrap_or(&empty);
-        let location = snap
-            .fleet
-            .get(&p.server_id)
-            .map(|s| s.location)
-            .unwrap_or(p.scored_from.location);
-        let token = d.inner.key.sign(&token::Claims {
-            stream: stream.to_string(),
-            server: p.server_id.clone(),
-            role,
-            iat: now,
-            exp: expires_at,
-        });
-        let base = urls
-            .get(protocol.as_str())
-            .map(String::as_str)
-            .unwrap_or("");
-        // RTMP: the ready-to-use publish URL (stream name and token in the key, as encoders
-        // send the part after the application as the publish name).
-        let url = match protocol {
-            Protocol::Rtmp if !base.is_empty() => {
-                format!("{}/{stream}?token={token}", base.trim_end_matches('/'))
-            }
-            _ => base.to_string(),
-        };
-        PickAnswer {
-            url,
-            token,
-            location,
-            urls,
-        }
-    };
-    let primary = pick_out(&sel.primary, Role::Primary);
-    let backup = sel.backup.as_ref().map(|b| pick_out(b, Role::Backup));
-    d.remember(
-        stream.to_string(),
-        AssignmentRecord {
-            primary: PickRecord {
-                server_id: sel.primary.server_id.clone(),
-                basis: sel.primary.scored_from.location,
-            },
-            backup: sel.backup.as_ref().map(|b| PickRecord {
-                server_id: b.server_id.clone(),
-                basis: b.scored_from.location,
-            }),
-            assigned_at: now,
-            expires_at,
-        },
-    );
-    d.inner
-        .metrics
-        .assignment(if backup.is_some() { "ok" } else { "no_backup" });
-    tracing::info!(
-        stream = %stream,
-        primary = %sel.primary.server_id,
-        backup = sel.backup.as_ref().map(|b| b.server_id.as_str()).unwrap_or("-"),
-        "assigned"
-    );
-    // Serialized straight from borrowed parts (no intermediate `Value` tree): this is the hot
-    // path of the director.
-    Ok(Json(AssignmentOut {
-        stream: &stream,
-        protocol,
-        bitrate_kbps,
-        client_ip: ip.0,
-        locations: LocationsOut {
-            typed: typed.as_ref(),
-            ip: ip_loc.as_ref(),
-        },
-        primary: pick_json(&sel.primary, &primary, Role::Primary, protocol),
-        backup: sel
-            .backup
-            .as_ref()
-            .zip(backup.as_ref())
-            .map(|(p, a)| pick_json(p, a, Role::Backup, protocol)),
-        backup_reason: &sel.backup_reason,
-        issued_at: now,
-        expires_at,
-    })
-    .into_response())
-}
-
-fn pick_json<'a>(
-    p: &'a select::Pick,
-    a: &'a PickAnswer<'a>,
-    role: Role,
-    protocol: Protocol,
-) -> PickOut<'a> {
-    PickOut {
-        role,
-        server_id: &p.server_id,
-        pop: &p.pop,
-        city: &p.city,
-        location: a.location,
-        protocol,
-        url: &a.url,
-        urls: a.urls,
-        token: &a.token,
-        estimate: &p.estimate,
-        scored_from: &p.scored_from,
-        runners_up: &p.runners_up,
-        note: &p.note,
     }
 }
 
-/// What a pick's answer owns (the rest is borrowed from the selection).
-struct PickAnswer<'a> {
-    url: String,
-    token: String,
-    location: Location,
-    urls: &'a BTreeMap<String, String>,
+fn query_location(q: &HashMap<String, String>) -> Result<Option<LocationInput>, ApiError> {
+    match q.get("location") {
+        None => Ok(None),
+        Some(s) => serde_json::from_value::<LocationInput>(serde_json::Value::String(s.clone()))
+            .map(Some)
+            .map_err(|e| {
+                ApiError::field(
+                    "location",
+                    format!("location: {e}"),
+                    Some(proto::api::place::LOCATION_ACCEPTED.into()),
+                )
+            }),
+    }
 }
 
-#[derive(Serialize)]
-struct LocationsOut<'a> {
-    typed: Option<&'a TypedOut>,
-    ip: Option<&'a geo::ip::IpLocation>,
-}
-
-#[derive(Serialize)]
-struct AssignmentOut<'a> {
-    stream: &'a StreamId,
-    protocol: Protocol,
-    bitrate_kbps: u32,
-    client_ip: Option<IpAddr>,
-    locations: LocationsOut<'a>,
-    primary: PickOut<'a>,
-    backup: Option<PickOut<'a>>,
-    backup_reason: &'a Option<String>,
-    issued_at: u64,
-    expires_at: u64,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Ranked list
-
-async fn ranked(
-    State(d): State<Director>,
-    ip: ClientIp,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    rate_limit(&d, ip)?;
-    let Query(q) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+fn query_common(
+    d: &Director,
+    q: &HashMap<String, String>,
+    allowed: &[&str],
+) -> Result<(Protocol, u32), ApiError> {
     for k in q.keys() {
-        if !matches!(
-            k.as_str(),
-            "location" | "protocol" | "bitrate_kbps" | "limit"
-        ) {
+        if !allowed.contains(&k.as_str()) {
             return Err(ApiError::field(
                 k.chars().take(40).collect::<String>().as_str(),
                 "unknown query parameter",
-                Some("location, protocol, bitrate_kbps, limit".into()),
+                Some(allowed.join(", ")),
             ));
         }
     }
     let protocol = match q.get("protocol") {
         None => Protocol::Native,
         Some(p) => p.parse::<Protocol>().map_err(|e| {
-            ApiError::field("protocol", e.to_string(), accepted_for("protocol", &d))
+            ApiError::field("protocol", e.to_string(), accepted_for("protocol", d))
         })?,
     };
     let bitrate_kbps = match q.get("bitrate_kbps") {
-        None => bitrate(&d, None)?,
-        Some(b) => bitrate(
-            &d,
-            Some(b.parse::<u64>().map_err(|_| {
-                ApiError::field(
-                    "bitrate_kbps",
-                    "bitrate_kbps: not an integer",
-                    accepted_for("bitrate_kbps", &d),
-                )
-            })?),
-        )?,
+        None => d.bitrate(None)?,
+        Some(b) => d.bitrate(Some(b.parse::<u64>().map_err(|_| {
+            ApiError::field(
+                "bitrate_kbps",
+                "bitrate_kbps: not an integer",
+                accepted_for("bitrate_kbps", d),
+            )
+        })?))?,
     };
+    Ok((protocol, bitrate_kbps))
+}
+
+/// The ranked list of entry servers for a place or the caller's IP (like Twitch's ingest list).
+#[utoipa::path(get, path = "/v1/entry-servers", tag = "devices",
+    params(
+        ("location" = Option<String>, Query, description = "A place as typed, or \"lat,lon\"; default: the caller's IP location"),
+        ("protocol" = Option<Protocol>, Query, description = "Default native"),
+        ("bitrate_kbps" = Option<u32>, Query, description = "Default: the director's"),
+        ("limit" = Option<u32>, Query, description = "1 to limits.max_ranked, default 10"),
+    ),
+    responses(
+        (status = 200, body = RankedList),
+        (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ))]
+async fn ranked(
+    State(d): State<Director>,
+    ip: ClientIp,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<RankedList>, ApiError> {
+    rate_limit(&d, ip)?;
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let (protocol, bitrate_kbps) =
+        query_common(&d, &q, &["location", "protocol", "bitrate_kbps", "limit"])?;
     let max = d.config().limits.max_ranked;
     let limit = match q.get("limit") {
         None => 10.min(max),
@@ -782,168 +490,154 @@ async fn ranked(
                 )
             })?,
     };
-    let typed = match q.get("location") {
-        Some(s) => typed_text("location", s, false)?,
-        None => None,
-    };
-    let ip_loc = ip.0.map(|a| d.inner.locator.lookup(a));
-    let (kind, from) = match (
-        typed.as_ref().and_then(TypedOut::location),
-        ip_loc.as_ref().and_then(|l| l.location()),
-    ) {
-        (Some(t), _) => ("typed", t),
-        (None, Some(i)) => ("ip", i),
-        (None, None) => ("default", d.inner.default_location),
-    };
-    let snap = d.snapshot();
-    let learned = d.corrections();
-    let now = d.unix_now();
-    let params = d.params();
-    let mut scored: Vec<(&select::EntryServer, select::Estimate)> = snap
-        .fleet
-        .nearest(&from)
-        .filter(|s| s.ineligibility(protocol, bitrate_kbps).is_none())
-        .take(params.candidates.max(limit))
-        .map(|s| {
-            let c = learned.correction(&from, &s.id, &s.location, params, now);
-            (s, params.estimate(&from, s, bitrate_kbps, c.as_ref()))
-        })
-        .collect();
-    scored.sort_by(|a, b| {
-        a.1.score
-            .total_cmp(&b.1.score)
-            .then_with(|| a.0.id.cmp(&b.0.id))
-    });
-    let empty = BTreeMap::new();
-    let list: Vec<Value> = scored
-        .iter()
-        .take(limit)
-        .enumerate()
-        .map(|(i, (s, e))| {
-            let urls = snap.urls.get(&s.id).map(|u| &**u).unwrap_or(&empty);
-            json!({
-                "rank": i + 1,
-                "server_id": s.id,
-                "pop": s.pop,
-                "city": s.city,
-                "location": s.location,
-                "url": urls.get(protocol.as_str()),
-                "urls": urls,
-                "estimate": e,
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "scored_from": { "kind": kind, "location": from },
-        "locations": { "typed": typed, "ip": ip_loc },
-        "protocol": protocol,
-        "bitrate_kbps": bitrate_kbps,
-        "entry_servers": list,
-    })))
+    let loc = query_location(&q)?;
+    Ok(Json(d.ranked_list(
+        loc.as_ref(),
+        protocol,
+        bitrate_kbps,
+        limit,
+        ip.0,
+    )?))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Streams
+/// Entry servers a device should probe (RTT, several samples) before asking for an assignment.
+///
+/// The best candidates by today's estimate from the typed location (for the primary) and from
+/// the IP location (for the backup). Send the results as `probes` with the assignment request.
+#[utoipa::path(get, path = "/v1/probe-targets", tag = "devices",
+    params(
+        ("location" = Option<String>, Query, description = "A place as typed, or \"lat,lon\""),
+        ("protocol" = Option<Protocol>, Query, description = "Default native"),
+        ("bitrate_kbps" = Option<u32>, Query, description = "Default: the director's"),
+    ),
+    responses(
+        (status = 200, body = ProbeTargets),
+        (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ))]
+async fn probe_targets(
+    State(d): State<Director>,
+    ip: ClientIp,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<ProbeTargets>, ApiError> {
+    rate_limit(&d, ip)?;
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let (protocol, bitrate_kbps) = query_common(&d, &q, &["location", "protocol", "bitrate_kbps"])?;
+    let loc = query_location(&q)?;
+    Ok(Json(d.probe_targets(
+        loc.as_ref(),
+        protocol,
+        bitrate_kbps,
+        ip.0,
+        5,
+        5,
+    )?))
+}
 
+/// Where a stream's current (or last) broadcast is ingested: what relays pull and players ask.
+#[utoipa::path(get, path = "/v1/streams/{id}", tag = "viewers",
+    params(("id" = StreamId, Path, description = "The stream")),
+    responses(
+        (status = 200, body = StreamInfo),
+        (status = 404, description = "No such stream", body = ErrorBody),
+    ))]
 async fn stream_info(
     State(d): State<Director>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Path(id) =
-        path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.body_text()))?;
-    let id = StreamId::parse(&id)
-        .map_err(|e| ApiError::field("stream", e.to_string(), accepted_for("stream", &d)))?;
-    let rec = d.assignment(id.as_str());
-    let reports = d.registry().ingest_of(id.as_str());
-    if rec.is_none() && reports.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "stream {id} is unknown: no assignment and no entry server reports it"
-        )));
-    }
-    let snap = d.snapshot();
-    let mut rows: Vec<(String, Role, Option<u64>, bool)> = Vec::new();
-    if let Some(r) = &rec {
-        rows.push((r.primary.server_id.clone(), Role::Primary, None, false));
-        if let Some(b) = &r.backup {
-            rows.push((b.server_id.clone(), Role::Backup, None, false));
-        }
-    }
-    for rep in reports {
-        match rows
-            .iter_mut()
-            .find(|(s, r, ..)| *s == rep.server_id && *r == rep.role)
-        {
-            Some(row) => {
-                row.2 = Some(rep.next_seq);
-                row.3 = rep.live;
+) -> Result<Json<StreamInfo>, ApiError> {
+    let id: StreamId = path_id(path, "stream")?;
+    d.stream_info(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("stream {id} is unknown")))
+}
+
+/// The recent broadcasts of a stream, newest first (catch-up by broadcast id).
+#[utoipa::path(get, path = "/v1/streams/{id}/broadcasts", tag = "viewers",
+    params(("id" = StreamId, Path, description = "The stream")),
+    responses(
+        (status = 200, body = BroadcastList),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn broadcasts(
+    State(d): State<Director>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<BroadcastList>, ApiError> {
+    let id: StreamId = path_id(path, "stream")?;
+    d.broadcasts(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("stream {id} is unknown")))
+}
+
+/// Where one broadcast (current or past) of a stream was ingested.
+#[utoipa::path(get, path = "/v1/streams/{id}/broadcasts/{broadcast}", tag = "viewers",
+    params(
+        ("id" = StreamId, Path, description = "The stream"),
+        ("broadcast" = BroadcastId, Path, description = "The broadcast"),
+    ),
+    responses(
+        (status = 200, body = StreamInfo),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn broadcast_info(
+    State(d): State<Director>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<StreamInfo>, ApiError> {
+    let (s, b) = path_two(path)?;
+    let (Ok(s), Ok(b)) = (s.parse::<StreamId>(), b.parse::<BroadcastId>()) else {
+        return Err(ApiError::not_found("no such stream or broadcast"));
+    };
+    d.broadcast_info(&s, &b)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("stream {s} has no broadcast {b}")))
+}
+
+/// A playback token for a private stream.
+///
+/// Authorization: `Bearer <the stream's key>` (the publisher) or `Bearer <admin token>` (the
+/// platform's backend, which decides who may watch).
+#[utoipa::path(post, path = "/v1/streams/{id}/playback-tokens", tag = "viewers",
+    params(("id" = StreamId, Path, description = "The stream")),
+    request_body = PlaybackTokenRequest,
+    security(("stream_key" = []), ("admin" = [])),
+    responses(
+        (status = 200, body = PlaybackToken),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn playback_token(
+    State(d): State<Director>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PlaybackToken>, ApiError> {
+    let id: StreamId = path_id(path, "stream")?;
+    let body = body.unwrap_or_default();
+    let req: PlaybackTokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PlaybackTokenRequest::default()
+    } else {
+        parse_json(&d, Ok(body))?
+    };
+    let auth = if bearer_ok(&headers, &d.config().auth.admin_token) {
+        PlaybackAuth::Admin
+    } else {
+        match bearer(&headers).map(StreamKey::parse) {
+            Some(Ok(k)) => {
+                return Ok(Json(
+                    d.playback_token(&id, PlaybackAuth::Key(&k), req.ttl_s).await?,
+                ));
             }
-            None => rows.push((rep.server_id, rep.role, Some(rep.next_seq), rep.live)),
+            _ => {
+                return Err(ApiError::unauthorized("the stream's key or the admin token"));
+            }
         }
-    }
-    let live = rows.iter().any(|r| r.3);
-    let ingest: Vec<Value> = rows
-        .into_iter()
-        .map(|(server, role, next_seq, live)| {
-            let s = snap.fleet.get(&server);
-            json!({
-                "role": role,
-                "server_id": server,
-                "pop": s.map(|s| s.pop.as_str()),
-                "city": s.map(|s| s.city.as_str()),
-                "urls": snap.urls.get(&server).map(|u| &**u),
-                "live": live,
-                "next_seq": next_seq,
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "stream": id,
-        "live": live,
-        "ingest": ingest,
-        "assigned_at": rec.as_ref().map(|r| r.assigned_at),
-        "expires_at": rec.as_ref().map(|r| r.expires_at),
-    })))
+    };
+    Ok(Json(d.playback_token(&id, auth, req.ttl_s).await?))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Entry servers
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterIn {
-    id: String,
-    pop: String,
-    #[serde(default)]
-    city: Option<String>,
-    location: Value,
-    capacity: CapacityIn,
-    protocols: Vec<Protocol>,
-    urls: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CapacityIn {
-    streams: u32,
-    mbps: f64,
-}
-
-fn check_id(field: &str, s: &str) -> Result<(), ApiError> {
-    let ok = !s.is_empty()
-        && s.len() <= MAX_SERVER_ID_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && s.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::field(
-            field,
-            format!("{field}: not a valid name"),
-            Some(ID_ACCEPTED.into()),
-        ))
-    }
-}
 
 fn check_text(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
     if s.chars().count() > max || s.chars().any(char::is_control) {
@@ -968,31 +662,45 @@ fn check_number(field: &str, v: f64, min: f64, max: f64) -> Result<(), ApiError>
     }
 }
 
+/// An entry server joins the fleet (or re-registers).
+#[utoipa::path(post, path = "/v1/entry-servers", tag = "entry servers",
+    request_body = Registration,
+    security(("cluster" = [])),
+    responses(
+        (status = 200, body = Registered),
+        (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 503, description = "The registry is full", body = ErrorBody),
+    ))]
 async fn register(
     State(d): State<Director>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Registered>, ApiError> {
     require_cluster(&d, &headers, "register")?;
-    let r: RegisterIn = parse_json(&d, body)?;
-    check_id("id", &r.id)?;
-    check_id("pop", &r.pop)?;
+    let r: Registration = parse_json(&d, body)?;
     if let Some(c) = &r.city {
         check_text("city", c, MAX_CITY_LEN)?;
     }
-    let loc = typed_location("location", &r.location, true)?.ok_or_else(|| {
-        ApiError::field(
-            "location",
-            "location: required",
-            accepted_for("location", &d),
-        )
-    })?;
+    let loc = crate::convert::typed(&r.location, true)
+        .map_err(|e| {
+            ApiError::field(
+                "location",
+                format!("location: {e}"),
+                accepted_for("location", &d),
+            )
+        })?
+        .ok_or_else(|| {
+            ApiError::field("location", "location: required", accepted_for("location", &d))
+        })?;
     let (location, label) = match &loc {
-        TypedOut::Resolved {
+        proto::api::TypedLocation::Resolved {
             location, label, ..
         } => (*location, label.clone()),
-        TypedOut::Coordinates { location } => (*location, location.to_string()),
-        TypedOut::Unknown { reason, .. } => {
+        proto::api::TypedLocation::Coordinates { location } => {
+            (*location, format!("{:.4},{:.4}", location.lat, location.lon))
+        }
+        proto::api::TypedLocation::Unknown { reason, .. } => {
             return Err(ApiError::field("location", reason.clone(), None));
         }
     };
@@ -1004,37 +712,18 @@ async fn register(
         ));
     }
     check_number("capacity.mbps", r.capacity.mbps, 0.001, 10_000_000.0)?;
-    let mut protocols = r.protocols.clone();
-    protocols.sort_by_key(|p| p.as_str());
-    protocols.dedup();
+    let protocols = r.urls.protocols();
     if protocols.is_empty() {
         return Err(ApiError::field(
-            "protocols",
-            "protocols: at least one is required",
-            accepted_for("protocols", &d),
+            "urls",
+            "urls: at least one protocol's URL is required",
+            accepted_for("urls", &d),
         ));
     }
+    let mut urls = std::collections::BTreeMap::new();
     for p in &protocols {
-        if !r.urls.contains_key(p.as_str()) {
-            return Err(ApiError::field(
-                "urls",
-                format!("urls: no URL for protocol {p}, which protocols lists"),
-                Some("a URL for every protocol in protocols".into()),
-            ));
-        }
-    }
-    for (p, u) in &r.urls {
-        let field = format!("urls.{}", p.chars().take(20).collect::<String>());
-        if p.parse::<Protocol>().is_err() {
-            return Err(ApiError::field(
-                &field,
-                format!(
-                    "urls: unknown protocol {:?}",
-                    p.chars().take(20).collect::<String>()
-                ),
-                accepted_for("urls", &d),
-            ));
-        }
+        let u = r.urls.get(*p).unwrap_or_default();
+        let field = format!("urls.{p}");
         check_text(&field, u, MAX_URL_LEN)?;
         if !u.contains("://") || u.chars().any(char::is_whitespace) {
             return Err(ApiError::field(
@@ -1043,83 +732,56 @@ async fn register(
                 Some("scheme://host:port/path, without spaces".into()),
             ));
         }
+        urls.insert(p.as_str().to_string(), u.to_string());
     }
-    let reg = Registration {
-        id: r.id.clone(),
-        pop: r.pop,
+    let reg = RegRegistration {
+        id: r.id.to_string(),
+        pop: r.pop.to_string(),
         city: r.city.unwrap_or(label),
-        location,
-        capacity: Capacity {
+        location: crate::convert::location(location).ok_or_else(|| {
+            ApiError::field("location", "location: out of range", accepted_for("location", &d))
+        })?,
+        capacity: select::Capacity {
             streams: r.capacity.streams,
             mbps: r.capacity.mbps,
         },
         protocols,
-        urls: r.urls,
+        urls,
     };
     d.registry().register(reg, Instant::now())?;
     tracing::info!(server = %r.id, "entry server registered");
     let hb = &d.config().heartbeat;
-    Ok(Json(json!({
-        "heartbeat_interval_ms": hb.interval_ms,
-        "missed_heartbeats_allowed": hb.missed_allowed,
-    })))
+    Ok(Json(Registered {
+        heartbeat_interval_ms: hb.interval_ms,
+        missed_heartbeats_allowed: hb.missed_allowed,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeartbeatIn {
-    #[serde(default)]
-    load: LoadIn,
-    #[serde(default)]
-    state: ServerState,
-    #[serde(default)]
-    streams: Vec<StreamReportIn>,
-    #[serde(default)]
-    measurements: Vec<MeasurementIn>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct LoadIn {
-    #[serde(default)]
-    streams: u32,
-    #[serde(default)]
-    mbps: f64,
-    #[serde(default)]
-    cpu: f64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StreamReportIn {
-    stream: StreamId,
-    role: Role,
-    #[serde(default)]
-    next_seq: u64,
-    #[serde(default)]
-    live: bool,
-}
-
-fn server_path(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(id) =
-        path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.body_text()))?;
-    if check_id("id", &id).is_err() {
-        return Err(ApiError::not_found("no entry server has that id"));
-    }
-    Ok(id)
-}
-
+/// An entry server's heartbeat: load, state, broadcasts held, path measurements.
+///
+/// The answer lists broadcasts the server must end (superseded by the owner's next go-live, or
+/// revoked). 404: the director does not know the server; it registers again.
+#[utoipa::path(put, path = "/v1/entry-servers/{id}/heartbeat", tag = "entry servers",
+    params(("id" = ServerId, Path, description = "The server")),
+    request_body = Heartbeat,
+    security(("cluster" = [])),
+    responses(
+        (status = 200, body = HeartbeatAnswer),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "Unknown server: register again", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
 async fn heartbeat(
     State(d): State<Director>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
     if let Err(e) = require_cluster(&d, &headers, "heartbeat") {
         d.inner.metrics.heartbeat("unauthorized");
         return Err(e);
     }
-    let result = heartbeat_inner(&d, path, body);
+    let result = heartbeat_inner(&d, path, body).await;
     match &result {
         Ok(_) => d.inner.metrics.heartbeat("ok"),
         Err(e) if e.status == StatusCode::NOT_FOUND => d.inner.metrics.heartbeat("unknown_server"),
@@ -1128,13 +790,13 @@ async fn heartbeat(
     result
 }
 
-fn heartbeat_inner(
+async fn heartbeat_inner(
     d: &Director,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let id = server_path(path)?;
-    let hb: HeartbeatIn = parse_json(d, body)?;
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
+    let id: ServerId = path_id(path, "entry server")?;
+    let hb: Heartbeat = parse_json(d, body)?;
     check_number("load.mbps", hb.load.mbps, 0.0, 1e9)?;
     check_number("load.cpu", hb.load.cpu, 0.0, 1.0)?;
     let limits = &d.config().limits;
@@ -1147,27 +809,33 @@ fn heartbeat_inner(
     }
     let streams = hb
         .streams
-        .into_iter()
-        .map(|s| StreamReport {
+        .iter()
+        .map(|s| crate::registry::StreamReport {
             stream: s.stream.to_string(),
+            broadcast: s.broadcast.to_string(),
             role: s.role,
             next_seq: s.next_seq,
             live: s.live,
+            ended: s.ended,
         })
         .collect();
     d.registry().heartbeat(
-        &id,
-        Heartbeat {
-            load: Load {
+        id.as_str(),
+        RegHeartbeat {
+            load: select::Load {
                 streams: hb.load.streams,
                 mbps: hb.load.mbps,
                 cpu: hb.load.cpu,
             },
-            state: hb.state,
+            state: match hb.state {
+                proto::api::ServerState::Ready => crate::registry::ServerState::Ready,
+                proto::api::ServerState::Draining => crate::registry::ServerState::Draining,
+            },
             streams,
         },
         Instant::now(),
     )?;
+    let superseded = d.observe_reports(&id, &hb.streams).await;
     let mut ms = hb.measurements;
     let max = d.config().learning.max_measurements_per_heartbeat;
     if ms.len() > max {
@@ -1175,48 +843,146 @@ fn heartbeat_inner(
         ms.truncate(max);
     }
     if !ms.is_empty() {
-        d.learn(&id, ms);
+        d.learn(id.as_str(), ms);
     }
-    Ok(Json(json!({})))
+    Ok(Json(HeartbeatAnswer { superseded }))
 }
 
+/// An entry server leaves the fleet.
+#[utoipa::path(delete, path = "/v1/entry-servers/{id}", tag = "entry servers",
+    params(("id" = ServerId, Path, description = "The server")),
+    security(("cluster" = [])),
+    responses(
+        (status = 204, description = "Deregistered"),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
 async fn deregister(
     State(d): State<Director>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<StatusCode, ApiError> {
     require_cluster(&d, &headers, "deregister")?;
-    let id = server_path(path)?;
-    d.registry().deregister(&id)?;
+    let id: ServerId = path_id(path, "entry server")?;
+    d.registry().deregister(id.as_str())?;
     tracing::info!(server = %id, "entry server deregistered");
-    Ok(Json(json!({})))
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An encoder at this entry server presented a stream key (RTMP, HTTP push): may it publish,
+/// as which broadcast and role?
+#[utoipa::path(post, path = "/v1/entry-servers/{id}/publishes", tag = "entry servers",
+    params(("id" = ServerId, Path, description = "The entry server the encoder reached")),
+    request_body = PublishRequest,
+    security(("cluster" = [])),
+    responses(
+        (status = 200, body = PublishGrant),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Wrong key, not provisioned, or denied by the platform", body = ErrorBody),
+        (status = 409, description = "Live on two other servers already", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ))]
+async fn publish(
+    State(d): State<Director>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PublishGrant>, ApiError> {
+    require_cluster(&d, &headers, "publish")?;
+    let id: ServerId = path_id(path, "entry server")?;
+    if d.registry().server(id.as_str(), Instant::now()).is_none() {
+        return Err(ApiError::not_found(format!(
+            "entry server {id} is not registered: register first"
+        )));
+    }
+    let req: PublishRequest = parse_json(&d, body)?;
+    let r = d.authorize_publish(&id, req).await;
+    d.inner
+        .metrics
+        .assignment(if r.is_ok() { "key_publish" } else { "key_publish_refused" });
+    Ok(Json(r?))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Admin
 
+fn server_record(r: crate::registry::ServerRecord) -> ServerRecord {
+    let reg = r.registration;
+    let mut urls = proto::api::Urls::default();
+    for (p, u) in &reg.urls {
+        if let Ok(p) = p.parse::<Protocol>() {
+            urls.set(p, Some(u.clone()));
+        }
+    }
+    ServerRecord {
+        id: crate::assign::server_id(&reg.id),
+        pop: crate::assign::pop_id(&reg.pop),
+        city: reg.city,
+        location: crate::convert::point(reg.location),
+        capacity: proto::api::Capacity {
+            streams: reg.capacity.streams,
+            mbps: reg.capacity.mbps,
+        },
+        urls,
+        load: proto::api::Load {
+            streams: r.load.streams,
+            mbps: r.load.mbps,
+            cpu: r.load.cpu,
+        },
+        state: match r.state {
+            crate::registry::ServerState::Ready => proto::api::ServerState::Ready,
+            crate::registry::ServerState::Draining => proto::api::ServerState::Draining,
+        },
+        disk: proto::api::DiskState::Ok,
+        health: match r.health {
+            select::Health::Healthy => proto::api::Health::Healthy,
+            select::Health::Unhealthy => proto::api::Health::Unhealthy,
+        },
+        admin_drained: r.admin_drained,
+        heartbeats: r.heartbeats,
+        last_heartbeat_age_ms: r.last_heartbeat_age_ms,
+        streams: u32::try_from(r.streams).unwrap_or(u32::MAX),
+    }
+}
+
+/// Every registered entry server.
+#[utoipa::path(get, path = "/v1/admin/entry-servers", tag = "admin",
+    security(("admin" = [])),
+    responses((status = 200, body = ServerList), (status = 401, body = ErrorBody)))]
 async fn admin_list(
     State(d): State<Director>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ServerList>, ApiError> {
     require_admin(&d, &headers)?;
     let servers = d.registry().servers(Instant::now());
-    Ok(Json(json!({ "entry_servers": servers })))
+    Ok(Json(ServerList {
+        entry_servers: servers.into_iter().map(server_record).collect(),
+    }))
 }
 
+/// Drain an entry server: no new streams; existing ones continue.
+#[utoipa::path(post, path = "/v1/admin/entry-servers/{id}/drain", tag = "admin",
+    params(("id" = ServerId, Path, description = "The server")),
+    security(("admin" = [])),
+    responses((status = 200, body = ServerRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn admin_drain(
     State(d): State<Director>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ServerRecord>, ApiError> {
     set_drain(d, headers, path, true)
 }
 
+/// Undo a drain.
+#[utoipa::path(post, path = "/v1/admin/entry-servers/{id}/undrain", tag = "admin",
+    params(("id" = ServerId, Path, description = "The server")),
+    security(("admin" = [])),
+    responses((status = 200, body = ServerRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn admin_undrain(
     State(d): State<Director>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ServerRecord>, ApiError> {
     set_drain(d, headers, path, false)
 }
 
@@ -1225,25 +991,153 @@ fn set_drain(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     drained: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ServerRecord>, ApiError> {
     require_admin(&d, &headers)?;
-    let id = server_path(path)?;
-    let rec = d.registry().set_admin_drain(&id, drained)?;
+    let id: ServerId = path_id(path, "entry server")?;
+    let rec = d.registry().set_admin_drain(id.as_str(), drained)?;
     tracing::info!(server = %id, drained, "operator drain changed");
-    Ok(Json(json!(rec)))
+    Ok(Json(server_record(rec)))
+}
+
+/// Provision a stream and its key (the key is in this answer only).
+#[utoipa::path(post, path = "/v1/admin/streams", tag = "admin",
+    request_body = StreamCreate,
+    security(("admin" = [])),
+    responses(
+        (status = 200, body = StreamKeyIssued),
+        (status = 401, body = ErrorBody),
+        (status = 409, description = "The stream exists", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
+async fn admin_create_stream(
+    State(d): State<Director>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StreamKeyIssued>, ApiError> {
+    require_admin(&d, &headers)?;
+    let req: StreamCreate = parse_json(&d, body)?;
+    Ok(Json(d.create_stream(req).await?))
+}
+
+/// The streams, by id, a page at a time (never their keys).
+#[utoipa::path(get, path = "/v1/admin/streams", tag = "admin",
+    params(
+        ("after" = Option<StreamId>, Query, description = "List streams after this id"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+    ),
+    security(("admin" = [])),
+    responses((status = 200, body = StreamList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn admin_list_streams(
+    State(d): State<Director>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<StreamList>, ApiError> {
+    require_admin(&d, &headers)?;
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let after = match q.get("after") {
+        Some(a) => Some(a.parse::<StreamId>().map_err(|e| {
+            ApiError::field("after", e.to_string(), accepted_for("stream", &d))
+        })?),
+        None => None,
+    };
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| {
+                ApiError::field("limit", "limit: out of range", Some("1 to 1000".into()))
+            })?,
+    };
+    Ok(Json(d.list_streams(after.as_ref(), limit).await?))
+}
+
+/// One stream (never its key).
+#[utoipa::path(get, path = "/v1/admin/streams/{id}", tag = "admin",
+    params(("id" = StreamId, Path, description = "The stream")),
+    security(("admin" = [])),
+    responses((status = 200, body = StreamRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn admin_get_stream(
+    State(d): State<Director>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<StreamRecord>, ApiError> {
+    require_admin(&d, &headers)?;
+    let id: StreamId = path_id(path, "stream")?;
+    Ok(Json(d.stream_record(&id).await?))
+}
+
+/// Change a stream's settings (private playback).
+#[utoipa::path(patch, path = "/v1/admin/streams/{id}", tag = "admin",
+    params(("id" = StreamId, Path, description = "The stream")),
+    request_body = StreamUpdate,
+    security(("admin" = [])),
+    responses((status = 200, body = StreamRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn admin_update_stream(
+    State(d): State<Director>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StreamRecord>, ApiError> {
+    require_admin(&d, &headers)?;
+    let id: StreamId = path_id(path, "stream")?;
+    let u: StreamUpdate = parse_json(&d, body)?;
+    Ok(Json(d.update_stream(&id, u).await?))
+}
+
+/// Revoke a stream: its key stops working, its live broadcast is ended, its id is free.
+#[utoipa::path(delete, path = "/v1/admin/streams/{id}", tag = "admin",
+    params(("id" = StreamId, Path, description = "The stream")),
+    security(("admin" = [])),
+    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn admin_revoke_stream(
+    State(d): State<Director>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&d, &headers)?;
+    let id: StreamId = path_id(path, "stream")?;
+    d.revoke_stream(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A new key for a stream (the old one stops working at once).
+#[utoipa::path(post, path = "/v1/admin/streams/{id}/rotate-key", tag = "admin",
+    params(("id" = StreamId, Path, description = "The stream")),
+    security(("admin" = [])),
+    responses((status = 200, body = StreamKeyIssued), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn admin_rotate_key(
+    State(d): State<Director>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<StreamKeyIssued>, ApiError> {
+    require_admin(&d, &headers)?;
+    let id: StreamId = path_id(path, "stream")?;
+    Ok(Json(d.rotate_key(&id).await?))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Operations
 
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, body = Liveness)))]
+async fn healthz() -> Json<Liveness> {
+    Json(Liveness {
+        status: "ok".into(),
+    })
 }
 
+/// Readiness.
+///
 /// Ready when upkeep runs and the registry's view has been loaded. A director whose shared
 /// registry (etcd) is unreachable stays ready (200) with `"status": "degraded"`: its last
 /// snapshot still assigns well, and taking every director out of a load balancer at once because
 /// etcd is down would turn a degraded fleet view into no service at all.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 async fn readyz(State(d): State<Director>) -> Response {
     let snap = d.snapshot();
     let reg = d.registry().status();
@@ -1251,28 +1145,40 @@ async fn readyz(State(d): State<Director>) -> Response {
         .metrics
         .registry_degraded
         .set(i64::from(reg.degraded));
-    let mut b = json!({
-        "registered_entry_servers": snap.fleet.len(),
-        "healthy_entry_servers": snap.healthy,
-    });
-    if reg.backend != "memory" {
-        b["registry"] = json!(reg);
-    }
+    let mut b = Readiness {
+        status: ReadinessStatus::Ready,
+        reason: None,
+        registered_entry_servers: u32::try_from(snap.fleet.len()).unwrap_or(u32::MAX),
+        healthy_entry_servers: u32::try_from(snap.healthy).unwrap_or(u32::MAX),
+        registry: (reg.backend != "memory").then(|| proto::api::RegistryStatus {
+            backend: reg.backend.to_string(),
+            synced: reg.synced,
+            degraded: reg.degraded,
+            detail: reg.detail.clone(),
+            writes: reg.writes,
+        }),
+    };
     if !d.upkeep_fresh(Instant::now()) {
-        b["status"] = "not_ready".into();
-        b["reason"] =
-            "the upkeep task (heartbeat expiry, snapshot refresh) has not run recently".into();
+        b.status = ReadinessStatus::NotReady;
+        b.reason =
+            Some("the upkeep task (heartbeat expiry, snapshot refresh) has not run recently".into());
         (StatusCode::SERVICE_UNAVAILABLE, Json(b)).into_response()
     } else if !reg.synced {
-        b["status"] = "not_ready".into();
-        b["reason"] = "the fleet view has not been loaded from the shared registry yet".into();
+        b.status = ReadinessStatus::NotReady;
+        b.reason = Some("the fleet view has not been loaded from the shared registry yet".into());
         (StatusCode::SERVICE_UNAVAILABLE, Json(b)).into_response()
     } else {
-        b["status"] = if reg.degraded { "degraded" } else { "ready" }.into();
+        if reg.degraded {
+            b.status = ReadinessStatus::Degraded;
+            b.reason = reg.detail;
+        }
         (StatusCode::OK, Json(b)).into_response()
     }
 }
 
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn metrics(State(d): State<Director>) -> Response {
     // Refresh the gauges if the structure changed since the last snapshot.
     let _ = d.snapshot();
@@ -1290,10 +1196,6 @@ async fn metrics(State(d): State<Director>) -> Response {
         d.inner.metrics.render(),
     )
         .into_response()
-}
-
-async fn openapi() -> Response {
-    ([(CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -1323,6 +1225,96 @@ impl MakeRequestId for RequestIds {
             .ok()
             .map(RequestId::new)
     }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "firstmile director",
+        description = "Assigns each device a primary and a backup entry server (US patent 9,137,163), owns streams and their broadcasts, and keeps the fleet of entry servers. Types: the `proto::api` module (cargo doc).",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "devices", description = "What encoders and the firstmile client call"),
+        (name = "viewers", description = "Where streams are, and playback tokens"),
+        (name = "entry servers", description = "Registration, heartbeats, key publishes (cluster credential)"),
+        (name = "admin", description = "Operators (admin token)"),
+        (name = "operations", description = "Health, readiness, metrics, this document"),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let c = api.components.get_or_insert_with(Default::default);
+        let bearer = |what: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(what.to_string()))
+                    .build(),
+            )
+        };
+        c.add_security_scheme("cluster", bearer("The cluster credential of entry servers"));
+        c.add_security_scheme("admin", bearer("The operators' admin token"));
+        c.add_security_scheme("stream_key", bearer("The stream's key"));
+        for (name, schema) in proto::api::schemas() {
+            c.schemas.entry(name).or_insert(schema);
+        }
+    }
+}
+
+/// The routes and their OpenAPI descriptions, before middleware.
+fn routes() -> OpenApiRouter<Director> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(assign))
+        .routes(routes!(ranked, register))
+        .routes(routes!(probe_targets))
+        .routes(routes!(deregister))
+        .routes(routes!(heartbeat))
+        .routes(routes!(publish))
+        .routes(routes!(stream_info))
+        .routes(routes!(broadcasts))
+        .routes(routes!(broadcast_info))
+        .routes(routes!(playback_token))
+        .routes(routes!(admin_list))
+        .routes(routes!(admin_drain))
+        .routes(routes!(admin_undrain))
+        .routes(routes!(admin_create_stream, admin_list_streams))
+        .routes(routes!(admin_get_stream, admin_update_stream, admin_revoke_stream))
+        .routes(routes!(admin_rotate_key))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+/// The OpenAPI 3.1 document of this director, generated from the routes and the contract types
+/// (served at `/openapi.json`; `openapi.json` beside this crate is a checked copy).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut api) = routes().split_for_parts();
+    api.paths.paths.insert(
+        "/openapi.json".into(),
+        utoipa::openapi::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .tag("operations")
+                .summary(Some("This document (OpenAPI 3.1)"))
+                .response(
+                    "200",
+                    utoipa::openapi::ResponseBuilder::new()
+                        .description("The OpenAPI document")
+                        .content(
+                            "application/json",
+                            utoipa::openapi::ContentBuilder::new().build(),
+                        ),
+                ),
+        ),
+    );
+    api.info.version = env!("CARGO_PKG_VERSION").into();
+    api
 }
 
 /// The director's HTTP API.
@@ -1365,85 +1357,27 @@ pub fn router(d: Director) -> Router {
             Duration::from_millis(cfg.http.request_timeout_ms),
         ))
         .layer(DefaultBodyLimit::max(cfg.http.body_limit_bytes));
-    Router::new()
-        .route("/v1/assignments", post(assign))
-        .route("/v1/entry-servers", get(ranked).post(register))
-        .route("/v1/entry-servers/{id}", axum::routing::delete(deregister))
-        .route("/v1/entry-servers/{id}/heartbeat", put(heartbeat))
-        .route("/v1/streams/{id}", get(stream_info))
-        .route("/v1/admin/entry-servers", get(admin_list))
-        .route("/v1/admin/entry-servers/{id}/drain", post(admin_drain))
-        .route("/v1/admin/entry-servers/{id}/undrain", post(admin_undrain))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+    let doc = Arc::new(
+        serde_json::to_string_pretty(&openapi()).unwrap_or_else(|_| "{}".into()),
+    );
+    let (router, _) = routes().split_for_parts();
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { ([(CONTENT_TYPE, "application/json")], (*doc).clone()).into_response() }
+            }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware)
         .with_state(d)
 }
 
-/// Every route as `(METHOD, path)`, for the OpenAPI completeness test.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("post", "/v1/assignments"),
-    ("get", "/v1/entry-servers"),
-    ("post", "/v1/entry-servers"),
-    ("delete", "/v1/entry-servers/{id}"),
-    ("put", "/v1/entry-servers/{id}/heartbeat"),
-    ("get", "/v1/streams/{id}"),
-    ("get", "/v1/admin/entry-servers"),
-    ("post", "/v1/admin/entry-servers/{id}/drain"),
-    ("post", "/v1/admin/entry-servers/{id}/undrain"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/openapi.json"),
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn nets(s: &[&str]) -> Vec<IpNet> {
-        s.iter().map(|n| n.parse().unwrap()).collect()
-    }
-
-    #[test]
-    fn forwarded_headers_only_from_trusted_proxies() {
-        let proxies = nets(&["10.0.0.0/8"]);
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-forwarded-for",
-            "1.2.3.4, 203.0.113.9, 10.0.0.7".parse().unwrap(),
-        );
-        // From a trusted proxy: the rightmost untrusted entry.
-        assert_eq!(
-            client_ip("10.0.0.1".parse().unwrap(), &h, &proxies),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
-        );
-        // From anyone else: the peer.
-        assert_eq!(
-            client_ip("198.51.100.1".parse().unwrap(), &h, &proxies),
-            "198.51.100.1".parse::<IpAddr>().unwrap()
-        );
-        // Forwarded wins over X-Forwarded-For; quoted IPv6 with port.
-        h.insert(
-            "forwarded",
-            r#"for="[2001:db8::1]:4711";proto=https"#.parse().unwrap(),
-        );
-        assert_eq!(
-            client_ip("10.0.0.1".parse().unwrap(), &h, &proxies),
-            "2001:db8::1".parse::<IpAddr>().unwrap()
-        );
-        // Garbage: nothing believed.
-        let mut g = HeaderMap::new();
-        g.insert("x-forwarded-for", "nonsense".parse().unwrap());
-        assert_eq!(
-            client_ip("10.0.0.1".parse().unwrap(), &g, &proxies),
-            "10.0.0.1".parse::<IpAddr>().unwrap()
-        );
-    }
 
     #[test]
     fn constant_time_eq_works() {

@@ -69,6 +69,8 @@ pub struct DirectorConfig {
     pub limits: LimitsConfig,
     /// Where the fleet view lives: in this process, or shared with other directors on etcd.
     pub registry: RegistryConfig,
+    /// Who may publish a stream, and how broadcasts begin and end.
+    pub publish: PublishConfig,
 }
 
 impl Default for DirectorConfig {
@@ -90,6 +92,7 @@ impl Default for DirectorConfig {
             learning: LearningConfig::default(),
             limits: LimitsConfig::default(),
             registry: RegistryConfig::default(),
+            publish: PublishConfig::default(),
         }
     }
 }
@@ -396,6 +399,177 @@ impl EtcdConfig {
     }
 }
 
+/// Who decides that someone may publish a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// Streams and their keys are provisioned by the operator (`[[publish.streams]]` and the
+    /// admin API); an assignment or a publish needs the stream's key.
+    #[default]
+    Keys,
+    /// The platform's own backend decides: the director POSTs each publish to
+    /// `publish.webhook.url` and a 2xx allows it.
+    Webhook,
+    /// For demos and `firstmile up`: the first publisher of a new stream id gets (or chooses) its
+    /// key and owns the id; later assignments for it need that key.
+    Open,
+}
+
+/// What the director does when the publish hook cannot be asked (timeout, refused, 5xx...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnHookError {
+    /// Refuse the publish (503 with Retry-After): nothing goes live while the platform is down.
+    #[default]
+    Deny,
+    /// Allow it (and log a warning): streams keep going live while the platform is down.
+    Allow,
+}
+
+/// `[publish.webhook]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// The platform's publish hook (http:// or https://).
+    pub url: Option<String>,
+    /// Sent as `Authorization: Bearer <secret>` so the platform knows it is the director.
+    pub secret: Option<String>,
+    /// How long to wait for its answer.
+    pub timeout_ms: u64,
+    /// What to do when it cannot be asked.
+    pub on_error: OnHookError,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: None,
+            timeout_ms: 2000,
+            on_error: OnHookError::Deny,
+        }
+    }
+}
+
+/// A stream provisioned in the config file (`[[publish.streams]]`, `keys` mode).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionedStream {
+    /// The stream id.
+    pub stream: proto::StreamId,
+    /// Its key in clear (prefer `key_sha256`, so the file holds no secret).
+    #[serde(default)]
+    pub key: Option<proto::StreamKey>,
+    /// SHA-256 of its key, 64 hex digits (`printf %s KEY | sha256sum`).
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// Viewers need a playback token.
+    #[serde(default)]
+    pub private: bool,
+}
+
+/// `[publish]`: stream ownership and broadcasts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    pub mode: PublishMode,
+    pub webhook: WebhookConfig,
+    /// Streams provisioned by this file (loaded at start; the admin API adds more).
+    pub streams: Vec<ProvisionedStream>,
+    /// A broadcast that went live ends when no entry server has reported its publisher for this
+    /// long; the next publish then starts a new broadcast.
+    pub publisher_gone_s: u64,
+    /// Ended broadcasts stay listed (and their ingest servers known, for catch-up) this long.
+    pub history_s: u64,
+    /// A stream claimed in `open` mode is forgotten after this long without a broadcast.
+    pub claim_ttl_s: u64,
+    /// The longest lifetime of a playback token.
+    pub max_playback_ttl_s: u64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            mode: PublishMode::Keys,
+            webhook: WebhookConfig::default(),
+            streams: Vec::new(),
+            publisher_gone_s: 30,
+            history_s: 7 * 86_400,
+            claim_ttl_s: 30 * 86_400,
+            max_playback_ttl_s: 86_400,
+        }
+    }
+}
+
+impl PublishConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.mode == PublishMode::Webhook {
+            let Some(url) = &self.webhook.url else {
+                return Err(key_err(
+                    "publish.webhook.url",
+                    "is required with publish.mode = \"webhook\": the platform's publish hook",
+                ));
+            };
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.chars().any(char::is_whitespace)
+            {
+                return Err(key_err(
+                    "publish.webhook.url",
+                    "expected an http:// or https:// URL",
+                ));
+            }
+        }
+        if !(50..=60_000).contains(&self.webhook.timeout_ms) {
+            return Err(key_err(
+                "publish.webhook.timeout_ms",
+                "must be between 50 and 60000",
+            ));
+        }
+        if !(1..=86_400).contains(&self.publisher_gone_s) {
+            return Err(key_err(
+                "publish.publisher_gone_s",
+                "must be between 1 and 86400",
+            ));
+        }
+        if self.claim_ttl_s < 60 || self.history_s < 60 {
+            return Err(key_err(
+                "publish.claim_ttl_s / publish.history_s",
+                "must be at least 60 seconds",
+            ));
+        }
+        if !(10..=30 * 86_400).contains(&self.max_playback_ttl_s) {
+            return Err(key_err(
+                "publish.max_playback_ttl_s",
+                "must be between 10 and 2592000",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.streams.iter().enumerate() {
+            let at = format!("publish.streams[{i}]");
+            if !seen.insert(s.stream.clone()) {
+                return Err(key_err(&at, format!("stream {} is listed twice", s.stream)));
+            }
+            match (&s.key, &s.key_sha256) {
+                (Some(_), None) => {}
+                (None, Some(h)) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {}
+                (None, Some(_)) => {
+                    return Err(key_err(
+                        &format!("{at}.key_sha256"),
+                        "expected 64 hex digits (the SHA-256 of the key)",
+                    ));
+                }
+                _ => {
+                    return Err(key_err(
+                        &at,
+                        "give exactly one of key and key_sha256 (make a key with `firstmile keygen --stream-key`)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A configuration that cannot be used (shared with the entry server's configuration).
 pub use plumbing::ConfigError;
 
@@ -433,6 +607,7 @@ impl DirectorConfig {
                 "is required: the secret operators present on /v1/admin",
             ));
         }
+        self.publish.validate()?;
         if self.auth.admin_token == self.auth.cluster_token {
             return Err(key_err(
                 "auth.admin_token",

@@ -161,10 +161,14 @@ struct ServerDoc {
 }
 
 /// `{prefix}/ingest/{id}/{stream}/{role}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct ReportDoc {
     next_seq: u64,
     live: bool,
+    #[serde(default)]
+    broadcast: String,
+    #[serde(default)]
+    ended: Option<u64>,
 }
 
 /// What etcd holds, as last seen (the local registry is rebuilt from it).
@@ -943,10 +947,18 @@ impl Shared {
             let new = ReportDoc {
                 next_seq: s.next_seq,
                 live: s.live,
+                broadcast: s.broadcast.clone(),
+                ended: s.ended,
             };
             match reports.get(&k) {
                 None => puts.push((k.clone(), new)),
-                Some(old) if old.live != new.live => puts.push((k.clone(), new)),
+                Some(old)
+                    if old.live != new.live
+                        || old.broadcast != new.broadcast
+                        || old.ended != new.ended =>
+                {
+                    puts.push((k.clone(), new))
+                }
                 Some(old) if old.next_seq != new.next_seq => {
                     seq_changed = true;
                     if due {
@@ -1172,9 +1184,11 @@ impl Shared {
                     m.iter()
                         .map(|((stream, role), r)| StreamReport {
                             stream: stream.clone(),
+                            broadcast: r.broadcast.clone(),
                             role: *role,
                             next_seq: r.next_seq,
                             live: r.live,
+                            ended: r.ended,
                         })
                         .collect()
                 })

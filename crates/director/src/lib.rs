@@ -27,12 +27,18 @@
 //! `proto` and the JSON contract in `openapi.json`.
 
 pub mod api;
+pub mod assign;
+pub mod broadcasts;
+pub mod clientip;
 pub mod config;
+pub mod convert;
 pub mod etcd;
 pub mod metrics;
+pub mod publish;
 pub mod ratelimit;
 pub mod registry;
 pub mod state;
+pub mod streams;
 pub mod tls;
 
 use std::future::Future;

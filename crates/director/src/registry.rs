@@ -47,13 +47,19 @@ pub enum ServerState {
     Draining,
 }
 
-/// One stream an entry server is ingesting, from its heartbeat.
+/// One broadcast an entry server is ingesting, from its heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamReport {
     pub stream: String,
+    /// The broadcast (empty when a shared registry's older record has none).
+    #[serde(default)]
+    pub broadcast: String,
     pub role: Role,
     pub next_seq: u64,
     pub live: bool,
+    /// The final sequence number once the broadcast ended there.
+    #[serde(default)]
+    pub ended: Option<u64>,
 }
 
 /// What a heartbeat carries for the registry (measurements go to the learner instead).
@@ -110,9 +116,12 @@ impl ServerRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct IngestReport {
     pub server_id: String,
+    /// The broadcast reported (None when unknown).
+    pub broadcast: Option<String>,
     pub role: Role,
     pub next_seq: u64,
     pub live: bool,
+    pub ended: Option<u64>,
 }
 
 /// The change counters (see the module docs).
@@ -201,18 +210,18 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug, Default)]
 struct Inner {
     servers: HashMap<String, ServerRecord>,
-    /// stream → (server id, role) → report.
-    streams: HashMap<String, HashMap<(String, Role), StreamReport>>,
-    /// server id → the streams it reported last.
-    reported: HashMap<String, Vec<(String, Role)>>,
+    /// stream → (server id, role, broadcast) → report.
+    streams: HashMap<String, HashMap<(String, Role, String), StreamReport>>,
+    /// server id → the (stream, role, broadcast) it reported last.
+    reported: HashMap<String, Vec<(String, Role, String)>>,
     versions: Versions,
 }
 
 impl Inner {
     fn drop_reports(&mut self, id: &str) {
-        for (stream, role) in self.reported.remove(id).unwrap_or_default() {
+        for (stream, role, broadcast) in self.reported.remove(id).unwrap_or_default() {
             if let Some(m) = self.streams.get_mut(&stream) {
-                m.remove(&(id.to_string(), role));
+                m.remove(&(id.to_string(), role, broadcast));
                 if m.is_empty() {
                     self.streams.remove(&stream);
                 }
@@ -308,8 +317,8 @@ impl Registry for MemoryRegistry {
         g.drop_reports(id);
         let mut keys = Vec::with_capacity(hb.streams.len());
         for s in hb.streams {
-            let key = (id.to_string(), s.role);
-            keys.push((s.stream.clone(), s.role));
+            let key = (id.to_string(), s.role, s.broadcast.clone());
+            keys.push((s.stream.clone(), s.role, s.broadcast.clone()));
             g.streams
                 .entry(s.stream.clone())
                 .or_default()
@@ -391,11 +400,13 @@ impl Registry for MemoryRegistry {
             .map(|m| {
                 let mut v: Vec<IngestReport> = m
                     .iter()
-                    .map(|((server, role), r)| IngestReport {
+                    .map(|((server, role, broadcast), r)| IngestReport {
                         server_id: server.clone(),
+                        broadcast: (!broadcast.is_empty()).then(|| broadcast.clone()),
                         role: *role,
                         next_seq: r.next_seq,
                         live: r.live,
+                        ended: r.ended,
                     })
                     .collect();
                 v.sort_by(|a, b| {

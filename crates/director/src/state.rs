@@ -16,8 +16,8 @@
 //!
 //! **What not.** No HTTP here (see [`crate::api`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::IpAddr;
+use std::collections::HashMap;
+
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +35,8 @@ use crate::etcd::EtcdRegistry;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::registry::{MemoryRegistry, Registry};
+use crate::streams::{MemoryStreams, StreamStore};
+use proto::{BroadcastId, StreamId};
 
 /// Unix time for tokens and `expires_at`. Injectable so tests control it.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
@@ -84,8 +86,8 @@ impl Clock for TokioClock {
 #[derive(Debug)]
 pub struct Snapshot {
     pub fleet: Fleet,
-    /// Server id → protocol name → URL.
-    pub urls: HashMap<String, Arc<BTreeMap<String, String>>>,
+    /// Server id → its URLs.
+    pub urls: HashMap<String, Arc<proto::api::Urls>>,
     pub structure_version: u64,
     pub load_version: u64,
     pub healthy: usize,
@@ -103,7 +105,8 @@ impl Snapshot {
     }
 }
 
-/// What the director remembers of an assignment it made.
+/// What the director remembered of an assignment it made (kept for the etcd registry's
+/// `assignments` keys until they are replaced by the shared stream records).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AssignmentRecord {
     pub primary: PickRecord,
@@ -128,44 +131,6 @@ impl AssignmentRecord {
     }
 }
 
-/// The assignments remembered for `GET /v1/streams/{id}` and for attributing measurements.
-///
-/// Bounded: at most `max` entries; expired ones go first, then the oldest. `order` lists the
-/// streams in the order they were (re)assigned with the expiry they had then, so eviction is
-/// amortised O(1) per insert (a stream re-assigned later leaves a stale entry in `order`, skipped
-/// because its expiry no longer matches the map's).
-#[derive(Debug, Default)]
-struct Assignments {
-    map: HashMap<String, AssignmentRecord>,
-    order: VecDeque<(u64, String)>,
-}
-
-impl Assignments {
-    fn insert(&mut self, stream: String, rec: AssignmentRecord, max: usize, now_unix: u64) {
-        let expires_at = rec.expires_at;
-        if self.map.insert(stream.clone(), rec).is_none() {
-            // Only a new stream can overflow; drop expired entries and then the oldest.
-            while let Some((exp, s)) = self.order.front() {
-                let live = self.map.get(s).is_some_and(|r| r.expires_at == *exp);
-                if live && *exp > now_unix && self.map.len() <= max {
-                    break;
-                }
-                if live {
-                    self.map.remove(s);
-                }
-                self.order.pop_front();
-            }
-        }
-        self.order.push_back((expires_at, stream));
-        // Stale entries (re-assigned streams) must not make `order` grow without bound.
-        if self.order.len() > 2 * max.max(self.map.len()) + 16 {
-            let map = &self.map;
-            self.order
-                .retain(|(exp, s)| map.get(s).is_some_and(|r| r.expires_at == *exp));
-        }
-    }
-}
-
 /// Shared state of one director. Cheap to clone (an `Arc`).
 #[derive(Clone, Debug)]
 pub struct Director {
@@ -184,7 +149,16 @@ pub(crate) struct Inner {
     learned_master: Mutex<Corrections>,
     learned: ArcSwap<Corrections>,
     learned_dirty: AtomicBool,
-    assignments: Mutex<Assignments>,
+    /// Streams, their keys and broadcasts.
+    pub streams: StreamStore,
+    /// (stream, broadcast) → Unix time an entry server last reported its publisher.
+    pub live_seen: Mutex<HashMap<(StreamId, BroadcastId), u64>>,
+    /// Broadcasts whose entry servers must end them (superseded, revoked) → when noted.
+    pub ending: Mutex<HashMap<proto::api::BroadcastRef, u64>>,
+    /// Unix time of the last sweep of idle claims and old history.
+    pub streams_swept: AtomicU64,
+    /// HTTP client for the publish hook.
+    pub http: reqwest::Client,
     pub limiter: RateLimiter,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
@@ -210,6 +184,8 @@ pub enum InitError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Etcd(#[from] crate::etcd::EtcdError),
+    #[error("HTTP client: {0}")]
+    Http(String),
 }
 
 impl Director {
@@ -261,7 +237,19 @@ impl Director {
                 learned_master: Mutex::new(Corrections::new()),
                 learned: ArcSwap::from_pointee(Corrections::new()),
                 learned_dirty: AtomicBool::new(false),
-                assignments: Mutex::new(Assignments::default()),
+                streams: StreamStore::Memory(MemoryStreams::new(config.limits.max_tracked_streams)),
+                live_seen: Mutex::new(HashMap::new()),
+                ending: Mutex::new(HashMap::new()),
+                streams_swept: AtomicU64::new(0),
+                http: reqwest::Client::builder()
+                    .connect_timeout(Duration::from_millis(config.publish.webhook.timeout_ms))
+                    .tls_backend_preconfigured(
+                        (*plumbing::tls::client_config(None)
+                            .map_err(|e| InitError::Http(e.to_string()))?)
+                        .clone(),
+                    )
+                    .build()
+                    .map_err(|e| InitError::Http(e.to_string()))?,
                 limiter,
                 metrics: Metrics::new(),
                 clock,
@@ -363,7 +351,13 @@ impl Director {
                 healthy += 1;
             }
             servers.push(r.entry_server());
-            urls.insert(r.registration.id, Arc::new(r.registration.urls));
+            let mut u = proto::api::Urls::default();
+            for (p, url) in &r.registration.urls {
+                if let Ok(p) = p.parse::<proto::Protocol>() {
+                    u.set(p, Some(url.clone()));
+                }
+            }
+            urls.insert(r.registration.id, Arc::new(u));
         }
         let snap = Arc::new(Snapshot {
             fleet: Fleet::new(servers),
@@ -393,34 +387,10 @@ impl Director {
         self.inner.clock.unix_s()
     }
 
-    pub(crate) fn remember(&self, stream: String, rec: AssignmentRecord) {
-        self.inner.registry.remember_assignment(&stream, &rec);
-        let max = self.inner.config.limits.max_tracked_streams;
-        let now = self.unix_now();
-        self.inner
-            .assignments
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(stream, rec, max, now);
-    }
-
-    /// An assignment this director made, else one another director shared (etcd backend).
-    pub(crate) fn assignment(&self, stream: &str) -> Option<AssignmentRecord> {
-        let own = self
-            .inner
-            .assignments
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map
-            .get(stream)
-            .cloned();
-        own.or_else(|| self.inner.registry.assignment(stream))
-    }
-
     /// Take in measurements reported by `server_id`. Each is attributed to the location its pick
     /// was scored from, else to its client IP's location; those with neither are dropped.
     /// Returns (accepted, rejected).
-    pub(crate) fn learn(&self, server_id: &str, ms: Vec<MeasurementIn>) -> (u64, u64) {
+    pub(crate) fn learn(&self, server_id: &str, ms: Vec<proto::api::Measurement>) -> (u64, u64) {
         let snap = self.snapshot();
         let Some(server) = snap.fleet.get(server_id) else {
             return (0, ms.len() as u64);
@@ -429,18 +399,22 @@ impl Director {
         let mut resolved = Vec::with_capacity(ms.len());
         for m in ms {
             let basis = self
-                .assignment(&m.stream)
-                .and_then(|a| {
-                    a.pick(m.role)
-                        .filter(|p| p.server_id == server_id)
-                        .map(|p| p.basis)
+                .inner
+                .streams
+                .cached(&m.stream)
+                .and_then(|d| {
+                    let b = d.current?;
+                    b.pick(m.role)
+                        .filter(|p| p.server.as_str() == server_id)
+                        .and_then(|p| p.basis)
                 })
+                .and_then(crate::convert::location)
                 .or_else(|| self.inner.locator.lookup(m.client_ip).location());
             match basis {
                 Some(client) => resolved.push(Measurement {
                     client,
                     server_id: server_id.to_string(),
-                    rtt_ms: m.min_rtt_ms.unwrap_or(m.rtt_ms),
+                    rtt_ms: m.rtt_ms,
                     loss: m.loss,
                     throughput_mbps: m.throughput_mbps,
                     at: m.at,
@@ -542,29 +516,13 @@ impl Director {
         loop {
             let now = tick.tick().await;
             self.upkeep_once(now);
+            self.upkeep_streams().await;
             if now.saturating_duration_since(last_publish) >= publish {
                 self.publish_corrections();
                 last_publish = now;
             }
         }
     }
-}
-
-/// A measurement as an entry server reports it.
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MeasurementIn {
-    pub stream: String,
-    pub role: Role,
-    pub client_ip: IpAddr,
-    pub rtt_ms: f64,
-    #[serde(default)]
-    pub min_rtt_ms: Option<f64>,
-    #[serde(default)]
-    pub loss: Option<f64>,
-    #[serde(default)]
-    pub throughput_mbps: Option<f64>,
-    pub at: u64,
 }
 
 fn read_bytes(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, InitError> {
@@ -583,50 +541,3 @@ fn read_text(what: &'static str, path: &std::path::Path) -> Result<String, InitE
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(expires_at: u64) -> AssignmentRecord {
-        let pick = PickRecord {
-            server_id: "e1".into(),
-            basis: Location::new(0.0, 0.0).expect("valid"),
-        };
-        AssignmentRecord {
-            primary: pick,
-            backup: None,
-            assigned_at: 0,
-            expires_at,
-        }
-    }
-
-    #[test]
-    fn remembered_assignments_stay_bounded_evicting_expired_then_oldest() {
-        let mut a = Assignments::default();
-        // Ten that expire at 50, then 100 that expire at 1000, with room for 60.
-        for i in 0..10 {
-            a.insert(format!("old{i}"), rec(50), 60, 10);
-        }
-        for i in 0..100 {
-            a.insert(format!("s{i}"), rec(1000), 60, 100);
-        }
-        assert_eq!(a.map.len(), 60);
-        assert!(
-            a.map.keys().all(|k| k.starts_with('s')),
-            "expired ones went first"
-        );
-        assert!(a.map.contains_key("s99") && a.map.contains_key("s40"));
-        assert!(!a.map.contains_key("s39"), "then the oldest");
-        // Re-assigning one stream over and over keeps it and does not grow the order queue.
-        for t in 0..10_000 {
-            a.insert("s50".into(), rec(1000 + t), 60, 100);
-        }
-        assert_eq!(a.map["s50"].expires_at, 1000 + 9_999);
-        assert!(
-            a.order.len() <= 2 * 60 + 16 + 1,
-            "order has {}",
-            a.order.len()
-        );
-        assert_eq!(a.map.len(), 60);
-    }
-}

@@ -412,6 +412,8 @@ mod contract {
             PublishGrant,
             PlaybackTokenRequest,
             PlaybackToken,
+            WebhookRequest,
+            WebhookAnswer,
             EntryStreams,
             EntryReadiness,
         );
@@ -473,6 +475,7 @@ mod contract {
                             "Urls",
                             "HeartbeatAnswer",
                             "Locations",
+                            "WebhookAnswer",
                         ]
                         .contains(&name.as_str()),
                         "{name} lists no required field: {v:#}"

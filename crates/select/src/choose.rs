@@ -99,6 +99,50 @@ struct Scored<'a> {
     estimate: Estimate,
 }
 
+/// The one ranking of candidates from `from`: eligible servers (healthy, not draining, speaking
+/// `protocol`, with room for `bitrate_kbps`) nearest `from`, at most `max(limit, 1)`, each with
+/// its estimate (prior + learned corrections + load), best score first, ties by id. The
+/// selection ranks its candidates with it, and so do the director's ranked list and probe
+/// targets.
+#[allow(clippy::too_many_arguments)]
+pub fn rank<'a>(
+    fleet: &'a Fleet,
+    from: &Location,
+    protocol: Protocol,
+    bitrate_kbps: u32,
+    params: &Params,
+    learned: Option<&Corrections>,
+    now: u64,
+    limit: usize,
+) -> Vec<(&'a EntryServer, Estimate)> {
+    rank_where(fleet, from, protocol, bitrate_kbps, params, learned, now, limit, |_| true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rank_where<'a>(
+    fleet: &'a Fleet,
+    from: &Location,
+    protocol: Protocol,
+    bitrate_kbps: u32,
+    params: &Params,
+    learned: Option<&Corrections>,
+    now: u64,
+    limit: usize,
+    keep: impl Fn(&EntryServer) -> bool,
+) -> Vec<(&'a EntryServer, Estimate)> {
+    let mut out: Vec<(&'a EntryServer, Estimate)> = fleet
+        .nearest(from)
+        .filter(|s| s.ineligibility(protocol, bitrate_kbps).is_none() && keep(s))
+        .take(limit.max(1))
+        .map(|s| {
+            let c = learned.and_then(|l| l.correction(from, &s.id, &s.location, params, now));
+            (s, params.estimate(from, s, bitrate_kbps, c.as_ref()))
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.score.total_cmp(&b.1.score).then_with(|| a.0.id.cmp(&b.0.id)));
+    out
+}
+
 fn gather<'a>(
     fleet: &'a Fleet,
     from: &Location,
@@ -108,25 +152,20 @@ fn gather<'a>(
     now: u64,
     keep: impl Fn(&EntryServer) -> bool,
 ) -> Vec<Scored<'a>> {
-    let mut out: Vec<Scored<'a>> = fleet
-        .nearest(from)
-        .filter(|s| s.ineligibility(req.protocol, req.bitrate_kbps).is_none() && keep(s))
-        .take(params.candidates.max(1))
-        .map(|s| {
-            let c = learned.and_then(|l| l.correction(from, &s.id, &s.location, params, now));
-            Scored {
-                server: s,
-                estimate: params.estimate(from, s, req.bitrate_kbps, c.as_ref()),
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        a.estimate
-            .score
-            .total_cmp(&b.estimate.score)
-            .then_with(|| a.server.id.cmp(&b.server.id))
-    });
-    out
+    rank_where(
+        fleet,
+        from,
+        req.protocol,
+        req.bitrate_kbps,
+        params,
+        learned,
+        now,
+        params.candidates,
+        keep,
+    )
+    .into_iter()
+    .map(|(server, estimate)| Scored { server, estimate })
+    .collect()
 }
 
 fn pick(ranked: &[Scored<'_>], basis: &Basis, params: &Params, note: Option<String>) -> Pick {

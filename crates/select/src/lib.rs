@@ -26,7 +26,7 @@ pub mod learned;
 pub mod server;
 pub mod sim;
 
-pub use choose::{Basis, BasisKind, Pick, Request, SelectError, Selection, select};
+pub use choose::{Basis, BasisKind, Pick, Request, SelectError, Selection, rank, select};
 pub use estimate::{Estimate, Params, RttModel};
 pub use learned::{Corrections, Measurement};
 pub use server::{Capacity, EntryServer, Fleet, Health, Load, Protocol};

@@ -33,6 +33,11 @@ pub struct AssignmentRequest {
     /// longer the stream's current broadcast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<BroadcastId>,
+    /// With `broadcast`: only this path is being replaced. Its new server is never the
+    /// broadcast's other server; the other path keeps its server (the answer carries a fresh
+    /// token for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<Role>,
     /// Where the user says the device is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<LocationInput>,

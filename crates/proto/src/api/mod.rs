@@ -217,6 +217,8 @@ pub fn schemas() -> Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema:
         PublishGrant,
         PlaybackTokenRequest,
         PlaybackToken,
+        WebhookRequest,
+        WebhookAnswer,
         EntryStreams,
         EntryStream,
         StreamSource,

@@ -241,3 +241,42 @@ pub struct PlaybackToken {
     /// When it expires (Unix seconds).
     pub expires_at: u64,
 }
+
+/// What the director POSTs to the platform's publish hook (`webhook` mode): may this encoder
+/// publish this stream? A 2xx answer allows it (optionally with a [`WebhookAnswer`] body); any
+/// other status denies it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "action": "publish", "stream": "live1", "key": "sk_4mZ8q2VtY7rLw9Kc3Np6Hx1B",
+    "client_ip": "203.0.113.9", "location": "Paris, FR", "protocol": "rtmp", "server_id": "fra-1"
+})))]
+pub struct WebhookRequest {
+    /// Always `publish`.
+    pub action: String,
+    /// The stream.
+    pub stream: StreamId,
+    /// The key the publisher presented (absent when it presented none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<StreamKey>,
+    /// The publisher's address.
+    #[schema(value_type = String, format = "ip")]
+    pub client_ip: IpAddr,
+    /// The place the publisher typed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// How it publishes.
+    pub protocol: Protocol,
+    /// The entry server it reached (key publishes: RTMP, HTTP push), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<ServerId>,
+}
+
+/// The optional body of the publish hook's 2xx answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({"private": true})))]
+pub struct WebhookAnswer {
+    /// Make the stream private (viewers need a playback token); absent: unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private: Option<bool>,
+}
