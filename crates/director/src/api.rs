@@ -30,11 +30,10 @@ use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use proto::api::{
-    Assignment, AssignmentRequest, BroadcastList, ErrorBody, Heartbeat, HeartbeatAnswer,
-    Liveness, LocationInput, PlaybackToken, PlaybackTokenRequest, ProbeTargets, PublishGrant,
-    PublishRequest, RankedList, Readiness, ReadinessStatus, Registered, Registration,
-    ServerList, ServerRecord, StreamCreate, StreamInfo, StreamKeyIssued, StreamList,
-    StreamRecord, StreamUpdate,
+    Assignment, AssignmentRequest, BroadcastList, ErrorBody, Heartbeat, HeartbeatAnswer, Liveness,
+    LocationInput, PlaybackToken, PlaybackTokenRequest, ProbeTargets, PublishGrant, PublishRequest,
+    RankedList, Readiness, ReadinessStatus, Registered, Registration, ServerList, ServerRecord,
+    StreamCreate, StreamInfo, StreamKeyIssued, StreamList, StreamRecord, StreamUpdate,
 };
 use proto::{BroadcastId, Protocol, ServerId, StreamId, StreamKey};
 use serde::de::DeserializeOwned;
@@ -129,9 +128,11 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
             RegistryError::NotFound(_) => ApiError::not_found(e.to_string()),
-            RegistryError::Full(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "registry_full", e.to_string())
-            }
+            RegistryError::Full(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry_full",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -393,8 +394,12 @@ async fn assign(
                 AssignError::Invalid(f) => ("invalid", f.into()),
                 AssignError::NoServer(s) => (
                     "no_server",
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_entry_server", s.to_string())
-                        .retry_after(d.config().heartbeat.interval_ms.div_ceil(1000)),
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_entry_server",
+                        s.to_string(),
+                    )
+                    .retry_after(d.config().heartbeat.interval_ms.div_ceil(1000)),
                 ),
                 AssignError::Publish(p) => ("refused", p.into()),
             };
@@ -435,9 +440,9 @@ fn query_common(
     }
     let protocol = match q.get("protocol") {
         None => Protocol::Native,
-        Some(p) => p.parse::<Protocol>().map_err(|e| {
-            ApiError::field("protocol", e.to_string(), accepted_for("protocol", d))
-        })?,
+        Some(p) => p
+            .parse::<Protocol>()
+            .map_err(|e| ApiError::field("protocol", e.to_string(), accepted_for("protocol", d)))?,
     };
     let bitrate_kbps = match q.get("bitrate_kbps") {
         None => d.bitrate(None)?,
@@ -625,11 +630,14 @@ async fn playback_token(
         match bearer(&headers).map(StreamKey::parse) {
             Some(Ok(k)) => {
                 return Ok(Json(
-                    d.playback_token(&id, PlaybackAuth::Key(&k), req.ttl_s).await?,
+                    d.playback_token(&id, PlaybackAuth::Key(&k), req.ttl_s)
+                        .await?,
                 ));
             }
             _ => {
-                return Err(ApiError::unauthorized("the stream's key or the admin token"));
+                return Err(ApiError::unauthorized(
+                    "the stream's key or the admin token",
+                ));
             }
         }
     };
@@ -691,15 +699,20 @@ async fn register(
             )
         })?
         .ok_or_else(|| {
-            ApiError::field("location", "location: required", accepted_for("location", &d))
+            ApiError::field(
+                "location",
+                "location: required",
+                accepted_for("location", &d),
+            )
         })?;
     let (location, label) = match &loc {
         proto::api::TypedLocation::Resolved {
             location, label, ..
         } => (*location, label.clone()),
-        proto::api::TypedLocation::Coordinates { location } => {
-            (*location, format!("{:.4},{:.4}", location.lat, location.lon))
-        }
+        proto::api::TypedLocation::Coordinates { location } => (
+            *location,
+            format!("{:.4},{:.4}", location.lat, location.lon),
+        ),
         proto::api::TypedLocation::Unknown { reason, .. } => {
             return Err(ApiError::field("location", reason.clone(), None));
         }
@@ -739,7 +752,11 @@ async fn register(
         pop: r.pop.to_string(),
         city: r.city.unwrap_or(label),
         location: crate::convert::location(location).ok_or_else(|| {
-            ApiError::field("location", "location: out of range", accepted_for("location", &d))
+            ApiError::field(
+                "location",
+                "location: out of range",
+                accepted_for("location", &d),
+            )
         })?,
         capacity: select::Capacity {
             streams: r.capacity.streams,
@@ -897,9 +914,11 @@ async fn publish(
     }
     let req: PublishRequest = parse_json(&d, body)?;
     let r = d.authorize_publish(&id, req).await;
-    d.inner
-        .metrics
-        .assignment(if r.is_ok() { "key_publish" } else { "key_publish_refused" });
+    d.inner.metrics.assignment(if r.is_ok() {
+        "key_publish"
+    } else {
+        "key_publish_refused"
+    });
     Ok(Json(r?))
 }
 
@@ -1036,9 +1055,10 @@ async fn admin_list_streams(
     let Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     let after = match q.get("after") {
-        Some(a) => Some(a.parse::<StreamId>().map_err(|e| {
-            ApiError::field("after", e.to_string(), accepted_for("stream", &d))
-        })?),
+        Some(a) => Some(
+            a.parse::<StreamId>()
+                .map_err(|e| ApiError::field("after", e.to_string(), accepted_for("stream", &d)))?,
+        ),
         None => None,
     };
     let limit = match q.get("limit") {
@@ -1160,8 +1180,9 @@ async fn readyz(State(d): State<Director>) -> Response {
     };
     if !d.upkeep_fresh(Instant::now()) {
         b.status = ReadinessStatus::NotReady;
-        b.reason =
-            Some("the upkeep task (heartbeat expiry, snapshot refresh) has not run recently".into());
+        b.reason = Some(
+            "the upkeep task (heartbeat expiry, snapshot refresh) has not run recently".into(),
+        );
         (StatusCode::SERVICE_UNAVAILABLE, Json(b)).into_response()
     } else if !reg.synced {
         b.status = ReadinessStatus::NotReady;
@@ -1284,7 +1305,11 @@ fn routes() -> OpenApiRouter<Director> {
         .routes(routes!(admin_drain))
         .routes(routes!(admin_undrain))
         .routes(routes!(admin_create_stream, admin_list_streams))
-        .routes(routes!(admin_get_stream, admin_update_stream, admin_revoke_stream))
+        .routes(routes!(
+            admin_get_stream,
+            admin_update_stream,
+            admin_revoke_stream
+        ))
         .routes(routes!(admin_rotate_key))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -1314,7 +1339,39 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         ),
     );
     api.info.version = env!("CARGO_PKG_VERSION").into();
+    describe_responses(&mut api);
     api
+}
+
+/// Every response object needs a description (OpenAPI 3.1): those the annotations leave
+/// empty get the status's reason phrase.
+pub fn describe_responses(api: &mut utoipa::openapi::OpenApi) {
+    for item in api.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for (status, r) in op.responses.responses.iter_mut() {
+                if let utoipa::openapi::RefOr::T(r) = r
+                    && r.description.is_empty()
+                {
+                    r.description = status
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|s| StatusCode::from_u16(s).ok())
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("Response")
+                        .to_string();
+                }
+            }
+        }
+    }
 }
 
 /// The director's HTTP API.
@@ -1357,9 +1414,7 @@ pub fn router(d: Director) -> Router {
             Duration::from_millis(cfg.http.request_timeout_ms),
         ))
         .layer(DefaultBodyLimit::max(cfg.http.body_limit_bytes));
-    let doc = Arc::new(
-        serde_json::to_string_pretty(&openapi()).unwrap_or_else(|_| "{}".into()),
-    );
+    let doc = Arc::new(serde_json::to_string_pretty(&openapi()).unwrap_or_else(|_| "{}".into()));
     let (router, _) = routes().split_for_parts();
     router
         .route(

@@ -317,9 +317,9 @@ impl Director {
             client_ip,
             locations,
             backup_reason: if backup.is_none() {
-                sel.backup_reason.clone().or_else(|| {
-                    Some("no other entry server can take the stream".into())
-                })
+                sel.backup_reason
+                    .clone()
+                    .or_else(|| Some("no other entry server can take the stream".into()))
             } else {
                 None
             },
@@ -383,7 +383,9 @@ impl Director {
             None => {
                 // The other path of a replacement: it keeps its server; say so.
                 let basis = s.map(|s| s.location).unwrap_or(self.inner.default_location);
-                let est = s.map(|s| self.params().prior(&basis, s, 1)).map(|e| convert::estimate(&e));
+                let est = s
+                    .map(|s| self.params().prior(&basis, s, 1))
+                    .map(|e| convert::estimate(&e));
                 (
                     est.unwrap_or_else(|| convert::estimate(&zero_estimate())),
                     ScoredFrom {
@@ -457,7 +459,11 @@ impl Director {
             .into_iter()
             .enumerate()
             .map(|(i, (s, e))| {
-                let urls = snap.urls.get(&s.id).map(|u| (**u).clone()).unwrap_or_default();
+                let urls = snap
+                    .urls
+                    .get(&s.id)
+                    .map(|u| (**u).clone())
+                    .unwrap_or_default();
                 RankedServer {
                     rank: u32::try_from(i + 1).unwrap_or(u32::MAX),
                     server_id: server_id(&s.id),
@@ -486,10 +492,19 @@ impl Director {
     /// Where a list is ranked from: the typed location, else the IP's, else the default.
     fn basis(&self, l: &Locations) -> (proto::api::BasisKind, Location) {
         use proto::api::BasisKind;
-        if let Some(t) = l.typed.as_ref().and_then(TypedLocation::point).and_then(convert::location) {
+        if let Some(t) = l
+            .typed
+            .as_ref()
+            .and_then(TypedLocation::point)
+            .and_then(convert::location)
+        {
             return (BasisKind::Typed, t);
         }
-        if let Some(i) = l.ip.as_ref().and_then(|x| x.point()).and_then(convert::location) {
+        if let Some(i) =
+            l.ip.as_ref()
+                .and_then(|x| x.point())
+                .and_then(convert::location)
+        {
             return (BasisKind::Ip, i);
         }
         (BasisKind::Default, self.inner.default_location)
@@ -507,8 +522,16 @@ impl Director {
         samples: u32,
     ) -> Result<ProbeTargets, FieldError> {
         let (locations, _) = self.locations(location, client_ip)?;
-        let typed = locations.typed.as_ref().and_then(TypedLocation::point).and_then(convert::location);
-        let ip = locations.ip.as_ref().and_then(|x| x.point()).and_then(convert::location);
+        let typed = locations
+            .typed
+            .as_ref()
+            .and_then(TypedLocation::point)
+            .and_then(convert::location);
+        let ip = locations
+            .ip
+            .as_ref()
+            .and_then(|x| x.point())
+            .and_then(convert::location);
         let (p_from, b_from) = match (typed, ip) {
             (Some(t), Some(i)) => (t, i),
             (Some(x), None) | (None, Some(x)) => (x, x),
@@ -541,7 +564,6 @@ impl Director {
     pub(crate) fn unix_ms(&self) -> u64 {
         self.unix_now().saturating_mul(1000) + u64::from(rand::random::<u16>() % 1000)
     }
-
 }
 
 fn other_role(r: Role) -> Role {
@@ -573,7 +595,10 @@ fn check_probes(req: &AssignmentRequest) -> Result<(), FieldError> {
     if req.probes.len() > MAX_PROBED_SERVERS {
         return Err(FieldError::new(
             "probes",
-            format!("probes: {} servers, at most {MAX_PROBED_SERVERS}", req.probes.len()),
+            format!(
+                "probes: {} servers, at most {MAX_PROBED_SERVERS}",
+                req.probes.len()
+            ),
             Some(format!("at most {MAX_PROBED_SERVERS} servers")),
         ));
     }
@@ -586,7 +611,11 @@ fn check_probes(req: &AssignmentRequest) -> Result<(), FieldError> {
                 Some(format!("1 to {MAX_PROBE_SAMPLES} samples")),
             ));
         }
-        if let Some(bad) = p.rtt_ms.iter().find(|x| !(x.is_finite() && **x > 0.0 && **x < 10_000.0)) {
+        if let Some(bad) = p
+            .rtt_ms
+            .iter()
+            .find(|x| !(x.is_finite() && **x > 0.0 && **x < 10_000.0))
+        {
             return Err(FieldError::new(
                 &f,
                 format!("{f}: {bad} is not a round-trip time"),
@@ -626,4 +655,3 @@ fn zero_estimate() -> select::Estimate {
         evidence: 0.0,
     }
 }
-

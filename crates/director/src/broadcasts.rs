@@ -45,7 +45,9 @@ pub enum PlaybackAuth<'a> {
 pub enum PlaybackError {
     #[error("no stream {0}")]
     NotFound(StreamId),
-    #[error("wrong stream key for stream {0}: send the stream's key or the admin token as the bearer")]
+    #[error(
+        "wrong stream key for stream {0}: send the stream's key or the admin token as the bearer"
+    )]
     Forbidden(StreamId),
     #[error(transparent)]
     Invalid(#[from] FieldError),
@@ -87,11 +89,7 @@ impl Director {
         let (history_s, gone_s) = (p.history_s, p.publisher_gone_s);
         let new_id = BroadcastId::new(self.unix_ms(), rand::random());
         let reports = self.registry().ingest_of(req.stream.as_str());
-        let live = |s: &ServerId| {
-            reports
-                .iter()
-                .any(|r| r.live && r.server_id == s.as_str())
-        };
+        let live = |s: &ServerId| reports.iter().any(|r| r.live && r.server_id == s.as_str());
         let stream = req.stream.clone();
         let key = req.key.clone();
         let (begun, role, private) = self
@@ -113,8 +111,15 @@ impl Director {
                 if let Some(p) = private_from_hook {
                     d.private = p;
                 }
-                let (begun, role) =
-                    d.join(server, new_id.clone(), &live, expires_at, now, history_s, gone_s)?;
+                let (begun, role) = d.join(
+                    server,
+                    new_id.clone(),
+                    &live,
+                    expires_at,
+                    now,
+                    history_s,
+                    gone_s,
+                )?;
                 let private = d.private;
                 Ok::<_, PublishError>((Change::Put(Box::new(d)), (begun, role, private)))
             })
@@ -202,11 +207,7 @@ impl Director {
     }
 
     /// Ingest servers of one broadcast (current or past), for catch-up by broadcast id.
-    pub fn broadcast_info(
-        &self,
-        stream: &StreamId,
-        broadcast: &BroadcastId,
-    ) -> Option<StreamInfo> {
+    pub fn broadcast_info(&self, stream: &StreamId, broadcast: &BroadcastId) -> Option<StreamInfo> {
         let doc = self.inner.streams.cached(stream)?;
         let b = doc.broadcast(broadcast)?;
         let snap = self.snapshot();
@@ -445,11 +446,7 @@ impl Director {
 
     /// Remember that `broadcast` must end on its entry servers (told in heartbeat answers).
     pub(crate) fn note_superseded(&self, s: &StreamId, b: &BroadcastId) {
-        let mut g = self
-            .inner
-            .ending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut g = self.inner.ending.lock().unwrap_or_else(|p| p.into_inner());
         if g.len() >= 100_000 {
             g.clear();
         }
@@ -512,9 +509,9 @@ impl Director {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert((r.stream.clone(), r.broadcast.clone()), now);
             }
-            let needs_write = doc.active().is_some_and(|b| {
-                (r.live && !b.went_live) || r.ended.is_some()
-            });
+            let needs_write = doc
+                .active()
+                .is_some_and(|b| (r.live && !b.went_live) || r.ended.is_some());
             if needs_write {
                 let gone = self.config().publish.publisher_gone_s;
                 let bid = r.broadcast.clone();
@@ -580,7 +577,9 @@ impl Director {
                     .insert((s.clone(), b.id.clone()), now);
                 continue;
             }
-            let since = seen.get(&(s.clone(), b.id.clone())).map(|t| now.saturating_sub(*t));
+            let since = seen
+                .get(&(s.clone(), b.id.clone()))
+                .map(|t| now.saturating_sub(*t));
             let mut probe = doc.clone();
             if !probe.observe(false, None, since, now, p.publisher_gone_s) {
                 continue;
@@ -607,7 +606,10 @@ impl Director {
             tracing::info!(stream = %s, broadcast = %bid, "broadcast ended: publisher gone");
         }
         // Idle open claims and old history, at most once a minute.
-        let last = self.inner.streams_swept.load(std::sync::atomic::Ordering::Relaxed);
+        let last = self
+            .inner
+            .streams_swept
+            .load(std::sync::atomic::Ordering::Relaxed);
         if now >= last + 60 {
             self.inner
                 .streams_swept
@@ -648,4 +650,3 @@ impl Director {
         }
     }
 }
-

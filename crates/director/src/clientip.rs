@@ -119,7 +119,6 @@ impl FromRequestParts<Director> for ClientIp {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +162,4 @@ mod tests {
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
     }
-
 }

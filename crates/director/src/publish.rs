@@ -33,7 +33,9 @@ use crate::streams::{ContinueError, JoinError, Origin, StoreError, StreamDoc};
 /// changed when one of these is returned.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
-    #[error("a stream id is required in {0} mode: streams are provisioned by the operator or the platform")]
+    #[error(
+        "a stream id is required in {0} mode: streams are provisioned by the operator or the platform"
+    )]
     StreamRequired(&'static str),
     #[error("stream {0} has a key: send it as `key` (firstmile: --key or FIRSTMILE_STREAM_KEY)")]
     KeyRequired(StreamId),
@@ -156,11 +158,11 @@ pub async fn ask_hook(
     }
     // A 2xx allows; a body, if any, may carry options. A body we cannot read is ignored (the
     // answer is still yes), but it is bounded: a hook cannot make the director buffer much.
-    let bytes = match tokio::time::timeout(Duration::from_millis(cfg.timeout_ms), resp.bytes()).await
-    {
-        Ok(Ok(b)) if b.len() <= 16 * 1024 => b,
-        _ => return Ok(WebhookAnswer::default()),
-    };
+    let bytes =
+        match tokio::time::timeout(Duration::from_millis(cfg.timeout_ms), resp.bytes()).await {
+            Ok(Ok(b)) if b.len() <= 16 * 1024 => b,
+            _ => return Ok(WebhookAnswer::default()),
+        };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(WebhookAnswer::default());
     }
@@ -195,7 +197,13 @@ mod tests {
             Err(PublishError::KeyRequired(_))
         ));
         assert!(matches!(
-            check(PublishMode::Keys, &s, Some(&doc), Some(&key("abcdefghijklmnoX")), fresh),
+            check(
+                PublishMode::Keys,
+                &s,
+                Some(&doc),
+                Some(&key("abcdefghijklmnoX")),
+                fresh
+            ),
             Err(PublishError::WrongKey(_))
         ));
         // open
@@ -225,9 +233,15 @@ mod tests {
             Ownership::Existing
         );
         // Messages never carry the key.
-        let e = check(PublishMode::Keys, &s, Some(&doc), Some(&key("zzzzzzzzzzzzzzzz")), fresh)
-            .unwrap_err()
-            .to_string();
+        let e = check(
+            PublishMode::Keys,
+            &s,
+            Some(&doc),
+            Some(&key("zzzzzzzzzzzzzzzz")),
+            fresh,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(!e.contains("zzzz") && e.contains("live1"), "{e}");
     }
 }

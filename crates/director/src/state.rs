@@ -540,4 +540,3 @@ fn read_text(what: &'static str, path: &std::path::Path) -> Result<String, InitE
         message: e.to_string(),
     })
 }
-

@@ -406,8 +406,16 @@ impl StreamDoc {
                 None => {
                     return Err(JoinError::BothPathsTaken {
                         stream: self.stream.clone(),
-                        primary: cur.primary.as_ref().map(|p| p.server.clone()).unwrap_or_else(|| server.clone()),
-                        backup: cur.backup.as_ref().map(|p| p.server.clone()).unwrap_or_else(|| server.clone()),
+                        primary: cur
+                            .primary
+                            .as_ref()
+                            .map(|p| p.server.clone())
+                            .unwrap_or_else(|| server.clone()),
+                        backup: cur
+                            .backup
+                            .as_ref()
+                            .map(|p| p.server.clone())
+                            .unwrap_or_else(|| server.clone()),
                         wait_s: gone_s,
                     });
                 }
@@ -493,7 +501,9 @@ impl StreamDoc {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store is full (`limits.max_streams`).
-    #[error("the director tracks {0} streams, its limit: revoke unused streams or raise limits.max_tracked_streams")]
+    #[error(
+        "the director tracks {0} streams, its limit: revoke unused streams or raise limits.max_tracked_streams"
+    )]
     Full(usize),
     /// The shared store cannot be reached (etcd); a retry may succeed.
     #[error("stream records unavailable: {0}")]
@@ -561,7 +571,9 @@ impl MemoryStreams {
     pub fn list(&self, after: Option<&StreamId>, limit: usize) -> Vec<StreamDoc> {
         let g = self.lock();
         let range = match after {
-            Some(a) => g.range::<StreamId, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            Some(a) => {
+                g.range::<StreamId, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
             None => g.range::<StreamId, _>(..),
         };
         range.take(limit).map(|(_, d)| d.clone()).collect()
@@ -702,12 +714,29 @@ mod tests {
     fn a_new_go_live_supersedes_and_continuing_needs_the_current_id() {
         let mut d = doc();
         let a = d
-            .begin(None, bid(1), [(Role::Primary, pick("fra-1")), (Role::Backup, pick("lon-1"))], 500, 110, 3600)
+            .begin(
+                None,
+                bid(1),
+                [
+                    (Role::Primary, pick("fra-1")),
+                    (Role::Backup, pick("lon-1")),
+                ],
+                500,
+                110,
+                3600,
+            )
             .unwrap();
         assert!(a.new && a.superseded.is_none());
         // Replacing the backup keeps the broadcast.
         let c = d
-            .begin(Some(&bid(1)), bid(2), [(Role::Primary, None), (Role::Backup, pick("ams-1"))], 600, 120, 3600)
+            .begin(
+                Some(&bid(1)),
+                bid(2),
+                [(Role::Primary, None), (Role::Backup, pick("ams-1"))],
+                600,
+                120,
+                3600,
+            )
             .unwrap();
         assert!(!c.new);
         assert_eq!(c.broadcast.id, bid(1));
@@ -715,19 +744,40 @@ mod tests {
         assert_eq!(c.broadcast.primary.unwrap().server, srv("fra-1"));
         // A new go-live supersedes it.
         let n = d
-            .begin(None, bid(3), [(Role::Primary, pick("fra-1")), (Role::Backup, None)], 700, 130, 3600)
+            .begin(
+                None,
+                bid(3),
+                [(Role::Primary, pick("fra-1")), (Role::Backup, None)],
+                700,
+                130,
+                3600,
+            )
             .unwrap();
         assert_eq!(n.superseded, Some(bid(1)));
         assert_eq!(d.history[0].end_reason, Some(EndReason::Superseded));
         assert_eq!(d.broadcasts, 2);
         // The old one cannot be continued any more.
         assert_eq!(
-            d.begin(Some(&bid(1)), bid(4), [(Role::Primary, None), (Role::Backup, None)], 0, 140, 3600),
+            d.begin(
+                Some(&bid(1)),
+                bid(4),
+                [(Role::Primary, None), (Role::Backup, None)],
+                0,
+                140,
+                3600
+            ),
             Err(ContinueError::NotCurrent(bid(1)))
         );
         d.end_current(EndReason::End, Some(9), 150);
         assert_eq!(
-            d.begin(Some(&bid(3)), bid(4), [(Role::Primary, None), (Role::Backup, None)], 0, 160, 3600),
+            d.begin(
+                Some(&bid(3)),
+                bid(4),
+                [(Role::Primary, None), (Role::Backup, None)],
+                0,
+                160,
+                3600
+            ),
             Err(ContinueError::Ended(bid(3)))
         );
     }
@@ -736,13 +786,19 @@ mod tests {
     fn publishes_with_the_key_join_the_active_broadcast_or_start_one() {
         let mut d = doc();
         let none = |_: &ServerId| false;
-        let (b, r) = d.join(&srv("fra-1"), bid(1), &none, 500, 100, 3600, 30).unwrap();
+        let (b, r) = d
+            .join(&srv("fra-1"), bid(1), &none, 500, 100, 3600, 30)
+            .unwrap();
         assert!(b.new && r == Role::Primary);
         // The second output of a tee, at another server: the backup of the same broadcast.
-        let (b2, r2) = d.join(&srv("lon-1"), bid(2), &none, 500, 101, 3600, 30).unwrap();
+        let (b2, r2) = d
+            .join(&srv("lon-1"), bid(2), &none, 500, 101, 3600, 30)
+            .unwrap();
         assert!(!b2.new && r2 == Role::Backup && b2.broadcast.id == bid(1));
         // A re-publish at the primary: same role.
-        let (b3, r3) = d.join(&srv("fra-1"), bid(3), &none, 500, 102, 3600, 30).unwrap();
+        let (b3, r3) = d
+            .join(&srv("fra-1"), bid(3), &none, 500, 102, 3600, 30)
+            .unwrap();
         assert_eq!((b3.broadcast.id, r3), (bid(1), Role::Primary));
         // A third server while both are live: refused.
         let both = |_: &ServerId| true;
@@ -752,36 +808,70 @@ mod tests {
         ));
         // ... but takes a silent path's role.
         let fra_live = |s: &ServerId| s.as_str() == "fra-1";
-        let (b5, r5) = d.join(&srv("ams-1"), bid(5), &fra_live, 500, 104, 3600, 30).unwrap();
+        let (b5, r5) = d
+            .join(&srv("ams-1"), bid(5), &fra_live, 500, 104, 3600, 30)
+            .unwrap();
         assert_eq!((b5.broadcast.id, r5), (bid(1), Role::Backup));
         // After it ended, the next publish starts broadcast 2.
         d.end_current(EndReason::End, Some(10), 105);
-        let (b6, r6) = d.join(&srv("lon-1"), bid(6), &none, 500, 106, 3600, 30).unwrap();
+        let (b6, r6) = d
+            .join(&srv("lon-1"), bid(6), &none, 500, 106, 3600, 30)
+            .unwrap();
         assert!(b6.new && b6.broadcast.id == bid(6) && r6 == Role::Primary);
     }
 
     #[test]
     fn broadcasts_end_on_end_on_silence_and_on_expiry() {
         let mut d = doc();
-        d.begin(None, bid(1), [(Role::Primary, pick("fra-1")), (Role::Backup, None)], 500, 100, 3600)
-            .unwrap();
+        d.begin(
+            None,
+            bid(1),
+            [(Role::Primary, pick("fra-1")), (Role::Backup, None)],
+            500,
+            100,
+            3600,
+        )
+        .unwrap();
         // Not live yet: stays until its tokens expire.
         assert!(!d.observe(false, None, None, 400, 30));
         assert!(d.observe(false, None, None, 500, 30));
-        assert_eq!(d.current.as_ref().unwrap().end_reason, Some(EndReason::Expired));
+        assert_eq!(
+            d.current.as_ref().unwrap().end_reason,
+            Some(EndReason::Expired)
+        );
         // Live, then silent for the grace period.
-        d.begin(None, bid(2), [(Role::Primary, pick("fra-1")), (Role::Backup, None)], 5000, 600, 3600)
-            .unwrap();
+        d.begin(
+            None,
+            bid(2),
+            [(Role::Primary, pick("fra-1")), (Role::Backup, None)],
+            5000,
+            600,
+            3600,
+        )
+        .unwrap();
         assert!(d.observe(true, None, Some(0), 610, 30));
         assert!(!d.observe(false, None, Some(29), 639, 30));
         assert!(d.observe(false, None, Some(30), 640, 30));
-        assert_eq!(d.current.as_ref().unwrap().end_reason, Some(EndReason::Gone));
+        assert_eq!(
+            d.current.as_ref().unwrap().end_reason,
+            Some(EndReason::Gone)
+        );
         // END with a final sequence number.
-        d.begin(None, bid(3), [(Role::Primary, pick("fra-1")), (Role::Backup, None)], 5000, 700, 3600)
-            .unwrap();
+        d.begin(
+            None,
+            bid(3),
+            [(Role::Primary, pick("fra-1")), (Role::Backup, None)],
+            5000,
+            700,
+            3600,
+        )
+        .unwrap();
         assert!(d.observe(true, Some(41), Some(0), 710, 30));
         let c = d.current.as_ref().unwrap();
-        assert_eq!((c.end_reason, c.final_seq), (Some(EndReason::End), Some(41)));
+        assert_eq!(
+            (c.end_reason, c.final_seq),
+            (Some(EndReason::End), Some(41))
+        );
         assert_eq!(c.info(false).state, BroadcastState::Ended);
     }
 
@@ -789,8 +879,15 @@ mod tests {
     fn history_is_bounded_by_count_and_age_and_claims_expire() {
         let mut d = doc();
         for i in 0..40u64 {
-            d.begin(None, bid(i + 1), [(Role::Primary, pick("fra-1")), (Role::Backup, None)], 10_000, 100 + i, 3600)
-                .unwrap();
+            d.begin(
+                None,
+                bid(i + 1),
+                [(Role::Primary, pick("fra-1")), (Role::Backup, None)],
+                10_000,
+                100 + i,
+                3600,
+            )
+            .unwrap();
         }
         assert_eq!(d.history.len(), HISTORY);
         d.end_current(EndReason::End, Some(1), 200);
@@ -808,18 +905,42 @@ mod tests {
         let m = MemoryStreams::new(3);
         for s in ["a", "b", "c"] {
             m.modify(&sid(s), |_| {
-                Ok::<_, ()>((Change::Put(Box::new(StreamDoc::new(sid(s), None, false, Origin::Webhook, 1))), ()))
+                Ok::<_, ()>((
+                    Change::Put(Box::new(StreamDoc::new(
+                        sid(s),
+                        None,
+                        false,
+                        Origin::Webhook,
+                        1,
+                    ))),
+                    (),
+                ))
             })
             .unwrap()
             .unwrap();
         }
         let full = m.modify(&sid("d"), |_| {
-            Ok::<_, ()>((Change::Put(Box::new(StreamDoc::new(sid("d"), None, false, Origin::Webhook, 1))), ()))
+            Ok::<_, ()>((
+                Change::Put(Box::new(StreamDoc::new(
+                    sid("d"),
+                    None,
+                    false,
+                    Origin::Webhook,
+                    1,
+                ))),
+                (),
+            ))
         });
         assert!(matches!(full, Err(StoreError::Full(3))));
-        let page: Vec<_> = m.list(Some(&sid("a")), 1).into_iter().map(|d| d.stream).collect();
+        let page: Vec<_> = m
+            .list(Some(&sid("a")), 1)
+            .into_iter()
+            .map(|d| d.stream)
+            .collect();
         assert_eq!(page, vec![sid("b")]);
-        m.modify(&sid("b"), |_| Ok::<_, ()>((Change::Delete, ()))).unwrap().unwrap();
+        m.modify(&sid("b"), |_| Ok::<_, ()>((Change::Delete, ())))
+            .unwrap()
+            .unwrap();
         assert_eq!(m.len(), 2);
     }
 }

@@ -49,7 +49,9 @@ pub enum StreamKeyError {
     },
     /// A character outside the accepted set (its position, not the character: the rest of the
     /// key must not leak through an error message either).
-    #[error("stream key has a character outside [A-Za-z0-9._~-] at position {at}; accepted: {KEY_ACCEPTED}")]
+    #[error(
+        "stream key has a character outside [A-Za-z0-9._~-] at position {at}; accepted: {KEY_ACCEPTED}"
+    )]
     BadChar {
         /// Byte offset.
         at: usize,

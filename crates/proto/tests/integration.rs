@@ -483,6 +483,9 @@ mod contract {
                 }
             }
         }
-        assert!(objects > 30 && with_required > 25, "{with_required}/{objects}");
+        assert!(
+            objects > 30 && with_required > 25,
+            "{with_required}/{objects}"
+        );
     }
 }

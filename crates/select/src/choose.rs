@@ -115,7 +115,17 @@ pub fn rank<'a>(
     now: u64,
     limit: usize,
 ) -> Vec<(&'a EntryServer, Estimate)> {
-    rank_where(fleet, from, protocol, bitrate_kbps, params, learned, now, limit, |_| true)
+    rank_where(
+        fleet,
+        from,
+        protocol,
+        bitrate_kbps,
+        params,
+        learned,
+        now,
+        limit,
+        |_| true,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -139,7 +149,11 @@ fn rank_where<'a>(
             (s, params.estimate(from, s, bitrate_kbps, c.as_ref()))
         })
         .collect();
-    out.sort_by(|a, b| a.1.score.total_cmp(&b.1.score).then_with(|| a.0.id.cmp(&b.0.id)));
+    out.sort_by(|a, b| {
+        a.1.score
+            .total_cmp(&b.1.score)
+            .then_with(|| a.0.id.cmp(&b.0.id))
+    });
     out
 }
 

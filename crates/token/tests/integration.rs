@@ -34,7 +34,13 @@ fn a_playback_token_is_not_an_ingest_token_and_the_reverse() {
         exp: 1_700_000_600,
     });
     let vk = sk.public_key();
-    assert_eq!(vk.verify_play(&play, 1_700_000_001).unwrap().stream.as_str(), "abc");
+    assert_eq!(
+        vk.verify_play(&play, 1_700_000_001)
+            .unwrap()
+            .stream
+            .as_str(),
+        "abc"
+    );
     assert_eq!(
         vk.verify(&play, 1_700_000_001),
         Err(TokenError::Scope {

@@ -321,7 +321,7 @@ fn entry_server(
             tick.tick().await;
             let body = json!({
                 "load": {"streams": 1, "mbps": 2.5, "cpu": 0.1},
-                "streams": [{"stream": stream, "role": "primary", "next_seq": 7, "live": true}],
+                "streams": [{"stream": stream, "broadcast": "b0", "role": "primary", "next_seq": 7, "live": true}],
             });
             if via.heartbeat(id, body).await.status == StatusCode::NOT_FOUND {
                 let _ = via.register(id, id, place).await;

@@ -147,7 +147,10 @@ pub struct Liveness {
 
 /// Every schema of the contract, for the services' OpenAPI documents (`components.schemas`):
 /// a service registers them all so a type used only inside another is listed too.
-pub fn schemas() -> Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)> {
+pub fn schemas() -> Vec<(
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+)> {
     let mut v = Vec::new();
     macro_rules! add {
         ($($t:ty),* $(,)?) => {

@@ -238,12 +238,18 @@ mod tests {
                 lon: 151.21
             })
         );
-        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"lat":-33.87,"lon":151.21}"#);
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"lat":-33.87,"lon":151.21}"#
+        );
         for (bad, says) in [
             (r#"{"lat": 95, "lon": 0}"#, "between -90 and 90"),
             (r#"{"lat": 0, "lon": 190}"#, "between -180 and 180"),
             (r#"{"lat": 0}"#, "exactly the keys lat and lon"),
-            (r#"{"lat": 0, "lon": 0, "alt": 1}"#, "exactly the keys lat and lon"),
+            (
+                r#"{"lat": 0, "lon": 0, "alt": 1}"#,
+                "exactly the keys lat and lon",
+            ),
             ("42", "a place as typed"),
             ("\"a\\u0000b\"", "control characters"),
         ] {
