@@ -1,103 +1,266 @@
-//! The entry server's HTTP API: viewers, relay feeds, WebSocket ingest, health and metrics.
+//! The entry server's HTTP API: viewers, relay feeds, WebSocket ingest, HTTP push, health and
+//! metrics. The OpenAPI document ([`openapi`], served at `/openapi.json`) is generated from these
+//! handlers' annotations and the contract types (`proto::api`).
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /v1/streams/{id}/live?from=` | the payload bytes, chunked, live (any node: relays if needed) |
-//! | `GET /v1/streams/{id}/live/ws?from=` | the same as WebSocket binary messages |
-//! | `GET /v1/streams/{id}/chunks?from=` | DATA frames then END (for relays; sequence numbers kept) |
-//! | `GET /v1/streams` | the streams held here |
+//! | `GET /v1/streams/{id}/live?from=&broadcast=&token=` | the payload bytes, chunked, live (any node: relays if needed) |
+//! | `GET /v1/streams/{id}/live/ws?…` | the same as WebSocket binary messages |
+//! | `GET /live/{id}.flv?…` | HTTP-FLV of an RTMP-ingested stream (any node: relays if needed) |
+//! | `GET /v1/streams/{id}/chunks?broadcast=&from=` | DATA frames then END (relay feed; sequence numbers kept) |
+//! | `GET /v1/streams/{id}/flv-head?broadcast=` | a broadcast's cached onMetaData + codec configuration tags |
+//! | `GET /v1/streams` | the broadcasts held here (cluster credential) |
 //! | `GET /v1/ingest` | WebSocket ingest (native frames, one per binary message) |
-//! | `POST`/`PUT /v1/streams/{id}/push?token=` | HTTP push: the body's bytes become the stream's chunks |
-//! | `GET /live/{id}.flv?from=` | HTTP-FLV of an RTMP-ingested stream (any node: relays if needed) |
-//! | `GET /v1/streams/{id}/flv-head` | the stream's cached onMetaData + codec configuration tags |
-//! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness (503 when draining), Prometheus |
+//! | `POST`/`PUT /v1/streams/{id}/push?token=` or `?key=` | HTTP push: the body's bytes become a broadcast's chunks |
+//! | `GET /v1/probe` | 204 at once: devices time it to measure their RTT to this server |
+//! | `GET /healthz`, `/readyz`, `/metrics`, `/openapi.json` | |
+//!
+//! **Which broadcast a viewer gets.** The stream's current broadcast as the director says
+//! (`GET /v1/streams/{id}`, cached one second), or the one named with `?broadcast=` (catch-up of
+//! a past broadcast); a node without a director serves the newest broadcast it ingested. A
+//! viewer attached when a broadcast ends gets its end.
+//!
+//! **Not live yet.** Every playback endpoint follows one rule: a stream that exists but has
+//! nothing to play yet (assigned and its encoder not started, or between broadcasts) makes the
+//! viewer wait up to `viewer_wait_ms` for it; then `503 Service Unavailable`, `Retry-After: 2`,
+//! `{"code": "not_live_yet"}`. An unknown stream is `404`.
+//!
+//! **Private streams** (the director's flag, carried in the ingest token's claims and its stream
+//! info): every playback endpoint needs `?token=<playback token>` (or `Authorization: Bearer`);
+//! without one, or with an expired one, `401` — and no relay pull is started. Relay feeds
+//! (`chunks`, `flv-head`) of a private broadcast take a playback token or the cluster credential.
 
-use crate::hub::Stream;
+use crate::core::{self, IngestError};
+use crate::hub::{SlowViewer, Stream};
 use crate::ingest::{self, WsFrames};
 use crate::node::Node;
+use crate::relay::RelayError;
 use crate::viewer::{Cursor, From, Stop};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::{Bytes, BytesMut};
+use proto::api::{EntryReadiness, EntryStream, EntryStreams, ErrorBody, StreamSource};
+use proto::{BroadcastId, StreamId, StreamKey};
 use serde::Deserialize;
-use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/ingest", get(ws_ingest))
-        .route("/v1/streams", get(list))
-        .route("/v1/streams/{id}/live", get(live))
-        .route("/v1/streams/{id}/live/ws", get(live_ws))
-        .route("/v1/streams/{id}/chunks", get(chunks))
-        .route("/v1/streams/{id}/push", axum::routing::post(push).put(push))
-        .route("/v1/streams/{id}/flv-head", get(flv_head))
-        .route("/live/{file}", get(http_flv))
-        .with_state(node)
+// A refusal is an HTTP response, built once; these handlers return it as their error.
+#[allow(clippy::result_large_err)]
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, axum::Json(ErrorBody::new(code, message))).into_response()
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({"error": message.into()}))).into_response()
+fn ingest_error(e: &IngestError) -> Response {
+    error(e.http_status(), e.code(), e.to_string())
 }
 
-#[derive(Debug, Deserialize)]
-struct FromQuery {
+fn not_live(stream: &str) -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_live_yet",
+        format!("stream {stream} is not live yet: retry shortly"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    r
+}
+
+/// Query of every playback endpoint.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ViewQuery {
+    /// Where to start: `live` (default: the newest keyframe), `start`, a sequence number,
+    /// `time:PTS_US`, or `-30s`.
     from: Option<String>,
+    /// A broadcast of the stream (default: its current one).
+    broadcast: Option<String>,
+    /// A playback token (private streams).
+    token: Option<String>,
 }
 
-async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    if node.draining.load(Ordering::SeqCst) {
-        error(StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else {
-        "ready\n".into_response()
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+fn is_cluster(node: &Node, headers: &HeaderMap) -> bool {
+    let s = node.cfg.cluster_secret.as_bytes();
+    !s.is_empty()
+        && bearer(headers).is_some_and(|t| {
+            t.len() == s.len() && t.bytes().zip(s).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+        })
+}
+
+/// A playback token for `stream`, from `?token=` or the bearer.
+#[allow(clippy::result_large_err)]
+fn may_watch(node: &Node, stream: &str, q: &ViewQuery, headers: &HeaderMap) -> Result<(), Response> {
+    let t = q.token.as_deref().or_else(|| bearer(headers)).unwrap_or("");
+    if t.is_empty() {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "playback_token_required",
+            format!("stream {stream} is private: add ?token=<playback token from the director>"),
+        ));
+    }
+    match node.verifier.verify_play(t, node.now_unix()) {
+        Ok(c) if c.stream.as_str() == stream => Ok(()),
+        Ok(c) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "bad_playback_token",
+            format!("the playback token is for stream {}, not {stream}", c.stream),
+        )),
+        Err(e) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "bad_playback_token",
+            format!("playback token refused: {e}"),
+        )),
     }
 }
 
-async fn list(State(node): State<Arc<Node>>) -> Response {
-    let streams: Vec<_> = node
-        .hub
-        .all()
-        .iter()
-        .map(|s| {
-            let e = s.edge();
-            json!({
-                "stream": s.name,
-                "source": if s.is_ingest() { "ingest" } else { "relay" },
-                "first_seq": s.first_seq(),
-                "next_seq": e.next_seq,
-                "ended": e.ended,
-                "live_sessions": s.live_sessions.load(Ordering::SeqCst),
-                "rejoin": s.rejoin.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            })
-        })
-        .collect();
-    axum::Json(json!({"server_id": node.cfg.id, "streams": streams})).into_response()
-}
-
-/// Resolve `id` and `from` into a cursor (relaying the stream if needed), or an error response.
-async fn open(node: &Arc<Node>, id: &str, from: Option<&str>) -> Result<Cursor, Response> {
-    let id =
-        proto::StreamId::parse(id).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let from_s = from.unwrap_or("live");
+/// Which broadcast a viewer gets, and whether it is private (see the module docs). Waits
+/// (bounded) for a stream that is not live yet.
+#[allow(clippy::result_large_err)]
+async fn resolve(
+    node: &Arc<Node>,
+    id: &StreamId,
+    q: &ViewQuery,
+    headers: &HeaderMap,
+) -> Result<Arc<Stream>, Response> {
+    let from_s = q.from.as_deref().unwrap_or("live");
     let from: From = from_s
         .parse()
-        .map_err(|e: String| error(StatusCode::BAD_REQUEST, e))?;
-    let stream: Arc<Stream> = crate::relay::ensure(node, id.as_str(), from_s)
-        .await
-        .map_err(|e| match e {
-            crate::relay::RelayError::Director(_) => error(StatusCode::BAD_GATEWAY, e.to_string()),
-            _ => error(StatusCode::NOT_FOUND, e.to_string()),
-        })?;
+        .map_err(|e: String| error(StatusCode::BAD_REQUEST, "bad_from", e))?;
+    let explicit = match &q.broadcast {
+        Some(b) => Some(b.parse::<BroadcastId>().map_err(|e| {
+            error(StatusCode::BAD_REQUEST, "bad_broadcast", e.to_string())
+        })?),
+        None => None,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(node.cfg.viewer_wait_ms);
+    let mut authorized = false;
+    loop {
+        // The broadcast and its privacy: the director's word, else what this node holds.
+        let (broadcast, private, has_data) = match crate::relay::info(node, id.as_str(), explicit.as_ref()).await {
+            Ok(info) => {
+                let b = info.broadcast.as_ref();
+                let ended = b.is_some_and(|b| b.state == proto::api::BroadcastState::Ended);
+                let usable = match b {
+                    None => None,
+                    // A live viewer of an ended broadcast waits for the next one.
+                    Some(_) if ended && explicit.is_none() && from == From::Live => None,
+                    Some(b) => Some(b.id.clone()),
+                };
+                let data = info.ingest.iter().any(|i| i.next_seq.is_some_and(|n| n > 0)) || ended;
+                (usable, info.private, data)
+            }
+            Err(RelayError::Unknown(_)) | Err(RelayError::NoDirector(_)) => {
+                let local = match &explicit {
+                    Some(b) => match node.hub.get_ingest(id.as_str(), b) {
+                        Some(s) => Some(s),
+                        None => crate::open_from_disk(node, id.as_str(), b).await,
+                    },
+                    None => node.hub.latest_ingest(id.as_str()),
+                };
+                match local {
+                    Some(s) => {
+                        let e = s.edge();
+                        (Some(s.broadcast.clone()), s.is_private(), e.next_seq > 0 || e.ended.is_some())
+                    }
+                    None if node.cfg.director.is_some() => {
+                        return Err(error(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            format!("stream {id} is unknown"),
+                        ));
+                    }
+                    None => (None, false, false),
+                }
+            }
+            Err(e @ RelayError::Director(_)) => {
+                // The director cannot be asked: serve what this node ingests, if anything.
+                match node.hub.latest_ingest(id.as_str()) {
+                    Some(s) => (Some(s.broadcast.clone()), s.is_private(), true),
+                    None => return Err(error(StatusCode::BAD_GATEWAY, "director_unavailable", e.to_string())),
+                }
+            }
+            Err(e) => return Err(error(StatusCode::NOT_FOUND, "not_found", e.to_string())),
+        };
+        if private && !authorized {
+            may_watch(node, id.as_str(), q, headers)?;
+            authorized = true;
+        }
+        if let Some(b) = broadcast {
+            let local = node.hub.get(id.as_str(), &b);
+            let local_has_data = local.as_ref().is_some_and(|s| {
+                let e = s.edge();
+                e.next_seq > 0 || e.ended.is_some() || s.first_seq() > 0
+            });
+            if has_data || local_has_data {
+                match crate::relay::ensure(node, id.as_str(), &b, private, from_s).await {
+                    Ok(s) => {
+                        if wait_for_data(&s, deadline).await {
+                            return Ok(s);
+                        }
+                    }
+                    Err(RelayError::NoUpstream(_)) => {}
+                    Err(e @ RelayError::Director(_)) => {
+                        return Err(error(StatusCode::BAD_GATEWAY, "director_unavailable", e.to_string()));
+                    }
+                    Err(e) => return Err(error(StatusCode::NOT_FOUND, "not_found", e.to_string())),
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(not_live(id.as_str()));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Wait (until `deadline`) for the first chunk of a broadcast; true when there is something to
+/// read (or its end).
+async fn wait_for_data(s: &Arc<Stream>, deadline: tokio::time::Instant) -> bool {
+    let mut rx = s.subscribe();
+    loop {
+        let e = *rx.borrow_and_update();
+        if e.next_seq > 0 || e.ended.is_some() || e.lost {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Resolve the stream and `from` into a cursor, or an error response.
+#[allow(clippy::result_large_err)]
+async fn open(
+    node: &Arc<Node>,
+    id: &str,
+    q: &ViewQuery,
+    headers: &HeaderMap,
+) -> Result<Cursor, Response> {
+    let id = StreamId::parse(id).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_stream", e.to_string()))?;
+    let from: From = q
+        .from
+        .as_deref()
+        .unwrap_or("live")
+        .parse()
+        .map_err(|e: String| error(StatusCode::BAD_REQUEST, "bad_from", e))?;
+    let stream = resolve(node, &id, q, headers).await?;
     if !stream.is_ingest() {
         // A catch-up viewer on a relay: fetch what the relay started after.
         let want = match from {
@@ -106,16 +269,6 @@ async fn open(node: &Arc<Node>, id: &str, from: Option<&str>) -> Result<Cursor, 
             _ => None,
         };
         if let Some(w) = want {
-            // Wait (bounded) for the relay's first chunk, so there is a front to fill up to.
-            let mut rx = stream.subscribe();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                while stream.edge().next_seq == 0 && !stream.edge().lost {
-                    if rx.changed().await.is_err() {
-                        break;
-                    }
-                }
-            })
-            .await;
             crate::relay::backfill(node, &stream, w).await;
         }
     }
@@ -131,6 +284,7 @@ async fn open(node: &Arc<Node>, id: &str, from: Option<&str>) -> Result<Cursor, 
     {
         return Err(error(
             StatusCode::GONE,
+            "gone",
             format!(
                 "sequence {s} is no longer retained here (oldest: {})",
                 cursor.stream().first_seq()
@@ -163,12 +317,22 @@ fn note_stop(node: &Node, stop: &Stop) {
     }
 }
 
+/// A stream's payload bytes, live, as a chunked HTTP body (works with curl and ffplay).
+#[utoipa::path(get, path = "/v1/streams/{id}/live", tag = "viewers",
+    params(("id" = StreamId, Path, description = "The stream"), ViewQuery),
+    responses(
+        (status = 200, description = "The payload bytes, until the broadcast ends", content_type = "application/octet-stream"),
+        (status = 400, body = ErrorBody), (status = 401, description = "Private stream: a playback token is needed", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
+        (status = 503, description = "Not live yet (Retry-After)", body = ErrorBody),
+    ))]
 async fn live(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
-    Query(q): Query<FromQuery>,
+    Query(q): Query<ViewQuery>,
+    headers: HeaderMap,
 ) -> Response {
-    let cursor = match open(&node, &id, q.from.as_deref()).await {
+    let cursor = match open(&node, &id, &q, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -207,31 +371,88 @@ async fn live(
     r
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChunksQuery {
+    /// The broadcast (default: the newest one ingested here).
+    broadcast: Option<String>,
+    /// Where to start (as for viewers).
+    from: Option<String>,
+    /// A playback token (private broadcasts, unless the cluster credential is sent).
+    token: Option<String>,
+}
+
+/// The broadcast ingested here for a relay feed, with the private check.
+#[allow(clippy::result_large_err)]
+async fn held(
+    node: &Arc<Node>,
+    id: &str,
+    broadcast: Option<&str>,
+    token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Arc<Stream>, Response> {
+    let Ok(sid) = StreamId::parse(id) else {
+        return Err(error(StatusCode::BAD_REQUEST, "bad_stream", "bad stream id"));
+    };
+    let stream = match broadcast {
+        Some(b) => {
+            let b = b
+                .parse::<BroadcastId>()
+                .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_broadcast", e.to_string()))?;
+            match node.hub.get_ingest(sid.as_str(), &b) {
+                Some(s) => Some(s),
+                None => crate::open_from_disk(node, sid.as_str(), &b).await,
+            }
+        }
+        None => node.hub.latest_ingest(sid.as_str()),
+    };
+    let Some(stream) = stream else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("stream {sid} (that broadcast) is not ingested here"),
+        ));
+    };
+    if stream.is_private() && !is_cluster(node, headers) {
+        let q = ViewQuery {
+            token: token.map(str::to_string),
+            ..Default::default()
+        };
+        may_watch(node, sid.as_str(), &q, headers)?;
+    }
+    Ok(stream)
+}
+
+/// The relay feed between nodes: native DATA frames (sequence numbers kept), then END.
+#[utoipa::path(get, path = "/v1/streams/{id}/chunks", tag = "relays",
+    params(("id" = StreamId, Path, description = "The stream"), ChunksQuery),
+    responses(
+        (status = 200, description = "Native DATA frames, then END", content_type = "application/octet-stream"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
+    ))]
 async fn chunks(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
-    Query(q): Query<FromQuery>,
+    Query(q): Query<ChunksQuery>,
+    headers: HeaderMap,
 ) -> Response {
-    // Relay feeds come from the stream held here only: relays never chain.
-    let Ok(sid) = proto::StreamId::parse(&id) else {
-        return error(StatusCode::BAD_REQUEST, "bad stream id");
-    };
-    let Some(stream) = node.hub.get_ingest(sid.as_str()) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("stream {sid} is not ingested here"),
-        );
+    // Relay feeds come from the broadcast held here only: relays never chain.
+    let stream = match held(&node, &id, q.broadcast.as_deref(), q.token.as_deref(), &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
     let from_s = q.from.as_deref().unwrap_or("live");
     let from: From = match from_s.parse() {
         Ok(f) => f,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_from", e),
     };
     if let From::Seq(s) = from
         && s < stream.first_seq()
     {
         return error(
             StatusCode::GONE,
+            "gone",
             format!(
                 "sequence {s} is no longer retained here (oldest: {})",
                 stream.first_seq()
@@ -239,7 +460,7 @@ async fn chunks(
         );
     }
     // Relays must never skip: a relay that falls behind is cut and reconnects.
-    let cursor = Cursor::new(stream, from, u64::MAX, crate::hub::SlowViewer::Cut);
+    let cursor = Cursor::new(stream, from, u64::MAX, SlowViewer::Cut);
     let body = futures_util::stream::unfold(Some(cursor), |c| async move {
         let mut c = c?;
         let mut buf = BytesMut::new();
@@ -267,13 +488,22 @@ async fn chunks(
     Body::from_stream(body).into_response()
 }
 
+/// The same bytes as `/live`, as WebSocket binary messages.
+#[utoipa::path(get, path = "/v1/streams/{id}/live/ws", tag = "viewers",
+    params(("id" = StreamId, Path, description = "The stream"), ViewQuery),
+    responses(
+        (status = 101, description = "WebSocket: one binary message per chunk"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, description = "Not live yet (Retry-After)", body = ErrorBody),
+    ))]
 async fn live_ws(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
-    Query(q): Query<FromQuery>,
+    Query(q): Query<ViewQuery>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let mut cursor = match open(&node, &id, q.from.as_deref()).await {
+    let mut cursor = match open(&node, &id, &q, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -296,6 +526,9 @@ async fn live_ws(
     })
 }
 
+/// WebSocket ingest: native frames, one per binary message (browsers).
+#[utoipa::path(get, path = "/v1/ingest", tag = "ingest",
+    responses((status = 101, description = "WebSocket: native frames, HELLO first")))]
 async fn ws_ingest(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -308,11 +541,89 @@ async fn ws_ingest(
         })
 }
 
+/// The broadcasts held here (operators and peers: the cluster credential).
+#[utoipa::path(get, path = "/v1/streams", tag = "operations",
+    security(("cluster" = [])),
+    responses((status = 200, body = EntryStreams), (status = 401, body = ErrorBody)))]
+async fn list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if !is_cluster(&node, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <cluster credential>",
+        );
+    }
+    let streams: Vec<EntryStream> = node
+        .hub
+        .all()
+        .iter()
+        .filter_map(|s| {
+            let e = s.edge();
+            Some(EntryStream {
+                stream: StreamId::parse(&s.name).ok()?,
+                broadcast: s.broadcast.clone(),
+                source: if s.is_ingest() {
+                    StreamSource::Ingest
+                } else {
+                    StreamSource::Relay
+                },
+                role: *s.role.lock().unwrap_or_else(|e| e.into_inner()),
+                first_seq: s.first_seq(),
+                next_seq: e.next_seq,
+                ended: e.ended,
+                live_sessions: s.live_sessions.load(Ordering::SeqCst),
+                rejoin: s.rejoin.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            })
+        })
+        .collect();
+    axum::Json(EntryStreams {
+        server_id: core::server_id(&node)
+            .unwrap_or_else(|| proto::ServerId::parse("unknown").expect("literal")),
+        streams,
+    })
+    .into_response()
+}
+
+/// Readiness: 503 while draining or when the log storage cannot take new broadcasts.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = EntryReadiness), (status = 503, body = EntryReadiness)))]
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    let (code, status, reason) = if node.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining", None)
+    } else if let Some(why) = node.storage_problem() {
+        let s = if why.starts_with("disk full") {
+            "disk_full"
+        } else {
+            "disk_failing"
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, s, Some(why))
+    } else {
+        (StatusCode::OK, "ready", None)
+    };
+    (
+        code,
+        axum::Json(EntryReadiness {
+            status: status.into(),
+            reason,
+        }),
+    )
+        .into_response()
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "ok", content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let m = &node.metrics;
     let g = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
-    let streams = node.hub.all();
-    let ingest = streams.iter().filter(|s| s.is_ingest()).count();
+    let (ingest, relay) = node.hub.counts();
     let text = format!(
         "# TYPE firstmile_entry_sessions gauge\nfirstmile_entry_sessions {}\n\
          # TYPE firstmile_entry_streams gauge\nfirstmile_entry_streams{{source=\"ingest\"}} {}\nfirstmile_entry_streams{{source=\"relay\"}} {}\n\
@@ -325,10 +636,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
          # TYPE firstmile_entry_viewers_skipped_total counter\nfirstmile_entry_viewers_skipped_total {}\n\
          # TYPE firstmile_entry_viewers_cut_total counter\nfirstmile_entry_viewers_cut_total {}\n\
          # TYPE firstmile_entry_relay_upstream_failures_total counter\nfirstmile_entry_relay_upstream_failures_total {}\n\
-         # TYPE firstmile_entry_draining gauge\nfirstmile_entry_draining {}\n",
+         # TYPE firstmile_entry_draining gauge\nfirstmile_entry_draining {}\n\
+         # TYPE firstmile_entry_storage_ok gauge\nfirstmile_entry_storage_ok {}\n",
         g(&m.sessions),
         ingest,
-        streams.len() - ingest,
+        relay,
         g(&m.chunks_in),
         g(&m.duplicates),
         g(&m.bad_frames),
@@ -339,18 +651,37 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         g(&m.viewers_cut),
         g(&m.relay_upstream_failures),
         u8::from(node.draining.load(Ordering::SeqCst)),
+        u8::from(node.storage_problem().is_none()),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// The cached FLV head of a stream held here (relays fetch it to serve HTTP-FLV from the live
-/// edge: the configuration tags are at the stream's start, before the relay began).
-async fn flv_head(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
-    let Some(stream) = node.hub.get_ingest(&id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("stream {id} is not ingested here"),
-        );
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HeadQuery {
+    /// The broadcast (default: the newest one ingested here).
+    broadcast: Option<String>,
+    /// A playback token (private broadcasts, unless the cluster credential is sent).
+    token: Option<String>,
+}
+
+/// The cached FLV head of a broadcast held here (relays fetch it to serve HTTP-FLV from the live
+/// edge: the configuration tags are at the broadcast's start, before the relay began).
+#[utoipa::path(get, path = "/v1/streams/{id}/flv-head", tag = "relays",
+    params(("id" = StreamId, Path, description = "The stream"), HeadQuery),
+    responses(
+        (status = 200, description = "FLV tags: onMetaData and the codec configuration", content_type = "application/octet-stream"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    ))]
+async fn flv_head(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(q): Query<HeadQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let stream = match held(&node, &id, q.broadcast.as_deref(), q.token.as_deref(), &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
     ensure_head(&node, &stream).await;
     let b = stream
@@ -361,8 +692,8 @@ async fn flv_head(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Resp
     ([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response()
 }
 
-/// Fill an empty FLV head: from the log's first chunks (a stream recovered after a restart), or
-/// from an upstream (a relay that started mid-stream).
+/// Fill an empty FLV head: from the log's first chunks (a broadcast recovered after a restart),
+/// or from an upstream (a relay that started mid-broadcast).
 pub async fn ensure_head(node: &Arc<Node>, stream: &Arc<Stream>) {
     if !stream
         .flv
@@ -395,22 +726,30 @@ pub async fn ensure_head(node: &Arc<Node>, stream: &Arc<Stream>) {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct FlvQuery {
-    from: Option<String>,
-}
-
-/// HTTP-FLV: the FLV header, then (when starting mid-stream) the cached metadata and codec
-/// configuration, then the stream's tags from the latest keyframe (or `from`).
+/// HTTP-FLV: the FLV header, then (when starting mid-broadcast) the cached metadata and codec
+/// configuration, then the broadcast's tags from the latest keyframe (or `from`).
+#[utoipa::path(get, path = "/live/{file}", tag = "viewers",
+    params(("file" = String, Path, description = "<stream>.flv"), ViewQuery),
+    responses(
+        (status = 200, description = "An FLV file, live", content_type = "video/x-flv"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 415, description = "Not an RTMP (FLV) stream", body = ErrorBody),
+        (status = 503, description = "Not live yet (Retry-After)", body = ErrorBody),
+    ))]
 async fn http_flv(
     State(node): State<Arc<Node>>,
     Path(file): Path<String>,
-    Query(q): Query<FlvQuery>,
+    Query(q): Query<ViewQuery>,
+    headers: HeaderMap,
 ) -> Response {
     let Some(id) = file.strip_suffix(".flv") else {
-        return error(StatusCode::NOT_FOUND, "HTTP-FLV is at /live/<stream>.flv");
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "HTTP-FLV is at /live/<stream>.flv",
+        );
     };
-    let cursor = match open(&node, id, q.from.as_deref()).await {
+    let cursor = match open(&node, id, &q, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -423,6 +762,7 @@ async fn http_flv(
     {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_flv",
             format!("stream {id} is not an FLV (RTMP) stream: use /v1/streams/{id}/live"),
         );
     }
@@ -437,8 +777,8 @@ async fn http_flv(
                     if !first {
                         return Some((Ok::<Bytes, std::io::Error>(chunk.payload), (c, g, false)));
                     }
-                    // The stream's own start carries its metadata and configuration: only the
-                    // file header goes first. Mid-stream, the cached ones go first.
+                    // The broadcast's own start carries its metadata and configuration: only
+                    // the file header goes first. Mid-broadcast, the cached ones go first.
                     let mut b = BytesMut::new();
                     let from_start = chunk.seq == 0;
                     if !from_start {
@@ -485,9 +825,13 @@ async fn http_flv(
     r
 }
 
-#[derive(Debug, Deserialize)]
-struct PushQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PushQuery {
+    /// The director's ingest token for this server (from an assignment).
     token: Option<String>,
+    /// Or the stream's key: the director then authorizes the push and picks the broadcast.
+    key: Option<String>,
 }
 
 /// Bytes per HTTP-push chunk: 174 MPEG-TS packets. Fixed, so the same bytes pushed to the
@@ -495,83 +839,99 @@ struct PushQuery {
 /// the relay merge works for HTTP push as for the native protocol.
 pub const PUSH_CHUNK: usize = 188 * 174;
 
-/// HTTP push: `POST`/`PUT /v1/streams/{id}/push?token=` with any body (chunked or not); the
-/// bytes become the stream's chunks of [`PUSH_CHUNK`] bytes. The end of the body ends the
-/// stream. Like RTMP, only into an empty log (see `rtmp` for the re-publish rule).
+/// HTTP push: the request body's bytes (chunked or not) become a broadcast's chunks of
+/// [`PUSH_CHUNK`] bytes; the end of the body ends the broadcast. Only into an empty broadcast.
+#[utoipa::path(post, path = "/v1/streams/{id}/push", tag = "ingest",
+    params(("id" = StreamId, Path, description = "The stream"), PushQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "Any bytes (MPEG-TS from ffmpeg, ...)"),
+    responses(
+        (status = 200, description = "The push ended; the broadcast with it", content_type = "application/json"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+    ))]
 async fn push(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
     Query(q): Query<PushQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> Response {
-    if node.draining.load(Ordering::SeqCst) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "draining");
-    }
-    let token = q.token.unwrap_or_default();
-    let claims = match node.verifier.verify(&token, node.now_unix()) {
-        Ok(c) => c,
-        Err(e) => {
-            node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-            return error(StatusCode::UNAUTHORIZED, format!("token refused: {e}"));
-        }
+    let sid = match StreamId::parse(&id) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_stream", e.to_string()),
     };
-    if claims.stream != id || claims.server != node.cfg.id {
-        node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-        return error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "token is for stream {:?} at server {:?}, not stream {id:?} at {:?}",
-                claims.stream, claims.server, node.cfg.id
-            ),
-        );
-    }
-    if proto::StreamId::parse(&id).is_err() {
-        return error(StatusCode::BAD_REQUEST, "bad stream id");
-    }
-    let stream = {
-        let s = match ingest::open_stream(&node, &id, None).await {
-            Ok(s) => s,
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        };
+    let token = q.token.unwrap_or_default();
+    let cred = match &q.key {
+        Some(k) if token.is_empty() => match StreamKey::parse(k) {
+            Ok(key) => core::Credential::Key {
+                stream: sid.clone(),
+                key,
+            },
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_key", e.to_string()),
+        },
+        _ => core::Credential::Token(&token),
+    };
+    let a = match core::admit(
+        &node,
+        cred,
+        core::Expect {
+            stream: Some(sid.as_str()),
+            role: None,
+            continue_after_expiry: false,
+        },
+        proto::Protocol::Http,
+        Some(peer.ip()),
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => return ingest_error(&e),
+    };
+    let stream = match core::open(&node, &a, None).await {
+        Ok(s) => s,
+        Err(e) => return ingest_error(&e),
+    };
+    let session = {
         let _one = node.opening.lock().await;
-        let e = s.edge();
-        if s.live_sessions.load(Ordering::SeqCst) > 0 {
-            return error(
-                StatusCode::CONFLICT,
-                format!("stream {id} is being pushed here already"),
-            );
+        let e = stream.edge();
+        if stream.live_sessions.load(Ordering::SeqCst) > 0 {
+            return ingest_error(&IngestError::Busy(format!(
+                "stream {id} (broadcast {}) is being pushed here already",
+                a.broadcast
+            )));
         }
         if e.next_seq > 0 || e.ended.is_some() {
-            return error(
-                StatusCode::CONFLICT,
-                format!("stream {id} already holds data here: push under a new stream id"),
-            );
+            return ingest_error(&IngestError::Busy(format!(
+                "broadcast {} of stream {id} already holds data here: go live again (a new assignment, or push with the key) for a new broadcast",
+                a.broadcast
+            )));
         }
-        s.live_sessions.fetch_add(1, Ordering::SeqCst);
-        *s.role.lock().unwrap_or_else(|e| e.into_inner()) = Some(claims.role);
-        s
+        core::Session::start(&node, &stream, a.role)
     };
-    node.metrics.sessions.fetch_add(1, Ordering::Relaxed);
     // In its own task: hyper drops the handler when the client half-closes right after the last
-    // chunk (ffmpeg does), and the stream must still be ended and its session released.
-    tokio::spawn(push_body(node, stream, id, body))
+    // chunk (ffmpeg does), and the broadcast must still be ended and its session released.
+    tokio::spawn(push_body(node, session, id, body))
         .await
-        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
-async fn push_body(node: Arc<Node>, stream: Arc<Stream>, id: String, body: Body) -> Response {
+async fn push_body(node: Arc<Node>, session: core::Session, id: String, body: Body) -> Response {
     use futures_util::StreamExt;
+    let stream = session.stream().clone();
     let start = tokio::time::Instant::now();
     let mut body = body.into_data_stream();
     let mut pending = BytesMut::new();
     let mut total = 0u64;
     let mut synced = crate::logio::UnackedSync::new();
-    let result: Result<(), String> = loop {
+    let result: Result<(), IngestError> = loop {
+        if stream.is_superseded() {
+            break Err(IngestError::Superseded(stream.broadcast.clone()));
+        }
         let next = body.next().await;
         let done = !matches!(next, Some(Ok(_)));
         match next {
             Some(Ok(b)) => pending.extend_from_slice(&b),
-            Some(Err(e)) => break Err(e.to_string()),
+            Some(Err(e)) => break Err(IngestError::Protocol(e.to_string())),
             None => {}
         }
         let mut ready = Vec::new();
@@ -581,69 +941,166 @@ async fn push_body(node: Arc<Node>, stream: Arc<Stream>, id: String, body: Body)
         }
         if !ready.is_empty() {
             total += ready.iter().map(|b| b.len() as u64).sum::<u64>();
-            let pts = start.elapsed().as_micros() as i64;
-            let r = crate::logio::with_log(&node, &stream, move |log| {
-                let mut out = Vec::new();
-                for payload in ready {
-                    let rec = chunklog::Record {
-                        seq: log.next_seq(),
-                        pts,
-                        flags: 0,
-                        payload,
-                    };
-                    log.append(&rec).map_err(|e| e.to_string())?;
-                    out.push(crate::hub::Chunk {
-                        seq: rec.seq,
-                        pts,
-                        flags: 0,
-                        payload: rec.payload,
-                    });
-                }
-                Ok(out)
-            })
-            .await
-            .and_then(|r| r);
-            match r {
-                Ok(chunks) => {
-                    node.metrics
-                        .chunks_in
-                        .fetch_add(chunks.len() as u64, Ordering::Relaxed);
-                    stream.publish(chunks);
-                }
-                Err(e) => break Err(e),
+            let pts = i64::try_from(start.elapsed().as_micros()).unwrap_or(i64::MAX);
+            let recs = ready
+                .into_iter()
+                .map(|payload| chunklog::Record {
+                    seq: 0,
+                    pts,
+                    flags: 0,
+                    payload,
+                })
+                .collect();
+            if let Err(e) = core::append_next(&node, &stream, recs).await {
+                break Err(e);
             }
             if let Err(e) = synced.tick(&node, &stream).await {
-                break Err(e);
+                break Err(IngestError::Log(e));
             }
         }
         if done {
             break Ok(());
         }
     };
-    let final_seq = if result.is_ok() {
-        let s = stream.clone();
-        tokio::task::spawn_blocking(move || {
-            let crate::hub::Source::Ingest(log) = &s.source else {
-                return None;
-            };
-            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            let last = log.next_seq().checked_sub(1)?;
-            log.end(last).and_then(|_| log.sync()).ok().map(|_| last)
-        })
-        .await
-        .ok()
-        .flatten()
-    } else {
-        None
+    let final_seq = match &result {
+        Ok(()) => core::end(&stream, None).await.ok().flatten(),
+        Err(_) => {
+            let _ = crate::logio::sync(&node, &stream).await;
+            None
+        }
     };
-    if let Some(f) = final_seq {
-        stream.end(f);
-    }
-    stream.live_sessions.fetch_sub(1, Ordering::SeqCst);
-    node.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+    drop(session);
     match result {
-        Ok(()) => axum::Json(json!({"stream": id, "bytes": total, "final_seq": final_seq}))
-            .into_response(),
-        Err(e) => error(StatusCode::BAD_REQUEST, format!("push interrupted: {e}")),
+        Ok(()) => axum::Json(serde_json::json!({
+            "stream": id, "broadcast": stream.broadcast, "bytes": total, "final_seq": final_seq
+        }))
+        .into_response(),
+        Err(e) => ingest_error(&IngestError::Protocol(format!("push interrupted: {e}"))),
     }
+}
+
+/// A probe target: answers at once, so a device can time it (RTT to this server). Browsers may
+/// time it too (`Timing-Allow-Origin: *`). Rate-limited per client address.
+#[utoipa::path(get, path = "/v1/probe", tag = "devices",
+    responses(
+        (status = 204, description = "Nothing: time the request"),
+        (status = 429, description = "Too many probes from this address"),
+    ))]
+async fn probe(State(node): State<Arc<Node>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    let ok = node.probe_limiter.check(peer.ip());
+    let mut r = if ok {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        StatusCode::TOO_MANY_REQUESTS.into_response()
+    };
+    let h = r.headers_mut();
+    h.insert("timing-allow-origin", HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if !ok {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "firstmile entry server",
+        description = "Ingest (native over WebSocket, HTTP push; native TCP/TLS and RTMP on their own ports), viewers (chunked HTTP, WebSocket, HTTP-FLV), relay feeds between nodes. Types: the `proto::api` module (cargo doc).",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "viewers", description = "Playback; private streams need ?token="),
+        (name = "ingest", description = "Publishing with a token or a stream key"),
+        (name = "relays", description = "Feeds between nodes"),
+        (name = "devices", description = "Probes"),
+        (name = "operations", description = "Health, readiness, metrics, the broadcasts held"),
+    )
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = api.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "cluster",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The cluster credential".to_string()))
+                    .build(),
+            ),
+        );
+        for (name, schema) in proto::api::schemas() {
+            c.schemas.entry(name).or_insert(schema);
+        }
+    }
+}
+
+fn routes() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(ws_ingest))
+        .routes(routes!(list))
+        .routes(routes!(live))
+        .routes(routes!(live_ws))
+        .routes(routes!(chunks))
+        .routes(routes!(flv_head))
+        .routes(routes!(http_flv))
+        .routes(routes!(probe))
+        .routes(routes!(push))
+}
+
+/// The entry server's OpenAPI 3.1 document (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut api) = routes().split_for_parts();
+    api.info.version = env!("CARGO_PKG_VERSION").into();
+    for item in api.paths.paths.values_mut() {
+        for op in [&mut item.get, &mut item.post, &mut item.put].into_iter().flatten() {
+            for (status, r) in op.responses.responses.iter_mut() {
+                if let utoipa::openapi::RefOr::T(r) = r
+                    && r.description.is_empty()
+                {
+                    r.description = status
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|s| StatusCode::from_u16(s).ok())
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("Response")
+                        .to_string();
+                }
+            }
+        }
+    }
+    api
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    let doc = Arc::new(serde_json::to_string_pretty(&openapi()).unwrap_or_else(|_| "{}".into()));
+    let (r, _) = routes().split_for_parts();
+    r.route(
+        "/v1/streams/{id}/push",
+        axum::routing::put(push),
+    )
+    .route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    (*doc).clone(),
+                )
+                    .into_response()
+            }
+        }),
+    )
+    .with_state(node)
 }

@@ -1,8 +1,10 @@
-//! The streams this node holds, and the live edge every viewer and relay reads from.
+//! The broadcasts this node holds, and the live edge every viewer and relay reads from.
 //!
-//! A [`Stream`] is either **ingested here** (a device pushes it; chunks are appended to the
-//! durable [`chunklog::StreamLog`] first) or **relayed** (pulled from the ingest servers and
-//! merged; memory only). Both publish into the same structure: a bounded in-memory *tail* of the
+//! A [`Stream`] is one **broadcast** of a stream (one go-live: its own log and sequence
+//! numbering, see `DESIGN.md`), either **ingested here** (a device pushes it; chunks are appended
+//! to the durable [`chunklog::StreamLog`] first) or **relayed** (pulled from the ingest servers
+//! and merged; memory only). The hub keys them by (stream id, broadcast id); broadcast ids sort
+//! by start time, so the newest broadcast of a stream held here is the last key. Both publish into the same structure: a bounded in-memory *tail* of the
 //! most recent chunks plus a `watch` channel carrying the next sequence number, so:
 //!
 //! - readers are **cursors**, not queues: each viewer keeps its own next sequence number and
@@ -14,6 +16,7 @@
 
 use bytes::Bytes;
 use chunklog::{Record, StreamLog};
+use proto::BroadcastId;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -74,10 +77,13 @@ pub struct Edge {
     pub lost: bool,
 }
 
-/// One stream on this node.
+/// One broadcast of a stream on this node.
 #[derive(Debug)]
 pub struct Stream {
+    /// The stream id.
     pub name: String,
+    /// The broadcast.
+    pub broadcast: BroadcastId,
     pub source: Source,
     tail: Mutex<Tail>,
     tail_max_bytes: usize,
@@ -100,6 +106,13 @@ pub struct Stream {
     /// FLV streams (RTMP ingest): the metadata and codec configuration a player needs first,
     /// kept from the chunks as they are published (on relays too).
     pub flv: Mutex<crate::flv::Head>,
+    /// Viewers need a playback token (from the ingest token's claims, or the director).
+    pub private: std::sync::atomic::AtomicBool,
+    /// The director said this broadcast is no longer its stream's current one (the owner went
+    /// live again, or the stream was revoked): its sessions end and new ones are refused.
+    pub superseded: std::sync::atomic::AtomicBool,
+    /// [`mono_ms`] of the last publish, session start or end: idle broadcasts are released.
+    pub active_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Why a read failed.
@@ -112,7 +125,12 @@ pub enum ReadError {
 }
 
 impl Stream {
-    pub fn new(name: String, source: Source, tail_max_bytes: usize) -> Arc<Self> {
+    pub fn new(
+        name: String,
+        broadcast: BroadcastId,
+        source: Source,
+        tail_max_bytes: usize,
+    ) -> Arc<Self> {
         let (next_seq, ended) = match &source {
             Source::Ingest(log) => {
                 let l = log.lock().unwrap_or_else(|e| e.into_inner());
@@ -127,6 +145,7 @@ impl Stream {
         });
         Arc::new(Self {
             name,
+            broadcast,
             source,
             tail: Mutex::new(Tail::default()),
             tail_max_bytes,
@@ -139,7 +158,24 @@ impl Stream {
             takeover: Default::default(),
             rejoin: Default::default(),
             flv: Default::default(),
+            private: Default::default(),
+            superseded: Default::default(),
+            active_ms: std::sync::atomic::AtomicU64::new(mono_ms()),
         })
+    }
+
+    /// Note activity (publish, session start or end) for the release of idle broadcasts.
+    pub fn touch(&self) {
+        self.active_ms
+            .store(mono_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_private(&self) -> bool {
+        self.private.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn edge(&self) -> Edge {
@@ -177,7 +213,8 @@ impl Stream {
         }
         if let Some(seq) = last {
             self.edge
-                .send_modify(|e| e.next_seq = e.next_seq.max(seq + 1));
+                .send_modify(|e| e.next_seq = e.next_seq.max(seq.saturating_add(1)));
+            self.touch();
         }
     }
 
@@ -306,72 +343,107 @@ impl Stream {
     }
 }
 
-/// Every stream on this node: those ingested here and those relayed here. A stream can be in
-/// both for a while — a node relaying a stream to its viewers can become one of its ingest
-/// servers (a replacement the director picked); the relay then serves its existing viewers until
-/// they leave, while new viewers and other nodes' relays read the ingested copy.
+/// The key of a broadcast in the hub.
+pub type Key = (String, BroadcastId);
+
+/// Every broadcast on this node: those ingested here and those relayed here. A broadcast can be
+/// in both for a while — a node relaying it to its viewers can become one of its ingest servers
+/// (a replacement the director picked); the relay then serves its existing viewers until they
+/// leave, while new viewers and other nodes' relays read the ingested copy.
 #[derive(Debug, Default)]
 pub struct Hub {
-    ingest: Mutex<BTreeMap<String, Arc<Stream>>>,
-    relay: Mutex<BTreeMap<String, Arc<Stream>>>,
+    ingest: Mutex<BTreeMap<Key, Arc<Stream>>>,
+    relay: Mutex<BTreeMap<Key, Arc<Stream>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn key(name: &str, b: &BroadcastId) -> Key {
+    (name.to_string(), b.clone())
+}
+
 impl Hub {
-    /// The stream for a viewer: the ingested copy if there is one, else the relay.
-    pub fn get(&self, name: &str) -> Option<Arc<Stream>> {
-        self.get_ingest(name)
-            .or_else(|| lock(&self.relay).get(name).cloned())
+    /// The broadcast for a viewer: the ingested copy if there is one, else the relay.
+    pub fn get(&self, name: &str, b: &BroadcastId) -> Option<Arc<Stream>> {
+        self.get_ingest(name, b)
+            .or_else(|| lock(&self.relay).get(&key(name, b)).cloned())
     }
 
-    pub fn get_ingest(&self, name: &str) -> Option<Arc<Stream>> {
-        lock(&self.ingest).get(name).cloned()
+    pub fn get_ingest(&self, name: &str, b: &BroadcastId) -> Option<Arc<Stream>> {
+        lock(&self.ingest).get(&key(name, b)).cloned()
+    }
+
+    /// The newest broadcast of `name` ingested here (ids sort by start time).
+    pub fn latest_ingest(&self, name: &str) -> Option<Arc<Stream>> {
+        let g = lock(&self.ingest);
+        g.range((name.to_string(), BroadcastId::parse("0").expect("literal"))..)
+            .take_while(|((n, _), _)| n == name)
+            .last()
+            .map(|(_, s)| s.clone())
     }
 
     pub fn is_current_relay(&self, s: &Arc<Stream>) -> bool {
         lock(&self.relay)
-            .get(&s.name)
+            .get(&key(&s.name, &s.broadcast))
             .is_some_and(|x| Arc::ptr_eq(x, s))
     }
 
-    /// The relayed stream, or the one `make` creates (under the lock: exactly one is created).
+    /// The relayed broadcast, or the one `make` creates (under the lock: exactly one is created).
     pub fn relay_or_insert_with(
         &self,
         name: &str,
+        b: &BroadcastId,
         make: impl FnOnce() -> Arc<Stream>,
     ) -> (Arc<Stream>, bool) {
         let mut m = lock(&self.relay);
-        if let Some(s) = m.get(name) {
+        if let Some(s) = m.get(&key(name, b)) {
             return (s.clone(), false);
         }
         let s = make();
-        m.insert(name.to_string(), s.clone());
+        m.insert(key(name, b), s.clone());
         (s, true)
     }
 
-    /// Register an ingested stream (replacing nothing: callers check first, under their own
+    /// Register an ingested broadcast (replacing nothing: callers check first, under their own
     /// serialisation).
     pub fn insert_ingest(&self, s: Arc<Stream>) {
-        lock(&self.ingest).insert(s.name.clone(), s);
+        lock(&self.ingest).insert(key(&s.name, &s.broadcast), s);
     }
 
-    /// Remove the relay of `name` if it is still exactly `s`.
+    /// Remove the relay of `s`'s key if it is still exactly `s`.
     pub fn remove_relay(&self, s: &Arc<Stream>) {
         let mut m = lock(&self.relay);
-        if m.get(&s.name).is_some_and(|x| Arc::ptr_eq(x, s)) {
-            m.remove(&s.name);
+        let k = key(&s.name, &s.broadcast);
+        if m.get(&k).is_some_and(|x| Arc::ptr_eq(x, s)) {
+            m.remove(&k);
         }
     }
 
-    /// Streams ingested here.
+    /// Forget an ingested broadcast if it is still exactly `s` (its log closes when the last
+    /// reader lets go).
+    pub fn remove_ingest(&self, s: &Arc<Stream>) -> bool {
+        let mut m = lock(&self.ingest);
+        let k = key(&s.name, &s.broadcast);
+        if m.get(&k).is_some_and(|x| Arc::ptr_eq(x, s)) {
+            m.remove(&k);
+            return true;
+        }
+        false
+    }
+
+    /// Broadcasts ingested here.
     pub fn ingested(&self) -> Vec<Arc<Stream>> {
         lock(&self.ingest).values().cloned().collect()
     }
 
-    /// Every stream object: ingested, then relayed.
+    /// Number of broadcasts held (ingested, relayed).
+    pub fn counts(&self) -> (usize, usize) {
+        (lock(&self.ingest).len(), lock(&self.relay).len())
+    }
+
+    /// Every broadcast object: ingested, then relayed.
     pub fn all(&self) -> Vec<Arc<Stream>> {
         let mut v = self.ingested();
         v.extend(lock(&self.relay).values().cloned());

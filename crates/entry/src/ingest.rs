@@ -2,16 +2,17 @@
 //! (TCP frames back to back, or one frame per WebSocket binary message).
 //!
 //! The rules are those of `crates/proto/PROTOCOL.md` ("Session rules"): HELLO with a token the
-//! director signed for this stream, this server and this role → WELCOME with the next sequence
-//! number this server lacks → DATA appended to the durable log, in order → ACK through what is
+//! director signed for this stream, broadcast, server and role (admission and opening are the
+//! ingest core's, [`crate::core`]) → WELCOME with the next sequence number this server lacks → DATA appended to the durable log, in order → ACK through what is
 //! durable → END. Duplicates are ignored (and acknowledged), a gap ends the session, a newer
 //! session for the same stream replaces an older one. Any malformed frame ends only its own
 //! session, with an ERROR frame saying why.
 
+use crate::core::{self, IngestError};
 use crate::hub::{Chunk, Source, Stream};
 use crate::node::{Node, SessionSample};
 use bytes::BytesMut;
-use chunklog::{AppendOutcome, FsyncPolicy, Record, StreamLog};
+use chunklog::{AppendOutcome, FsyncPolicy, Record};
 use proto::{Decoder, ErrorCode, ErrorFrame, Frame, FrameError, Welcome};
 use std::future::Future;
 use std::net::IpAddr;
@@ -179,51 +180,6 @@ async fn refuse<T: FrameIo>(io: &mut T, code: ErrorCode, message: impl Into<Stri
         .await;
 }
 
-fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> R + Send + 'static,
-) -> impl Future<Output = Option<R>> {
-    let h = tokio::task::spawn_blocking(f);
-    async move { h.await.ok() }
-}
-
-/// Open (or recover) the stream's log and register it as ingested here. Openings are
-/// serialised per node, so two sessions racing for a new stream share one log.
-pub(crate) async fn open_stream(
-    node: &Arc<Node>,
-    name: &str,
-    resume_from: Option<u64>,
-) -> Result<Arc<Stream>, String> {
-    let _one_at_a_time = node.opening.lock().await;
-    if let Some(s) = node.hub.get_ingest(name) {
-        return Ok(s);
-    }
-    let cfg = node.log_config.clone();
-    let n = name.to_string();
-    let log = blocking(move || -> Result<StreamLog, chunklog::LogError> {
-        let mut log = StreamLog::open(&cfg, &n)?;
-        // A server that joins a stream late (a replacement) starts where the client can
-        // still supply data.
-        if let Some(r) = resume_from
-            && log.next_seq() == 0
-            && log.ended().is_none()
-            && r > 0
-        {
-            log.start_at(r)?;
-        }
-        Ok(log)
-    })
-    .await
-    .ok_or("log task failed")?
-    .map_err(|e| e.to_string())?;
-    let s = Stream::new(
-        name.to_string(),
-        Source::Ingest(std::sync::Mutex::new(log)),
-        node.cfg.tail_bytes,
-    );
-    node.hub.insert_ingest(s.clone());
-    Ok(s)
-}
-
 /// Serve one ingest connection until it ends.
 pub async fn serve<T: FrameIo>(mut io: T, node: Arc<Node>, peer: Option<IpAddr>) {
     let hello = match tokio::time::timeout(Duration::from_secs(10), io.recv()).await {
@@ -251,67 +207,43 @@ pub async fn serve<T: FrameIo>(mut io: T, node: Arc<Node>, peer: Option<IpAddr>)
             return refuse(&mut io, ErrorCode::Protocol, "no HELLO within 10 s").await;
         }
     };
-    if node.draining.load(Ordering::SeqCst) {
-        return refuse(
-            &mut io,
-            ErrorCode::GoingAway,
-            "this entry server is draining: ask the director for another",
-        )
-        .await;
-    }
     let token = String::from_utf8_lossy(&hello.token).into_owned();
-    let claims = match node.verifier.verify(&token, node.now_unix()) {
-        Ok(c) => c,
-        Err(e) => {
-            node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-            return refuse(
-                &mut io,
-                ErrorCode::Unauthorized,
-                format!("token refused: {e}"),
-            )
-            .await;
-        }
+    let admitted = core::admit(
+        &node,
+        core::Credential::Token(&token),
+        core::Expect {
+            stream: Some(hello.stream.as_str()),
+            role: Some(hello.role),
+            continue_after_expiry: false,
+        },
+        proto::Protocol::Native,
+        peer,
+    )
+    .await;
+    let a = match admitted {
+        Ok(a) => a,
+        Err(e) => return refuse(&mut io, e.native_code(), e.to_string()).await,
     };
-    let stream_name = hello.stream.as_str().to_string();
-    if claims.stream != stream_name || claims.server != node.cfg.id || claims.role != hello.role {
-        node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-        return refuse(
-            &mut io,
-            ErrorCode::Unauthorized,
-            format!(
-                "token is for stream {:?} at server {:?} as {}, not stream {:?} at {:?} as {}",
-                claims.stream, claims.server, claims.role, stream_name, node.cfg.id, hello.role
-            ),
-        )
-        .await;
-    }
-    let stream = match open_stream(&node, &stream_name, hello.resume_from).await {
+    let stream = match core::open(&node, &a, hello.resume_from).await {
         Ok(s) => s,
-        Err(e) => return refuse(&mut io, ErrorCode::Internal, e).await,
+        Err(e) => return refuse(&mut io, e.native_code(), e.to_string()).await,
     };
     let epoch = stream.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-    let Source::Ingest(_) = &stream.source else {
-        return refuse(&mut io, ErrorCode::Internal, "stream is not ingested here").await;
-    };
     let edge = stream.edge();
     if let Some(f) = edge.ended {
         // Already complete: tell the client everything is durable.
-        let _ = io.send(&Frame::Welcome(welcome(&node, f + 1))).await;
+        let _ = io.send(&Frame::Welcome(welcome(&node, f.saturating_add(1)))).await;
         let _ = io.send(&Frame::Ack { through: f }).await;
         return;
     }
     if let Some(r) = hello.resume_from
         && r > edge.next_seq
     {
-        return refuse(
-            &mut io,
-            ErrorCode::ResumeUnavailable,
-            format!(
-                "this server needs sequence {} next but the client holds only {r} onward",
-                edge.next_seq
-            ),
-        )
-        .await;
+        let e = IngestError::Resume {
+            need: edge.next_seq,
+            have: r,
+        };
+        return refuse(&mut io, e.native_code(), e.to_string()).await;
     }
     if io
         .send(&Frame::Welcome(welcome(&node, edge.next_seq)))
@@ -320,21 +252,18 @@ pub async fn serve<T: FrameIo>(mut io: T, node: Arc<Node>, peer: Option<IpAddr>)
     {
         return;
     }
-    let span = tracing::info_span!("ingest", stream = %stream_name, role = %hello.role, ?peer);
+    let span = tracing::info_span!("ingest", stream = %a.stream, broadcast = %a.broadcast, role = %a.role, ?peer);
     let _g = span.enter();
     tracing::info!(next_seq = edge.next_seq, "session started");
-    node.metrics.sessions.fetch_add(1, Ordering::Relaxed);
-    *stream.role.lock().unwrap_or_else(|e| e.into_inner()) = Some(hello.role);
-    stream.live_sessions.fetch_add(1, Ordering::SeqCst);
-    let result = session_loop(&mut io, &node, &stream, epoch, hello.role, peer).await;
-    stream.live_sessions.fetch_sub(1, Ordering::SeqCst);
-    node.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+    let session = core::Session::start(&node, &stream, a.role);
+    let result = session_loop(&mut io, &node, &stream, epoch, a.role, peer).await;
+    drop(session);
     if let Some(info) = io.tcp_info()
         && let Some(ip) = peer
     {
         node.record_sample(SessionSample {
-            stream: stream_name.clone(),
-            role: hello.role,
+            stream: stream.name.clone(),
+            role: a.role,
             client_ip: ip,
             info,
             bytes: 0,
@@ -361,6 +290,21 @@ fn welcome(node: &Node, next_seq: u64) -> Welcome {
 }
 
 type Fail = (ErrorCode, String);
+
+/// Whether this session must stop: a newer session of the broadcast replaced it, or the
+/// director superseded the broadcast.
+fn replaced(stream: &Stream, epoch: u64) -> Option<Fail> {
+    if stream.is_superseded() {
+        let e = IngestError::Superseded(stream.broadcast.clone());
+        return Some((e.native_code(), e.to_string()));
+    }
+    (stream.epoch.load(Ordering::SeqCst) != epoch).then(|| {
+        (
+            ErrorCode::GoingAway,
+            "replaced by a newer session for this broadcast".into(),
+        )
+    })
+}
 
 async fn session_loop<T: FrameIo>(
     io: &mut T,
@@ -392,8 +336,8 @@ async fn session_loop<T: FrameIo>(
                         return Err((code, e.to_string()));
                     }
                     Ok(Some(Frame::Data(d))) => {
-                        if stream.epoch.load(Ordering::SeqCst) != epoch {
-                            return Err((ErrorCode::GoingAway, "replaced by a newer session for this stream".into()));
+                        if let Some(e) = replaced(stream, epoch) {
+                            return Err(e);
                         }
                         let rec = Record { seq: d.seq, pts: d.pts, flags: d.flags.bits(), payload: d.payload };
                         let out = crate::logio::with_log(node, stream, move |log| {
@@ -414,7 +358,11 @@ async fn session_loop<T: FrameIo>(
                             Err(chunklog::LogError::Gap { expected, got }) => {
                                 return Err((ErrorCode::Protocol, format!("gap: expected sequence {expected}, got {got}")));
                             }
-                            Err(e) => return Err((ErrorCode::Internal, format!("log write failed: {e}"))),
+                            Err(e) => {
+                                node.note_storage_error(&e);
+                                let code = if node.storage_problem().is_some() { ErrorCode::GoingAway } else { ErrorCode::Internal };
+                                return Err((code, format!("log write failed: {e}")));
+                            }
                         }
                         if !matches!(node.log_config.fsync, FsyncPolicy::Interval(_)) {
                             // Always/Never: durable_through moved with the append.
@@ -425,21 +373,16 @@ async fn session_loop<T: FrameIo>(
                         }
                     }
                     Ok(Some(Frame::End { final_seq })) => {
-                        let s = stream.clone();
-                        let r = blocking(move || {
-                            let Source::Ingest(log) = &s.source else { unreachable!("checked above") };
-                            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                            log.end(final_seq).and_then(|_| log.sync())
-                        }).await;
-                        match r {
-                            Some(Ok(())) => {
-                                stream.end(final_seq);
+                        if let Some(e) = replaced(stream, epoch) {
+                            return Err(e);
+                        }
+                        match core::end(stream, Some(final_seq)).await {
+                            Ok(_) => {
                                 let _ = io.send(&Frame::Ack { through: final_seq }).await;
                                 tracing::info!(final_seq, "stream ended");
                                 return Ok(());
                             }
-                            Some(Err(e)) => return Err((ErrorCode::Protocol, format!("END refused: {e}"))),
-                            None => return Err((ErrorCode::Internal, "log task failed".into())),
+                            Err(e) => return Err((e.native_code(), e.to_string())),
                         }
                     }
                     Ok(Some(Frame::Ping(n))) => {
@@ -452,8 +395,8 @@ async fn session_loop<T: FrameIo>(
                 }
             }
             _ = tick.tick() => {
-                if stream.epoch.load(Ordering::SeqCst) != epoch {
-                    return Err((ErrorCode::GoingAway, "replaced by a newer session for this stream".into()));
+                if let Some(e) = replaced(stream, epoch) {
+                    return Err(e);
                 }
                 if last_frame.elapsed() > idle {
                     return Err((ErrorCode::Protocol, "no frame for 15 s".into()));
@@ -463,7 +406,10 @@ async fn session_loop<T: FrameIo>(
                         io.send(&Frame::Ack { through: d }).await.map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
                         acked = Some(d);
                     }
-                    Err(e) => return Err((ErrorCode::Internal, format!("log sync failed: {e}"))),
+                    Err(e) => {
+                        let code = if node.storage_problem().is_some() { ErrorCode::GoingAway } else { ErrorCode::Internal };
+                        return Err((code, format!("log sync failed: {e}")));
+                    }
                     _ => {}
                 }
                 if last_sample.elapsed() >= node.cfg.sample_interval() {

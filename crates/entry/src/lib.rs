@@ -16,6 +16,7 @@
 //! What it is not: a selection engine (the director chooses) or a transcoder (payload bytes pass
 //! through untouched).
 
+pub mod core;
 pub mod flv;
 pub mod http;
 pub mod hub;
@@ -127,20 +128,29 @@ impl Entry {
                 .map_err(|e| InitError::Config(e.to_string()))?,
             clock_override: None,
             opening: Default::default(),
+            storage: Default::default(),
+            superseded: Default::default(),
+            info_cache: Default::default(),
+            probe_limiter: Default::default(),
             log_config,
             cfg,
         };
-        for name in StreamLog::list(&node.log_config).map_err(|e| logs_err(&e))? {
-            match StreamLog::open(&node.log_config, &name) {
-                Ok(log) => {
-                    tracing::info!(stream = %name, next_seq = log.next_seq(), "recovered stream log");
+        // Recover the broadcasts that had not ended (their devices resume); ended ones stay on
+        // disk for catch-up and are opened when a viewer asks for them.
+        for (stream, broadcast) in broadcasts_on_disk(&node.log_config).map_err(|e| logs_err(&e))? {
+            let cfg = core::log_config(&node, &stream);
+            match StreamLog::open(&cfg, broadcast.as_str()) {
+                Ok(log) if log.ended().is_none() => {
+                    tracing::info!(%stream, %broadcast, next_seq = log.next_seq(), "recovered broadcast log");
                     node.hub.insert_ingest(hub::Stream::new(
-                        name,
+                        stream,
+                        broadcast,
                         hub::Source::Ingest(std::sync::Mutex::new(log)),
                         node.cfg.tail_bytes,
                     ));
                 }
-                Err(e) => tracing::warn!(stream = %name, error = %e, "cannot recover stream log"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%stream, %broadcast, error = %e, "cannot recover broadcast log"),
             }
         }
         Ok(Self {
@@ -316,13 +326,100 @@ impl Entry {
     }
 }
 
+/// Every (stream, broadcast) with a log under `cfg.dir` (`<dir>/<stream>/<broadcast>/`).
+pub fn broadcasts_on_disk(
+    cfg: &LogConfig,
+) -> Result<Vec<(String, proto::BroadcastId)>, std::io::Error> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&cfg.dir)? {
+        let entry = entry?;
+        let Ok(stream) = entry.file_name().into_string() else {
+            continue;
+        };
+        if proto::StreamId::parse(&stream).is_err() || !entry.path().is_dir() {
+            continue;
+        }
+        let mut c = cfg.clone();
+        c.dir = entry.path();
+        let Ok(names) = StreamLog::list(&c) else {
+            continue;
+        };
+        for b in names {
+            if let Ok(b) = b.parse::<proto::BroadcastId>() {
+                out.push((stream.clone(), b));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Open a broadcast's log from disk (an ended one a viewer asks for), if it is there.
+pub async fn open_from_disk(
+    node: &Arc<Node>,
+    stream: &str,
+    broadcast: &proto::BroadcastId,
+) -> Option<Arc<hub::Stream>> {
+    let _one = node.opening.lock().await;
+    if let Some(s) = node.hub.get_ingest(stream, broadcast) {
+        return Some(s);
+    }
+    let cfg = core::log_config(node, stream);
+    if !cfg.dir.join(broadcast.as_str()).is_dir() {
+        return None;
+    }
+    let b = broadcast.to_string();
+    let log = tokio::task::spawn_blocking(move || StreamLog::open(&cfg, &b))
+        .await
+        .ok()?
+        .ok()?;
+    let s = hub::Stream::new(
+        stream.to_string(),
+        broadcast.clone(),
+        hub::Source::Ingest(std::sync::Mutex::new(log)),
+        node.cfg.tail_bytes,
+    );
+    node.hub.insert_ingest(s.clone());
+    Some(s)
+}
+
+/// Broadcasts with no publisher and no reader for `release_after_s` (ended, or their publisher
+/// gone) are released: out of the hub, their files closed. One that comes back (a device
+/// resuming, a viewer of a past broadcast) is opened from disk again.
+pub fn release_idle(node: &Node) -> usize {
+    let after = node.cfg.release_after_s.saturating_mul(1000);
+    let now = hub::mono_ms();
+    let mut n = 0;
+    for s in node.hub.ingested() {
+        // The hub's reference and this loop's: nobody else (no session, viewer or relay feed).
+        let unused = Arc::strong_count(&s) <= 2;
+        let idle = now.saturating_sub(s.active_ms.load(Ordering::Relaxed)) >= after;
+        if unused && idle && s.live_sessions.load(Ordering::SeqCst) == 0 && node.hub.remove_ingest(&s) {
+            let _ = crate::logio::sync_blocking(&s);
+            n += 1;
+        }
+    }
+    if n > 0 {
+        tracing::debug!(released = n, "idle broadcasts released");
+    }
+    n
+}
+
 async fn retention(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut rounds = 0u64;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        for s in node.hub.all() {
+        rounds += 1;
+        let n2 = node.clone();
+        let _ = tokio::task::spawn_blocking(move || release_idle(&n2)).await;
+        if !rounds.is_multiple_of(6) {
+            continue;
+        }
+        for s in node.hub.ingested() {
             let s2 = s.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 if let hub::Source::Ingest(log) = &s2.source {

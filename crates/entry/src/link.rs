@@ -7,7 +7,10 @@
 //! viewers go on regardless.
 
 use crate::node::Node;
-use serde_json::{Value, json};
+use proto::api::{
+    BroadcastRef, Capacity, DiskState, ErrorBody, Heartbeat, HeartbeatAnswer, Load, LocationInput,
+    Measurement, Point, Registered, Registration, ServerState, StreamReport, Urls,
+};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,25 +23,36 @@ pub fn resolve_location(s: &str) -> Result<(geo::Location, String), String> {
     Ok((r.place.location, r.place.label()))
 }
 
-fn register_body(node: &Node) -> Result<Value, String> {
+fn register_body(node: &Node) -> Result<Registration, String> {
     let (loc, label) = resolve_location(&node.cfg.location)?;
     let urls = node.urls();
-    let mut protocols = vec!["native", "websocket", "http"];
-    let mut url_map =
-        json!({"native": urls.native, "websocket": urls.websocket, "http": urls.http});
-    if let Some(r) = &urls.rtmp {
-        protocols.push("rtmp");
-        url_map["rtmp"] = json!(r);
-    }
-    Ok(json!({
-        "id": node.cfg.id,
-        "pop": node.cfg.pop,
-        "city": label,
-        "location": {"lat": loc.lat, "lon": loc.lon},
-        "capacity": {"streams": node.cfg.capacity_streams, "mbps": node.cfg.capacity_mbps},
-        "protocols": protocols,
-        "urls": url_map,
-    }))
+    Ok(Registration {
+        id: node
+            .cfg
+            .id
+            .parse()
+            .map_err(|e: proto::NameError| format!("id: {e}"))?,
+        pop: node
+            .cfg
+            .pop
+            .parse()
+            .map_err(|e: proto::NameError| format!("pop: {e}"))?,
+        city: Some(label.chars().take(100).collect()),
+        location: LocationInput::Point(Point {
+            lat: loc.lat,
+            lon: loc.lon,
+        }),
+        capacity: Capacity {
+            streams: node.cfg.capacity_streams,
+            mbps: node.cfg.capacity_mbps,
+        },
+        urls: Urls {
+            native: Some(urls.native),
+            websocket: Some(urls.websocket),
+            http: Some(urls.http),
+            rtmp: urls.rtmp,
+        },
+    })
 }
 
 fn director_url(node: &Node, path: &str) -> Option<String> {
@@ -63,61 +77,96 @@ pub async fn register(node: &Node) -> Result<Duration, String> {
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
-        return Err(format!("{url}: {status}: {body}"));
+        let why = resp
+            .json::<ErrorBody>()
+            .await
+            .map(|e| e.error)
+            .unwrap_or_default();
+        return Err(format!("{url}: {status}: {why}"));
     }
-    let ms = body["heartbeat_interval_ms"]
-        .as_u64()
-        .unwrap_or(1000)
-        .clamp(50, 60_000);
-    Ok(Duration::from_millis(ms))
+    let r: Registered = resp
+        .json()
+        .await
+        .map_err(|e| format!("{url}: the answer: {e}"))?;
+    Ok(Duration::from_millis(r.heartbeat_interval_ms.clamp(50, 60_000)))
 }
 
-fn heartbeat_body(node: &Node, cpu: f64, mbps: f64) -> Value {
-    let streams: Vec<Value> = node
-        .hub
-        .ingested()
-        .into_iter()
-        .filter_map(|s| {
-            let role = (*s.role.lock().unwrap_or_else(|e| e.into_inner()))?;
-            let edge = s.edge();
-            Some(json!({
-                "stream": s.name,
-                "role": role,
-                "next_seq": edge.next_seq,
-                "live": s.live_sessions.load(Ordering::SeqCst) > 0 && edge.ended.is_none(),
-            }))
-        })
-        .take(1000)
-        .collect();
-    let live = streams.iter().filter(|s| s["live"] == true).count();
-    let measurements: Vec<Value> = node
+/// How long an ended broadcast is still reported (so every director sees its END).
+pub const REPORT_ENDED_FOR: Duration = Duration::from_secs(60);
+/// At most this many broadcasts per heartbeat (live ones first): the body's size does not grow
+/// with history.
+pub const MAX_REPORTS: usize = 2_000;
+
+/// The heartbeat: load, state, disk, the broadcasts that are live or changed recently (live
+/// first, then those ended within [`REPORT_ENDED_FOR`]), and the path samples.
+pub fn heartbeat_body(node: &Node, cpu: f64, mbps: f64) -> Heartbeat {
+    let now_ms = crate::hub::mono_ms();
+    let recent = REPORT_ENDED_FOR.as_millis() as u64;
+    let mut live = Vec::new();
+    let mut ended = Vec::new();
+    for s in node.hub.ingested() {
+        let Some(role) = *s.role.lock().unwrap_or_else(|e| e.into_inner()) else {
+            continue;
+        };
+        let Ok(stream) = s.name.parse() else { continue };
+        let edge = s.edge();
+        let is_live = s.live_sessions.load(Ordering::SeqCst) > 0 && edge.ended.is_none();
+        let changed = now_ms.saturating_sub(s.active_ms.load(Ordering::Relaxed)) < recent;
+        let r = StreamReport {
+            stream,
+            broadcast: s.broadcast.clone(),
+            role,
+            next_seq: edge.next_seq,
+            live: is_live,
+            ended: edge.ended,
+        };
+        if is_live {
+            live.push(r);
+        } else if changed {
+            ended.push(r);
+        }
+    }
+    let load_streams = u32::try_from(live.len()).unwrap_or(u32::MAX);
+    live.extend(ended);
+    live.truncate(MAX_REPORTS);
+    let measurements = node
         .take_samples()
         .into_iter()
         .filter(|m| m.info.rtt_ms > 0.0)
-        .map(|m| {
-            let mut v = json!({
-                "stream": m.stream,
-                "role": m.role,
-                "client_ip": m.client_ip.to_string(),
-                "rtt_ms": m.info.rtt_ms,
-                "min_rtt_ms": m.info.min_rtt_ms,
-                "loss": m.info.loss(),
-                "at": node.now_unix(),
-            });
-            if m.secs > 0.0 {
-                v["throughput_mbps"] = json!(m.bytes as f64 * 8.0 / m.secs / 1e6);
-            }
-            v
+        .filter_map(|m| {
+            Some(Measurement {
+                stream: m.stream.parse().ok()?,
+                role: m.role,
+                client_ip: m.client_ip,
+                rtt_ms: m.info.rtt_ms,
+                min_rtt_ms: Some(m.info.min_rtt_ms),
+                loss: Some(m.info.loss()),
+                throughput_mbps: (m.secs > 0.0).then(|| m.bytes as f64 * 8.0 / m.secs / 1e6),
+                at: node.now_unix(),
+            })
         })
         .collect();
-    json!({
-        "load": {"streams": live, "mbps": mbps, "cpu": cpu},
-        "state": if node.draining.load(Ordering::SeqCst) { "draining" } else { "ready" },
-        "streams": streams,
-        "measurements": measurements,
-    })
+    let disk = match node.storage_problem() {
+        None => DiskState::Ok,
+        Some(w) if w.starts_with("disk full") => DiskState::Full,
+        Some(_) => DiskState::Failing,
+    };
+    Heartbeat {
+        load: Load {
+            streams: load_streams,
+            mbps,
+            cpu,
+        },
+        state: if node.draining.load(Ordering::SeqCst) || disk != DiskState::Ok {
+            ServerState::Draining
+        } else {
+            ServerState::Ready
+        },
+        disk,
+        streams: live,
+        measurements,
+    }
 }
 
 /// Outcome of one heartbeat.
@@ -145,12 +194,33 @@ pub async fn heartbeat(node: &Node, cpu: f64, mbps: f64) -> Result<Beat, String>
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     match resp.status() {
-        s if s.is_success() => Ok(Beat::Ok),
+        s if s.is_success() => {
+            if let Ok(a) = resp.json::<HeartbeatAnswer>().await {
+                for b in a.superseded {
+                    end_superseded(node, &b);
+                }
+            }
+            Ok(Beat::Ok)
+        }
         reqwest::StatusCode::NOT_FOUND => Ok(Beat::Unknown),
         s => Err(format!(
             "{url}: {s}: {}",
             resp.text().await.unwrap_or_default()
         )),
+    }
+}
+
+/// The director says this broadcast must end here (the owner went live again, or the stream was
+/// revoked): its sessions end at once and new ones are refused.
+fn end_superseded(node: &Node, b: &BroadcastRef) {
+    node.supersede(b.stream.as_str(), &b.broadcast);
+    if let Some(s) = node.hub.get_ingest(b.stream.as_str(), &b.broadcast)
+        && !s.is_superseded()
+    {
+        tracing::info!(stream = %b.stream, broadcast = %b.broadcast, "broadcast superseded: ending its sessions");
+        s.superseded.store(true, Ordering::SeqCst);
+        s.epoch.fetch_add(1, Ordering::SeqCst);
+        s.takeover.notify_waiters();
     }
 }
 

@@ -92,3 +92,15 @@ impl UnackedSync {
         Ok(())
     }
 }
+
+/// Fsync a broadcast's log from a blocking context (release, shutdown).
+pub(crate) fn sync_blocking(stream: &Stream) -> Result<(), String> {
+    match &stream.source {
+        Source::Ingest(log) => log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sync()
+            .map_err(|e| e.to_string()),
+        Source::Relay => Ok(()),
+    }
+}

@@ -80,6 +80,12 @@ pub struct EntryConfig {
     /// Report this process's CPU use as load (turn off when several servers share a process,
     /// as in tests, where the figure would be the sum of all of them).
     pub report_cpu: bool,
+    /// A viewer who asks for a stream that is not live yet (assigned, or between broadcasts)
+    /// waits this long for it before getting 503 with Retry-After.
+    pub viewer_wait_ms: u64,
+    /// A broadcast that ended (or whose publishers are gone) and has no viewer is released from
+    /// memory, its files closed, after this many seconds.
+    pub release_after_s: u64,
 }
 
 impl Default for EntryConfig {
@@ -112,6 +118,8 @@ impl Default for EntryConfig {
             threads: 0,
             sample_secs: 5,
             report_cpu: true,
+            viewer_wait_ms: 10_000,
+            release_after_s: 60,
         }
     }
 }
@@ -238,6 +246,12 @@ impl EntryConfig {
         if self.tail_bytes < 1 << 16 {
             return bad("tail_bytes", "at least 65536");
         }
+        if self.viewer_wait_ms > 300_000 {
+            return bad("viewer_wait_ms", "at most 300000 (5 minutes)");
+        }
+        if self.release_after_s == 0 || self.release_after_s > 86_400 {
+            return bad("release_after_s", "1 to 86400");
+        }
         Ok(())
     }
 }
@@ -287,6 +301,14 @@ pub struct Node {
     pub clock_override: Option<u64>,
     /// Serialises opening stream logs (one log handle per stream).
     pub opening: tokio::sync::Mutex<()>,
+    /// Why the log storage cannot take new broadcasts (disk full, failing writes), if so.
+    pub storage: Mutex<Option<String>>,
+    /// Per-client rate limit of `GET /v1/probe`.
+    pub probe_limiter: ProbeLimiter,
+    /// The director's recent answers about streams: (stream, broadcast asked) → (when, answer).
+    pub info_cache: Mutex<InfoCache>,
+    /// Broadcasts the director said to end (superseded, revoked) → when told ([`crate::hub::mono_ms`]).
+    pub superseded: Mutex<std::collections::HashMap<crate::hub::Key, u64>>,
 }
 
 /// Where this node is reachable.
@@ -325,6 +347,85 @@ impl Node {
     pub fn urls(&self) -> Urls {
         self.urls.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Why new broadcasts cannot be stored now, if so.
+    pub fn storage_problem(&self) -> Option<String> {
+        self.storage.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A log error that means the storage is full or failing (not one stream's problem) makes
+    /// the server refuse new broadcasts until the storage check passes again.
+    pub fn note_storage_error(&self, e: &chunklog::LogError) {
+        if let chunklog::LogError::Io { source, .. } = e {
+            let full = matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+            let failing = matches!(source.raw_os_error(), Some(libc::EIO) | Some(libc::EROFS));
+            if full || failing {
+                let why = if full {
+                    format!("disk full: {source}")
+                } else {
+                    format!("disk failing: {source}")
+                };
+                tracing::error!(error = %e, "log storage problem: refusing new broadcasts");
+                *self.storage.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            }
+        }
+    }
+
+    /// Whether the director said to end this broadcast.
+    pub fn is_superseded(&self, stream: &str, b: &proto::BroadcastId) -> bool {
+        self.superseded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&(stream.to_string(), b.clone()))
+    }
+
+    /// Remember that the director said to end this broadcast (bounded: the oldest go first).
+    pub fn supersede(&self, stream: &str, b: &proto::BroadcastId) {
+        let mut g = self.superseded.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() >= 10_000
+            && let Some(oldest) = g.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone())
+        {
+            g.remove(&oldest);
+        }
+        g.insert((stream.to_string(), b.clone()), crate::hub::mono_ms());
+    }
+}
+
+/// The director's recent answers: (stream, broadcast asked) → (when, [`crate::hub::mono_ms`], answer).
+pub type InfoCache =
+    std::collections::HashMap<(String, Option<String>), (u64, proto::api::StreamInfo)>;
+
+/// A per-address token bucket for probes: `PER_SECOND` a second, bursts of `BURST`. Bounded:
+/// at most `MAX_CLIENTS` addresses are tracked (beyond, the table starts over; an attacker
+/// cycling addresses gets at most a fresh burst each).
+#[derive(Debug, Default)]
+pub struct ProbeLimiter {
+    clients: Mutex<std::collections::HashMap<IpAddr, (f64, u64)>>,
+}
+
+impl ProbeLimiter {
+    const PER_SECOND: f64 = 20.0;
+    const BURST: f64 = 40.0;
+    const MAX_CLIENTS: usize = 100_000;
+
+    /// Whether `ip` may probe now.
+    pub fn check(&self, ip: IpAddr) -> bool {
+        let now = crate::hub::mono_ms();
+        let mut g = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() >= Self::MAX_CLIENTS && !g.contains_key(&ip) {
+            g.clear();
+        }
+        let (tokens, at) = g.entry(ip).or_insert((Self::BURST, now));
+        let elapsed = now.saturating_sub(*at) as f64 / 1000.0;
+        *tokens = (*tokens + elapsed * Self::PER_SECOND).min(Self::BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -345,6 +446,16 @@ mod tests {
         assert_eq!((c.pop.as_str(), c.fsync), ("env-pop", FsyncPolicy::Always));
         let c = EntryConfig::load(Some(text), env, &["pop=\"flag-pop\"".into()]).unwrap();
         assert_eq!(c.pop, "flag-pop");
+    }
+
+    #[test]
+    fn probes_are_rate_limited_per_address() {
+        let l = ProbeLimiter::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let allowed = (0..100).filter(|_| l.check(a)).count();
+        assert!((40..=42).contains(&allowed), "{allowed}");
+        assert!(l.check(b), "another address is not affected");
     }
 
     #[test]

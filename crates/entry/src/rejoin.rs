@@ -145,12 +145,23 @@ fn matchable(kind: u8, data: &[u8]) -> bool {
     )
 }
 
+/// How a mirroring rejoin's state begins in `GET /v1/streams` (the `rejoin` field); peers
+/// recognise a mirroring server by it.
+pub const MIRRORING: &str = "mirroring";
+
 impl Rejoin {
-    /// Start pulling `stream` from the peer at `base` (its HTTP URL) from sequence `from`.
-    pub fn start(node: Arc<Node>, peer: String, base: String, stream: String, from: u64) -> Self {
+    /// Start pulling the broadcast from the peer at `base` (its HTTP URL) from sequence `from`.
+    pub fn start(
+        node: Arc<Node>,
+        peer: String,
+        base: String,
+        stream: String,
+        broadcast: proto::BroadcastId,
+        from: u64,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let base = base.trim_end_matches('/').to_string();
-        let url = format!("{base}/v1/streams/{stream}/chunks?from={from}");
+        let url = format!("{base}/v1/streams/{stream}/chunks?broadcast={broadcast}&from={from}");
         let task = tokio::spawn(async move {
             let ev = match pull(&node, &url, &tx).await {
                 Ok(Some(f)) => PeerEvent::Ended(f),
@@ -200,30 +211,43 @@ impl Rejoin {
     /// Ask the peer about a stall (its `GET /v1/streams` row for `stream`): take over when it has
     /// no publisher, or is itself rejoining and this server's id is the smaller (both paths
     /// dropped at once: exactly one of the two servers must lead, the other then mirrors it).
-    pub async fn verdict(&mut self, node: &Node, stream: &str) -> Verdict {
+    pub async fn verdict(
+        &mut self,
+        node: &Node,
+        stream: &str,
+        broadcast: &proto::BroadcastId,
+    ) -> Verdict {
         self.peer_at = tokio::time::Instant::now();
         let url = format!("{}/v1/streams", self.base);
-        let list = match node.http.get(&url).timeout(STALL).send().await {
-            Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
+        let list = match node
+            .http
+            .get(&url)
+            .bearer_auth(&node.cfg.cluster_secret)
+            .timeout(STALL)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => r.json::<proto::api::EntryStreams>().await.ok(),
             _ => None,
         };
         let Some(list) = list else {
             return Verdict::TakeOver("the other server does not answer".into());
         };
-        let row = list["streams"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["stream"] == stream);
+        let row = list.streams.iter().find(|r| {
+            r.stream.as_str() == stream
+                && &r.broadcast == broadcast
+                && r.source == proto::api::StreamSource::Ingest
+        });
         let Some(row) = row else {
-            return Verdict::TakeOver("the other server no longer holds the stream".into());
+            return Verdict::TakeOver("the other server no longer holds the broadcast".into());
         };
-        if row["live_sessions"].as_u64() == Some(0) {
+        if row.live_sessions == 0 {
             return Verdict::TakeOver("the other server has no publisher".into());
         }
-        if row["rejoin"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("mirroring"))
+        if row
+            .rejoin
+            .as_deref()
+            .is_some_and(|r| r.starts_with(MIRRORING))
             && node.cfg.id < self.peer
         {
             return Verdict::TakeOver(
@@ -241,8 +265,8 @@ impl Rejoin {
     /// For `GET /v1/streams`.
     pub fn status(&self) -> String {
         match (&self.state, self.aligned()) {
-            (State::Mirror, true) => format!("mirroring {}, aligned", self.peer),
-            (State::Mirror, false) => format!("mirroring {}, not aligned yet", self.peer),
+            (State::Mirror, true) => format!("{MIRRORING} {}, aligned", self.peer),
+            (State::Mirror, false) => format!("{MIRRORING} {}, not aligned yet", self.peer),
             (State::Settling, _) => format!("continuing alone after {} stopped", self.peer),
         }
     }

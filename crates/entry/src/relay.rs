@@ -14,8 +14,8 @@ use crate::hub::{Chunk, Source, Stream};
 use crate::node::Node;
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use proto::{Decoder, Frame};
-use serde::Deserialize;
+use proto::api::StreamInfo;
+use proto::{BroadcastId, Decoder, Frame};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,29 +30,40 @@ pub enum RelayError {
     Unknown(String),
     #[error("stream {0} has no reachable ingest server yet")]
     NoUpstream(String),
+    #[error("stream {0} is not live yet")]
+    NotLive(String),
     #[error("director unreachable: {0}")]
     Director(String),
 }
 
-#[derive(Debug, Deserialize)]
-struct StreamInfo {
-    #[serde(default)]
-    ingest: Vec<IngestInfo>,
-}
-
-#[derive(Debug, Deserialize)]
-struct IngestInfo {
-    server_id: String,
-    #[serde(default)]
-    urls: Option<std::collections::BTreeMap<String, String>>,
-}
-
-/// HTTP base URLs of the stream's ingest servers other than this node.
-async fn upstreams(node: &Node, stream: &str) -> Result<Vec<(String, String)>, RelayError> {
+/// What the director says of a stream: its current broadcast (or the one asked for), its
+/// privacy and its ingest servers. Cached for [`INFO_TTL`] per (stream, broadcast) so a burst of
+/// viewers costs one question.
+pub async fn info(
+    node: &Node,
+    stream: &str,
+    broadcast: Option<&BroadcastId>,
+) -> Result<StreamInfo, RelayError> {
     let Some(dir) = &node.cfg.director else {
         return Err(RelayError::NoDirector(stream.into()));
     };
-    let url = format!("{}/v1/streams/{stream}", dir.trim_end_matches('/'));
+    let key = (stream.to_string(), broadcast.map(|b| b.to_string()));
+    if let Some((at, i)) = node
+        .info_cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        && crate::hub::mono_ms().saturating_sub(*at) < INFO_TTL.as_millis() as u64
+    {
+        return Ok(i.clone());
+    }
+    let url = match broadcast {
+        Some(b) => format!(
+            "{}/v1/streams/{stream}/broadcasts/{b}",
+            dir.trim_end_matches('/')
+        ),
+        None => format!("{}/v1/streams/{stream}", dir.trim_end_matches('/')),
+    };
     let resp = node
         .http
         .get(&url)
@@ -66,15 +77,33 @@ async fn upstreams(node: &Node, stream: &str) -> Result<Vec<(String, String)>, R
     if !resp.status().is_success() {
         return Err(RelayError::Director(format!("{url}: {}", resp.status())));
     }
-    let info: StreamInfo = resp
+    let i: StreamInfo = resp
         .json()
         .await
         .map_err(|e| RelayError::Director(e.to_string()))?;
+    let mut cache = node.info_cache.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= 10_000 {
+        cache.clear();
+    }
+    cache.insert(key, (crate::hub::mono_ms(), i.clone()));
+    Ok(i)
+}
+
+/// How long a director's answer about a stream is reused.
+pub const INFO_TTL: Duration = Duration::from_secs(1);
+
+/// HTTP base URLs of the broadcast's ingest servers other than this node.
+async fn upstreams(
+    node: &Node,
+    stream: &str,
+    broadcast: &BroadcastId,
+) -> Result<Vec<(String, String)>, RelayError> {
+    let info = info(node, stream, Some(broadcast)).await?;
     Ok(info
         .ingest
         .into_iter()
-        .filter(|i| i.server_id != node.cfg.id)
-        .filter_map(|i| Some((i.server_id, i.urls?.get("http")?.clone())))
+        .filter(|i| i.server_id.as_str() != node.cfg.id)
+        .filter_map(|i| Some((i.server_id.to_string(), i.urls?.http?)))
         .collect())
 }
 
@@ -85,16 +114,23 @@ pub async fn backfill(node: &Arc<Node>, stream: &Arc<Stream>, from: u64) {
     if from >= first || stream.is_ingest() {
         return;
     }
-    let Ok(ups) = upstreams(node, &stream.name).await else {
+    let Ok(ups) = upstreams(node, &stream.name, &stream.broadcast).await else {
         return;
     };
     for (_, base) in ups {
         let url = format!(
-            "{}/v1/streams/{}/chunks?from={from}",
+            "{}/v1/streams/{}/chunks?broadcast={}&from={from}",
             base.trim_end_matches('/'),
-            stream.name
+            stream.name,
+            stream.broadcast
         );
-        let Ok(resp) = node.http.get(&url).send().await else {
+        let Ok(resp) = node
+            .http
+            .get(&url)
+            .bearer_auth(&node.cfg.cluster_secret)
+            .send()
+            .await
+        else {
             continue;
         };
         if !resp.status().is_success() {
@@ -141,18 +177,20 @@ pub async fn backfill(node: &Arc<Node>, stream: &Arc<Stream>, from: u64) {
 
 /// Fill a relayed stream's empty FLV head from an upstream's (best effort).
 pub async fn fetch_flv_head(node: &Arc<Node>, stream: &Arc<Stream>) {
-    let Ok(ups) = upstreams(node, &stream.name).await else {
+    let Ok(ups) = upstreams(node, &stream.name, &stream.broadcast).await else {
         return;
     };
     for (_, base) in ups {
         let url = format!(
-            "{}/v1/streams/{}/flv-head",
+            "{}/v1/streams/{}/flv-head?broadcast={}",
             base.trim_end_matches('/'),
-            stream.name
+            stream.name,
+            stream.broadcast
         );
         let Ok(resp) = node
             .http
             .get(&url)
+            .bearer_auth(&node.cfg.cluster_secret)
             .timeout(Duration::from_secs(3))
             .send()
             .await
@@ -220,25 +258,40 @@ impl Merge {
     }
 }
 
-/// The stream, relayed if it is not held here. `initial_from` is where the relay starts when it
-/// is created (the first viewer's `from`).
+/// The broadcast, relayed if it is not held here. `initial_from` is where the relay starts when
+/// it is created (the first viewer's `from`). Relays pull only from the ingest servers the
+/// director recorded for this broadcast.
 pub async fn ensure(
     node: &Arc<Node>,
     name: &str,
+    broadcast: &BroadcastId,
+    private: bool,
     initial_from: &str,
 ) -> Result<Arc<Stream>, RelayError> {
-    if let Some(s) = node.hub.get(name) {
+    if let Some(s) = node.hub.get(name, broadcast) {
         return Ok(s);
     }
-    let ups = upstreams(node, name).await?;
+    // Ingested here before, released from memory since (ended, or its publisher gone).
+    if let Some(s) = crate::open_from_disk(node, name, broadcast).await {
+        return Ok(s);
+    }
+    let ups = upstreams(node, name, broadcast).await?;
     if ups.is_empty() {
         return Err(RelayError::NoUpstream(name.into()));
     }
-    let (s, created) = node.hub.relay_or_insert_with(name, || {
-        Stream::new(name.into(), Source::Relay, node.cfg.tail_bytes)
+    let (s, created) = node.hub.relay_or_insert_with(name, broadcast, || {
+        Stream::new(
+            name.into(),
+            broadcast.clone(),
+            Source::Relay,
+            node.cfg.tail_bytes,
+        )
     });
+    if private {
+        s.private.store(true, Ordering::Relaxed);
+    }
     if created {
-        tracing::info!(stream = name, upstreams = ?ups, "relaying");
+        tracing::info!(stream = name, %broadcast, upstreams = ?ups, "relaying");
         tokio::spawn(run(node.clone(), s.clone(), initial_from.to_string(), ups));
     }
     Ok(s)
@@ -285,7 +338,7 @@ async fn run(
         // Re-resolve when an upstream is missing: the director may know a replacement.
         if pullers.len() < 2 && refreshed.elapsed() > Duration::from_millis(500) {
             refreshed = tokio::time::Instant::now();
-            if let Ok(u) = upstreams(&node, &stream.name).await {
+            if let Ok(u) = upstreams(&node, &stream.name, &stream.broadcast).await {
                 known = u;
             }
         }
@@ -328,9 +381,10 @@ async fn pull(node: Arc<Node>, merge: Arc<Merge>, base: String, initial_from: St
         }
         let from = merge.resume_point(&initial_from);
         let url = format!(
-            "{}/v1/streams/{}/chunks?from={from}",
+            "{}/v1/streams/{}/chunks?broadcast={}&from={from}",
             base.trim_end_matches('/'),
-            merge.stream.name
+            merge.stream.name,
+            merge.stream.broadcast
         );
         match pull_once(&node, &merge, &url).await {
             Ok(()) => return,
@@ -351,7 +405,13 @@ async fn pull(node: Arc<Node>, merge: Arc<Merge>, base: String, initial_from: St
 }
 
 async fn pull_once(node: &Node, merge: &Merge, url: &str) -> Result<(), String> {
-    let resp = node.http.get(url).send().await.map_err(|e| e.to_string())?;
+    let resp = node
+        .http
+        .get(url)
+        .bearer_auth(&node.cfg.cluster_secret)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     if !resp.status().is_success() {
         return Err(format!("{}", resp.status()));
     }

@@ -78,10 +78,11 @@
 //!
 //! What this is not: an RTMP player endpoint, or a transcoder.
 
+use crate::core::{self, IngestError};
 use crate::flv::{self, MetaValue};
 use crate::hub::{Chunk, Source, Stream};
 use crate::node::Node;
-use chunklog::{Record, StreamLog};
+use chunklog::Record;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult, StreamMetadata,
@@ -144,6 +145,8 @@ struct Conn {
 /// A publish in progress.
 struct Publishing {
     stream: Arc<Stream>,
+    /// Counts this publisher until the publish is over.
+    session: core::Session,
     /// This connection's timestamps on the stream's timeline.
     clock: Timeline,
     /// Messages received but not yet appended: (tag type, stream time in ms, body).
@@ -331,7 +334,7 @@ impl Publishing {
         if !r.stalled() {
             return Ok(());
         }
-        match r.verdict(node, &self.stream.name).await {
+        match r.verdict(node, &self.stream.name, &self.stream.broadcast).await {
             crate::rejoin::Verdict::TakeOver(why) => self.take_over(node, why).await,
             crate::rejoin::Verdict::Wait => Ok(()),
         }
@@ -461,26 +464,51 @@ impl Publishing {
         };
         if let Some(f) = ended {
             self.stream.end(f);
-            tracing::info!(stream = %self.stream.name, final_seq = f, "rtmp stream ended");
+            tracing::info!(stream = %self.stream.name, broadcast = %self.stream.broadcast, final_seq = f, "rtmp broadcast ended");
         }
-        self.stream.live_sessions.fetch_sub(1, Ordering::SeqCst);
-        node.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+        drop(self.session);
     }
 }
 
-/// Split a publish name into (stream, token): `stream?token=JWT` (other query keys ignored),
-/// or the bare token.
-pub fn split_key(key: &str) -> (Option<&str>, &str) {
-    match key.split_once('?') {
+/// What a publish name carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishName<'a> {
+    /// The stream id, when named.
+    pub stream: Option<&'a str>,
+    /// The director's ingest token (`?token=`, or the whole name when it is a token).
+    pub token: Option<&'a str>,
+    /// The stream's key (`?key=`): the director then authorizes the publish.
+    pub key: Option<&'a str>,
+}
+
+/// Parse a publish name (the part after `rtmp://host/live/`): `<stream>?token=<jwt>`,
+/// `<stream>?key=<stream key>` (what OBS's "Stream Key" field holds day after day), or a bare
+/// token. Other query keys are ignored.
+pub fn parse_publish_name(name: &str) -> PublishName<'_> {
+    match name.split_once('?') {
         Some((stream, query)) => {
-            let token = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("token="))
-                .unwrap_or("");
-            (Some(stream), token)
+            let get = |k: &str| {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                    .filter(|v| !v.is_empty())
+            };
+            PublishName {
+                stream: Some(stream),
+                token: get("token"),
+                key: get("key"),
+            }
         }
-        None if key.matches('.').count() == 2 && key.len() > 64 => (None, key),
-        None => (Some(key), ""),
+        None if name.matches('.').count() == 2 && name.len() > 64 => PublishName {
+            stream: None,
+            token: Some(name),
+            key: None,
+        },
+        None => PublishName {
+            stream: Some(name),
+            token: None,
+            key: None,
+        },
     }
 }
 
@@ -780,114 +808,82 @@ impl Conn {
         Ok(())
     }
 
-    /// Check the publish name's token and open the stream; Err((status code, why)).
+    /// Check the publish name's credential and open the broadcast; Err((status code, why)).
     async fn authorize(&mut self, key: &str) -> Result<Publishing, (&'static str, String)> {
-        const DENIED: &str = "NetStream.Publish.Denied";
         const BAD_NAME: &str = "NetStream.Publish.BadName";
         let node = self.node.clone();
         if self.publishing.is_some() {
             return Err((BAD_NAME, "this connection already publishes".into()));
         }
-        if node.draining.load(Ordering::SeqCst) {
-            return Err((
-                DENIED,
-                "this entry server is draining: ask the director for another".into(),
-            ));
-        }
-        let (stream, token) = split_key(key);
-        if token.is_empty() {
-            node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-            return Err((
-                DENIED,
-                "no token: publish to live/<stream>?token=<token from the director>".into(),
-            ));
-        }
-        // The signature and claims first; expiry below (a stream held here may continue).
-        let now = node.now_unix();
-        let claims = node
-            .verifier
-            .verify_with_leeway(token, now, u64::MAX)
-            .map_err(|e| {
-                node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                (DENIED, format!("token refused: {e}"))
-            })?;
-        let name = stream.unwrap_or(&claims.stream).to_string();
-        if claims.stream != name || claims.server != node.cfg.id {
-            node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-            return Err((
-                DENIED,
-                format!(
-                    "token is for stream {:?} at server {:?}, not stream {name:?} at {:?}",
-                    claims.stream, claims.server, node.cfg.id
-                ),
-            ));
-        }
-        if proto::StreamId::parse(&name).is_err() {
-            return Err((BAD_NAME, format!("bad stream id {name:?}")));
-        }
-        // A token is needed to start a stream; the token that started a stream this server
-        // holds (not ended) still continues it after it expires: OBS reconnects hours into a
-        // stream with the URL it was given.
-        if now >= claims.exp {
-            let continues = node.hub.get_ingest(&name).is_some_and(|s| {
-                let e = s.edge();
-                e.next_seq > 0 && e.ended.is_none()
-            });
-            if !continues {
-                node.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                return Err((
-                    DENIED,
-                    format!(
-                        "token refused: {}",
-                        token::TokenError::Expired {
-                            exp: claims.exp,
-                            now
-                        }
-                    ),
-                ));
+        let refuse = |e: IngestError| (e.rtmp_status(), e.to_string());
+        let name = parse_publish_name(key);
+        let cred = match (&name.stream, name.token, name.key) {
+            (_, Some(t), _) => core::Credential::Token(t),
+            (Some(stream), None, Some(k)) => {
+                let stream = proto::StreamId::parse(stream)
+                    .map_err(|e| (BAD_NAME, format!("bad stream id: {e}")))?;
+                let key = proto::StreamKey::parse(k).map_err(|e| {
+                    refuse(IngestError::Key(e.to_string()))
+                })?;
+                core::Credential::Key { stream, key }
             }
-        }
+            _ => core::Credential::Token(""),
+        };
+        let a = core::admit(
+            &node,
+            cred,
+            core::Expect {
+                stream: name.stream,
+                role: None,
+                continue_after_expiry: true,
+            },
+            proto::Protocol::Rtmp,
+            Some(self.peer.ip()),
+        )
+        .await
+        .map_err(refuse)?;
+        let name = a.stream.to_string();
         // A publisher that has gone silent (a connection the network dropped without a word,
-        // which would otherwise hold the stream until its 15 s read timeout) gives way to a new
-        // publish; an active one does not.
-        if let Some(s) = node.hub.get_ingest(&name)
+        // which would otherwise hold the broadcast until its 15 s read timeout) gives way to a
+        // new publish; an active one does not.
+        if let Some(s) = node.hub.get_ingest(&name, &a.broadcast)
             && s.live_sessions.load(Ordering::SeqCst) > 0
         {
             let silent =
                 crate::hub::mono_ms().saturating_sub(s.input_at_ms.load(Ordering::Relaxed));
             if silent < TAKEOVER_SILENCE_MS {
-                return Err((
-                    BAD_NAME,
-                    format!(
-                        "stream {name} already has a publisher on this server (it sent data \
-                         {silent} ms ago)"
-                    ),
-                ));
+                return Err(refuse(IngestError::Busy(format!(
+                    "stream {name} already has a publisher on this server (it sent data \
+                     {silent} ms ago)"
+                ))));
             }
             s.epoch.fetch_add(1, Ordering::SeqCst);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
             while s.live_sessions.load(Ordering::SeqCst) > 0 {
                 if tokio::time::Instant::now() > deadline {
-                    return Err((
-                        BAD_NAME,
-                        format!("stream {name}: the silent publisher did not let go; retry"),
-                    ));
+                    return Err(refuse(IngestError::Busy(format!(
+                        "stream {name}: the silent publisher did not let go; retry"
+                    ))));
                 }
                 s.takeover.notify_waiters();
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tracing::info!(stream = %name, peer = %self.peer, silent_ms = silent, "rtmp publish takes over from a silent connection");
         }
-        // A re-publish into a stream with data: ask about the other servers first, outside the
-        // opening lock (it serialises the opening of every stream on this node).
+        // A re-publish into a broadcast with data: ask about the other servers first, outside
+        // the opening lock (it serialises the opening of every broadcast on this node).
         let mut checked_at = None;
         let mut rejoin = None;
-        if let Some(s) = node.hub.get_ingest(&name) {
+        let existing = match node.hub.get_ingest(&name, &a.broadcast) {
+            Some(s) => Some(s),
+            None => crate::open_from_disk(&node, &name, &a.broadcast).await,
+        };
+        if let Some(s) = existing {
             let e = s.edge();
             if e.next_seq > 0 && e.ended.is_none() && s.live_sessions.load(Ordering::SeqCst) == 0 {
-                match peer_holding(&node, &name).await {
+                match peer_holding(&node, &name, &a.broadcast).await {
                     Ok(None) => checked_at = Some(e.next_seq),
-                    // The other path carries the stream: rejoin by mirroring it.
+                    // The other path carries the broadcast: rejoin by mirroring it.
                     Ok(Some((peer, Some(base)))) => {
                         checked_at = Some(e.next_seq);
                         rejoin = Some((peer, base));
@@ -898,8 +894,8 @@ impl Conn {
                             BAD_NAME,
                             format!(
                                 "stream {name} is also ingested at {peer}, which cannot be \
-                                 reached from here to rejoin. Keep publishing to {peer}, or get \
-                                 a new stream id from the director for all outputs"
+                                 reached from here to rejoin. Keep publishing to {peer}, or go \
+                                 live again for a new broadcast"
                             ),
                         ));
                     }
@@ -915,41 +911,17 @@ impl Conn {
                 }
             }
         }
-        // Under the opening lock: one publisher per stream.
+        let s = core::open(&node, &a, None).await.map_err(refuse)?;
+        // Under the opening lock: one publisher per broadcast.
         let _one = node.opening.lock().await;
-        let s = match node.hub.get_ingest(&name) {
-            Some(s) => s,
-            None => {
-                let cfg = node.log_config.clone();
-                let n = name.clone();
-                let log = tokio::task::spawn_blocking(move || StreamLog::open(&cfg, &n))
-                    .await
-                    .map_err(|e| (DENIED, e.to_string()))?
-                    .map_err(|e| (DENIED, format!("cannot open the stream log: {e}")))?;
-                let s = Stream::new(
-                    name.clone(),
-                    Source::Ingest(std::sync::Mutex::new(log)),
-                    node.cfg.tail_bytes,
-                );
-                node.hub.insert_ingest(s.clone());
-                s
-            }
-        };
         if s.live_sessions.load(Ordering::SeqCst) > 0 {
-            return Err((
-                BAD_NAME,
-                format!("stream {name} already has a publisher on this server"),
-            ));
+            return Err(refuse(IngestError::Busy(format!(
+                "stream {name} already has a publisher on this server"
+            ))));
         }
         let edge = s.edge();
         if let Some(f) = edge.ended {
-            return Err((
-                BAD_NAME,
-                format!(
-                    "stream {name} has ended here (final sequence number {f}): publish under a \
-                     new stream id"
-                ),
-            ));
+            return Err(refuse(IngestError::Ended(f)));
         }
         let resume = if edge.next_seq == 0 {
             None
@@ -962,29 +934,33 @@ impl Conn {
             }
             Some(stored_resume(&s).await.map_err(|why| (BAD_NAME, why))?)
         };
-        s.live_sessions.fetch_add(1, Ordering::SeqCst);
+        let session = core::Session::start(&node, &s, a.role);
         let epoch = s.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        s.input_at_ms
-            .store(crate::hub::mono_ms(), Ordering::Relaxed);
-        node.metrics.sessions.fetch_add(1, Ordering::Relaxed);
-        *s.role.lock().unwrap_or_else(|e| e.into_inner()) = Some(claims.role);
         match resume {
             None => {
-                tracing::info!(stream = %name, role = %claims.role, peer = %self.peer, "rtmp publish started")
+                tracing::info!(stream = %name, broadcast = %a.broadcast, role = %a.role, peer = %self.peer, "rtmp publish started")
             }
             Some(r) => tracing::info!(
-                stream = %name, role = %claims.role, peer = %self.peer, next_seq = edge.next_seq,
-                last_ms = r.last_ms, gap_ms = r.gap_ms, "rtmp re-publish continues the stream"
+                stream = %name, broadcast = %a.broadcast, role = %a.role, peer = %self.peer, next_seq = edge.next_seq,
+                last_ms = r.last_ms, gap_ms = r.gap_ms, "rtmp re-publish continues the broadcast"
             ),
         }
         let p = Publishing {
             stream: s,
+            session,
             clock: Timeline::new(resume),
             batch: Vec::new(),
             synced: crate::logio::UnackedSync::new(),
             epoch,
             rejoin: rejoin.map(|(peer, base)| {
-                crate::rejoin::Rejoin::start(node.clone(), peer, base, name.clone(), edge.next_seq)
+                crate::rejoin::Rejoin::start(
+                    node.clone(),
+                    peer,
+                    base,
+                    name.clone(),
+                    a.broadcast.clone(),
+                    edge.next_seq,
+                )
             }),
             shift_ms: 0,
             shift_pending: false,
@@ -1004,53 +980,40 @@ pub const TAKEOVER_SILENCE_MS: u64 = 2_000;
 /// How long each question about the other servers may take.
 const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Another ingest server that holds chunks of `stream` (see the module docs), `Ok(None)` when
-/// none does, `Err` when that cannot be told now.
+/// Another ingest server that holds chunks of this broadcast (see the module docs), `Ok(None)`
+/// when none does, `Err` when that cannot be told now.
 async fn peer_holding(
     node: &Node,
     stream: &str,
+    broadcast: &proto::BroadcastId,
 ) -> Result<Option<(String, Option<String>)>, String> {
-    let Some(dir) = &node.cfg.director else {
+    if node.cfg.director.is_none() {
         return Ok(None);
+    }
+    let info = match crate::relay::info(node, stream, Some(broadcast)).await {
+        Ok(i) => i,
+        Err(crate::relay::RelayError::Unknown(_)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
     };
-    let url = format!("{}/v1/streams/{stream}", dir.trim_end_matches('/'));
-    let resp = node
-        .http
-        .get(&url)
-        .timeout(PEER_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| format!("director unreachable: {e}"))?;
-    if resp.status() == reqwest::StatusCode::NOT_FOUND {
-        return Ok(None);
-    }
-    if !resp.status().is_success() {
-        return Err(format!("director answered {}", resp.status()));
-    }
-    let info: serde_json::Value = resp
-        .json()
-        .await
-        .map_err(|e| format!("director answer: {e}"))?;
-    for row in info["ingest"].as_array().into_iter().flatten() {
-        let Some(id) = row["server_id"].as_str() else {
-            continue;
-        };
-        if id == node.cfg.id {
+    for row in info.ingest {
+        if row.server_id.as_str() == node.cfg.id {
             continue;
         }
-        let http = row["urls"]["http"].as_str().map(str::to_string);
-        if row["next_seq"].as_u64().is_some_and(|n| n > 0) {
-            return Ok(Some((id.to_string(), http)));
+        let id = row.server_id.to_string();
+        let http = row.urls.as_ref().and_then(|u| u.http.clone());
+        if row.next_seq.is_some_and(|n| n > 0) {
+            return Ok(Some((id, http)));
         }
         // Assigned, but not reporting chunks: ask it (a restarted server does not report the
-        // streams it recovered).
-        let Some(base) = row["urls"]["http"].as_str() else {
+        // broadcasts it recovered until a publisher reconnects).
+        let Some(base) = &http else {
             continue;
         };
         let list = format!("{}/v1/streams", base.trim_end_matches('/'));
-        let v: serde_json::Value = node
+        let v: proto::api::EntryStreams = node
             .http
             .get(&list)
+            .bearer_auth(&node.cfg.cluster_secret)
             .timeout(PEER_TIMEOUT)
             .send()
             .await
@@ -1059,13 +1022,14 @@ async fn peer_holding(
             .json()
             .await
             .map_err(|e| format!("server {id}: {e}"))?;
-        let holds = v["streams"].as_array().into_iter().flatten().any(|s| {
-            s["stream"] == stream
-                && s["source"] == "ingest"
-                && s["next_seq"].as_u64().is_some_and(|n| n > 0)
+        let holds = v.streams.iter().any(|s| {
+            s.stream.as_str() == stream
+                && &s.broadcast == broadcast
+                && s.source == proto::api::StreamSource::Ingest
+                && s.next_seq > 0
         });
         if holds {
-            return Ok(Some((id.to_string(), http)));
+            return Ok(Some((id, http)));
         }
     }
     Ok(None)
@@ -1107,12 +1071,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn publish_names_carry_the_token_as_a_query_or_as_the_key() {
-        assert_eq!(split_key("cam1?token=abc"), (Some("cam1"), "abc"));
-        assert_eq!(split_key("cam1?x=1&token=abc"), (Some("cam1"), "abc"));
-        assert_eq!(split_key("cam1"), (Some("cam1"), ""));
+    fn publish_names_carry_a_token_or_a_stream_key() {
+        let p = |stream, token, key| PublishName { stream, token, key };
+        assert_eq!(
+            parse_publish_name("cam1?token=abc"),
+            p(Some("cam1"), Some("abc"), None)
+        );
+        assert_eq!(
+            parse_publish_name("cam1?x=1&token=abc"),
+            p(Some("cam1"), Some("abc"), None)
+        );
+        assert_eq!(
+            parse_publish_name("cam1?key=sk_secret"),
+            p(Some("cam1"), None, Some("sk_secret"))
+        );
+        assert_eq!(parse_publish_name("cam1?tokenx=1"), p(Some("cam1"), None, None));
+        assert_eq!(parse_publish_name("cam1?token="), p(Some("cam1"), None, None));
+        assert_eq!(parse_publish_name("cam1"), p(Some("cam1"), None, None));
         let jwt = format!("{}.{}.{}", "a".repeat(30), "b".repeat(40), "c".repeat(20));
-        assert_eq!(split_key(&jwt), (None, jwt.as_str()));
+        assert_eq!(parse_publish_name(&jwt), p(None, Some(jwt.as_str()), None));
     }
 
     #[test]

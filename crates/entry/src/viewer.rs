@@ -89,7 +89,13 @@ impl Cursor {
             From::Pts(p) => stream.seek_pts(p).unwrap_or(edge.next_seq),
             From::Back(secs) => match stream.latest_pts() {
                 Some(latest) => stream
-                    .seek_pts(latest.saturating_sub(secs as i64 * 1_000_000))
+                    .seek_pts(
+                        latest.saturating_sub(
+                            i64::try_from(secs)
+                                .unwrap_or(i64::MAX)
+                                .saturating_mul(1_000_000),
+                        ),
+                    )
                     .unwrap_or(edge.next_seq),
                 None => edge.next_seq,
             },
@@ -154,7 +160,9 @@ impl Cursor {
             }
             match self.stream.read(self.next, 256 * 1024) {
                 Ok(chunks) if !chunks.is_empty() => {
-                    self.next = chunks.last().map_or(self.next, |c| c.seq + 1);
+                    self.next = chunks
+                        .last()
+                        .map_or(self.next, |c| c.seq.saturating_add(1));
                     self.pending.extend(chunks);
                     continue;
                 }
@@ -206,6 +214,11 @@ mod tests {
         assert_eq!("42".parse::<From>(), Ok(From::Seq(42)));
         assert_eq!("time:5000".parse::<From>(), Ok(From::Pts(5000)));
         assert_eq!("-30s".parse::<From>(), Ok(From::Back(30)));
+        // Hostile values parse but cannot overflow the arithmetic (see Cursor::new).
+        assert_eq!(
+            format!("-{}s", u64::MAX).parse::<From>(),
+            Ok(From::Back(u64::MAX))
+        );
         let e = "yesterday".parse::<From>().unwrap_err();
         assert!(e.contains("accepted values"), "{e}");
     }
@@ -231,7 +244,12 @@ mod slow_viewer_tests {
     }
 
     fn stream_with(n: u64) -> Arc<Stream> {
-        let s = Stream::new("s".into(), Source::Relay, 1 << 20);
+        let s = Stream::new(
+            "s".into(),
+            proto::BroadcastId::parse("b1").unwrap(),
+            Source::Relay,
+            1 << 20,
+        );
         s.set_start(0);
         s.publish((0..n).map(chunk));
         s
