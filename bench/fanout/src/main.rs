@@ -151,12 +151,17 @@ async fn main() -> anyhow::Result<()> {
         location: Some(client::LocationInput::Place(a.location.clone())),
         protocol: Some(proto::Protocol::Native),
         bitrate_kbps: Some((a.mbps * 1000.0) as u32),
+        ..Default::default()
     };
     let assignment = director.assign(&req).await?;
     let pusher = client::Pusher::from_assignment(&assignment, client::PushConfig::default())?
         .with_reassign(client::push::DirectorReassign {
             director: client::Director::new(&a.director)?,
-            request: req.clone(),
+            request: client::AssignRequest {
+                key: assignment.stream_key.clone(),
+                ..req.clone()
+            },
+            broadcast: assignment.broadcast.clone(),
         });
     let (mut tx, rx) = tokio::io::duplex(1 << 20);
     let push = tokio::spawn(pusher.run(rx));

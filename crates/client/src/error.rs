@@ -48,6 +48,8 @@ pub enum ClientError {
         status: u16,
         /// The `error` field of the JSON body (or the start of the body).
         message: String,
+        /// The body's machine-readable `code`, when it was an error body.
+        code: Option<String>,
     },
     /// The server answered 2xx with a body this client does not understand (version skew).
     #[error("{url} sent an answer this client does not understand: {reason}")]
@@ -66,6 +68,14 @@ impl ClientError {
             ClientError::Unreachable { .. } => true,
             ClientError::Status { status, .. } => matches!(status, 502..=504),
             _ => false,
+        }
+    }
+
+    /// The error body's `code` (`wrong_stream_key`, `broadcast_ended`, ...), when there was one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Status { code, .. } => code.as_deref(),
+            _ => None,
         }
     }
 

@@ -1,11 +1,13 @@
 //! Playback: find an entry server, fetch the stream's live HTTP body, copy it out.
 //!
 //! **What.** [`play`] asks the director for entry servers ranked for the caller (or uses the one
-//! given), requests `GET {http}/v1/streams/{id}/live?from=live|start|<seq>` and copies the body
-//! to the writer as it arrives. While the entry server answers 404 (the stream has not started
-//! yet) it polls again with backoff, up to the `wait` bound. A body that ends cleanly means the
-//! stream ended: success. Any entry server can serve any stream (it relays from the ingest
-//! servers), so the best-ranked one with an HTTP URL is taken.
+//! given), requests `GET {http}/v1/streams/{id}/live?from=live|start|<seq>` (with the playback
+//! token of a private stream, and a broadcast id when asked for a past one) and copies the body
+//! to the writer as it arrives. While the entry server answers 404 (unknown yet) or 503 (not
+//! live yet) it polls again with backoff, up to the `wait` bound. A body that ends cleanly means
+//! the broadcast ended: success — or, with `follow`, wait (without bound) for the stream's next
+//! broadcast and go on with it. Any entry server can serve any stream (it relays from the
+//! ingest servers), so the best-ranked one with an HTTP URL is taken.
 //!
 //! **What not.** No resume after a broken body (the HTTP body carries no sequence numbers), no
 //! demuxing: the bytes are the stream's payload as pushed.
@@ -15,7 +17,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use proto::StreamId;
+use proto::{BroadcastId, StreamId};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep};
 
@@ -78,6 +80,12 @@ pub struct PlayOptions {
     pub wait: Duration,
     /// Extra CA certificates (PEM) trusted for an `https://` director.
     pub ca_file: Option<PathBuf>,
+    /// A playback token (private streams).
+    pub token: Option<String>,
+    /// A past broadcast to play (catch-up) instead of the current one.
+    pub broadcast: Option<BroadcastId>,
+    /// After a broadcast ends, wait for the stream's next one and play it too.
+    pub follow: bool,
 }
 
 /// What a finished playback copied.
@@ -89,6 +97,8 @@ pub struct PlayStats {
     pub bytes: u64,
     /// True when the reader went away (broken pipe) before the stream ended.
     pub reader_closed: bool,
+    /// The broadcasts played, in order (from the entry server's `x-firstmile-broadcast`).
+    pub broadcasts: Vec<String>,
 }
 
 /// `scheme://host:port` of a URL (drops any path).
@@ -114,10 +124,17 @@ pub async fn entry_for_playback(opts: &PlayOptions) -> Result<String, PlayError>
         .entry_servers(opts.location.as_deref())
         .await?;
     list.iter()
-        .find_map(|s| s.urls.get("http").filter(|u| u.starts_with("http://")))
+        .find_map(|s| {
+            s.urls
+                .get(proto::Protocol::Http)
+                .filter(|u| u.starts_with("http://"))
+        })
         .map(|u| origin(u).to_owned())
         .ok_or(PlayError::NoEntryServer)
 }
+
+/// The header naming the broadcast a playback response carries.
+pub const BROADCAST_HEADER: &str = "x-firstmile-broadcast";
 
 /// Plays `stream` into `out`; see the module docs.
 pub async fn play<W: AsyncWrite + Unpin>(
@@ -126,73 +143,107 @@ pub async fn play<W: AsyncWrite + Unpin>(
     mut out: W,
 ) -> Result<PlayStats, PlayError> {
     let base = entry_for_playback(opts).await?;
-    let url = format!("{base}/v1/streams/{stream}/live?from={}", opts.start_at);
     let http = http_client(None, opts.ca_file.as_deref())?;
-    let deadline = Instant::now() + opts.wait;
-    let mut delay = Duration::from_millis(100);
-    let mut resp = loop {
-        let resp = http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                detail: chain(&e),
-            })?;
-        let status = resp.status();
-        if status.is_success() {
-            break resp;
-        }
-        let body = resp.bytes().await.unwrap_or_default();
-        if status.as_u16() == 404 {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(PlayError::NotFound {
-                    stream: stream.to_string(),
-                    url: base,
-                    waited: opts.wait,
-                });
-            }
-            sleep(delay.min(deadline - now)).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
-            continue;
-        }
-        return Err(ClientError::Status {
-            url,
-            status: status.as_u16(),
-            message: error_message(&body),
-        }
-        .into());
-    };
-    let mut bytes = 0u64;
-    loop {
-        let chunk = match resp.chunk().await {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(e) => {
-                return Err(PlayError::BrokenOff {
-                    bytes,
-                    detail: chain(&e),
-                });
-            }
-        };
-        match out.write_all(&chunk).await.and(out.flush().await) {
-            Ok(()) => bytes += chunk.len() as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                return Ok(PlayStats {
-                    entry_url: base,
-                    bytes,
-                    reader_closed: true,
-                });
-            }
-            Err(e) => return Err(PlayError::Output(e)),
-        }
-    }
-    Ok(PlayStats {
-        entry_url: base,
-        bytes,
+    let mut stats = PlayStats {
+        entry_url: base.clone(),
+        bytes: 0,
         reader_closed: false,
-    })
+        broadcasts: Vec::new(),
+    };
+    let mut first = true;
+    loop {
+        let mut url = format!("{base}/v1/streams/{stream}/live?from={}", opts.start_at);
+        if !first {
+            url = format!("{base}/v1/streams/{stream}/live?from=start");
+        }
+        if let (Some(b), true) = (&opts.broadcast, first) {
+            url.push_str(&format!("&broadcast={b}"));
+        }
+        if let Some(t) = &opts.token {
+            url.push_str("&token=");
+            url.push_str(&crate::director::percent_encode(t));
+        }
+        // Waiting for the stream: bounded the first time, without bound between broadcasts.
+        let deadline = first.then(|| Instant::now() + opts.wait);
+        let mut delay = Duration::from_millis(100);
+        let mut resp = loop {
+            let resp = http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    url: url.clone(),
+                    detail: chain(&e),
+                })?;
+            let status = resp.status();
+            if status.is_success() {
+                let b = resp
+                    .headers()
+                    .get(BROADCAST_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                if !first && stats.broadcasts.last() == Some(&b) {
+                    // The entry server still has the broadcast that just ended: not the next.
+                    sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                stats.broadcasts.push(b);
+                break resp;
+            }
+            let body = resp.bytes().await.unwrap_or_default();
+            if matches!(status.as_u16(), 404 | 503) {
+                let now = Instant::now();
+                if let Some(d) = deadline
+                    && now >= d
+                {
+                    return Err(PlayError::NotFound {
+                        stream: stream.to_string(),
+                        url: base,
+                        waited: opts.wait,
+                    });
+                }
+                let wait = deadline.map_or(delay, |d| delay.min(d - now));
+                sleep(wait).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            return Err(ClientError::Status {
+                url,
+                status: status.as_u16(),
+                message: error_message(&body),
+                code: serde_json::from_slice::<proto::api::ErrorBody>(&body)
+                    .ok()
+                    .map(|b| b.code),
+            }
+            .into());
+        };
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(PlayError::BrokenOff {
+                        bytes: stats.bytes,
+                        detail: chain(&e),
+                    });
+                }
+            };
+            match out.write_all(&chunk).await.and(out.flush().await) {
+                Ok(()) => stats.bytes += chunk.len() as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    stats.reader_closed = true;
+                    return Ok(stats);
+                }
+                Err(e) => return Err(PlayError::Output(e)),
+            }
+        }
+        if !opts.follow || opts.broadcast.is_some() {
+            return Ok(stats);
+        }
+        first = false;
+        tracing::info!(%stream, "broadcast ended; waiting for the next one (--follow)");
+    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,8 @@ use crate::chunker::{Align, Chunker};
 use crate::core::{
     AckError, FailoverPolicy, Next, Outgoing, PathState, PathTarget, PushCore, WelcomeError,
 };
-use crate::director::{AssignRequest, Assignment, Director, REQUEST_TIMEOUT};
+use crate::director::{AssignRequest, Assignment, Director, REQUEST_TIMEOUT, url_for};
+use proto::BroadcastId;
 use crate::error::{ClientError, PushError};
 
 /// Knobs of a push. `Default` is what `firstmile push` uses.
@@ -258,32 +259,40 @@ pub fn tcp_addr(url: &str) -> io::Result<&str> {
     native_addr(url).map(|(a, _)| a)
 }
 
-/// Asks for a new assignment for a stream (the director, or a test double).
+/// Asks for a replacement of one path of a stream's broadcast (the director, or a test double).
 pub trait Reassign: Send + Sync {
-    /// A fresh assignment for `stream`.
+    /// A fresh assignment for `stream` in which path `slot` is replaced.
     fn reassign<'a>(
         &'a self,
         stream: &'a StreamId,
+        slot: Role,
     ) -> Pin<Box<dyn Future<Output = Result<Assignment, ClientError>> + Send + 'a>>;
 }
 
-/// [`Reassign`] through the director, repeating the original request for the same stream id.
+/// [`Reassign`] through the director: the original request (with the stream's key) for the same
+/// stream, continuing the same broadcast, replacing only the dead path.
 #[derive(Debug, Clone)]
 pub struct DirectorReassign {
     /// The director.
     pub director: Director,
     /// The request (its stream id is replaced by the pushed stream's).
     pub request: AssignRequest,
+    /// The broadcast being pushed (from the first assignment).
+    pub broadcast: BroadcastId,
 }
 
 impl Reassign for DirectorReassign {
     fn reassign<'a>(
         &'a self,
         stream: &'a StreamId,
+        slot: Role,
     ) -> Pin<Box<dyn Future<Output = Result<Assignment, ClientError>> + Send + 'a>> {
         Box::pin(async move {
             let mut req = self.request.clone();
             req.stream = Some(stream.clone());
+            req.broadcast = Some(self.broadcast.clone());
+            req.replace = Some(slot);
+            req.probes.clear();
             self.director.assign(&req).await
         })
     }
@@ -306,14 +315,14 @@ pub fn choose_replacement(
         Role::Primary => a.backup.as_ref().map(|b| (Role::Backup, b)),
         Role::Backup => Some((Role::Primary, &a.primary)),
     };
-    [same, other].into_iter().flatten().find_map(|(role, p)| {
-        if in_use.contains(&p.server_id) || p.token.is_empty() {
+    [same, other].into_iter().flatten().find_map(|(_, p)| {
+        if in_use.iter().any(|u| u == p.server_id.as_str()) || p.token.is_empty() {
             return None;
         }
         Some(PathTarget {
-            role: p.role.unwrap_or(role),
-            server_id: p.server_id.clone(),
-            url: p.url_for(protocol)?.to_owned(),
+            role: p.role,
+            server_id: p.server_id.to_string(),
+            url: url_for(p, protocol)?.to_owned(),
             token: p.token.clone(),
         })
     })
@@ -330,7 +339,7 @@ pub fn targets_of(
         (Role::Backup, a.backup.as_ref()),
     ] {
         let Some(p) = p else { continue };
-        let url = p.url_for(protocol).ok_or_else(|| {
+        let url = url_for(p, protocol).ok_or_else(|| {
             PushError::Assignment(format!(
                 "the {role} pick {} has no {protocol} URL",
                 p.server_id
@@ -339,8 +348,8 @@ pub fn targets_of(
         out.push((
             role,
             PathTarget {
-                role: p.role.unwrap_or(role),
-                server_id: p.server_id.clone(),
+                role: p.role,
+                server_id: p.server_id.to_string(),
                 url: url.to_owned(),
                 token: p.token.clone(),
             },
@@ -824,7 +833,8 @@ async fn path_task<C: Connect>(sh: Arc<Shared<C>>, i: usize) {
                 let Some(r) = sh.reassign.clone() else {
                     continue;
                 };
-                let outcome = timeout(REQUEST_TIMEOUT, r.reassign(&sh.stream)).await;
+                let dead_slot = lock(&sh.core).paths()[i].slot;
+                let outcome = timeout(REQUEST_TIMEOUT, r.reassign(&sh.stream, dead_slot)).await;
                 let next = {
                     let mut core = lock(&sh.core);
                     let slot = core.paths()[i].slot;

@@ -367,7 +367,8 @@ fn pick(role: &str, e: &FakeEntry) -> Value {
         "urls": {"native": e.url(), "http": "http://127.0.0.1:1"},
         "token": format!("tok-{}", e.id),
         "estimate": {"distance_km": 1.0, "rtt_ms": 2.0, "loss": 0.0, "throughput_mbps": 100.0,
-            "utilization": 0.0, "score": 1.0, "evidence": 0.0},
+            "utilization": 0.0, "score": 1.0, "evidence": 0.0,
+            "rtt_source": {"kind": "estimated", "samples": 0}},
         "scored_from": {"kind": "typed", "location": {"lat": 1.0, "lon": 2.0}, "note": null},
         "runners_up": [], "note": null
     })
@@ -384,7 +385,8 @@ async fn a_server_that_stays_dead_is_replaced_through_the_director() {
         *b.kill_at.lock().unwrap() = Some(25);
         // After b's death the director assigns the survivor as primary and c as backup.
         let (url, director) = start_director(json!({
-            "stream": "cam-42", "protocol": "native",
+            "stream": "cam-42", "broadcast": "b1", "new_broadcast": false, "protocol": "native",
+            "bitrate_kbps": 1000, "client_ip": null, "locations": {"typed": null, "ip": null},
             "primary": pick("primary", &a), "backup": pick("backup", &c),
             "backup_reason": null, "issued_at": 1, "expires_at": 2
         }))
@@ -403,6 +405,7 @@ async fn a_server_that_stays_dead_is_replaced_through_the_director() {
             .with_reassign(DirectorReassign {
                 director: Director::new(&url).unwrap(),
                 request,
+                broadcast: "b1".parse().unwrap(),
             })
             .run(trickle(data.clone()))
             .await
@@ -414,6 +417,8 @@ async fn a_server_that_stays_dead_is_replaced_through_the_director() {
             reqs[0]["stream"], "cam-42",
             "the replacement is for the same stream id"
         );
+        assert_eq!(reqs[0]["broadcast"], "b1", "... and the same broadcast");
+        assert_eq!(reqs[0]["replace"], "backup", "... replacing the dead path only");
         assert_eq!(reqs[0]["location"], "Paris, FR");
         assert!(a.log().payload == data);
         let (b_log, c_log) = (b.log(), c.log());
@@ -441,8 +446,10 @@ async fn assign_sends_the_request_and_carries_the_directors_errors() {
     timeout(BOUND, async {
         let a = FakeEntry::start("a").await;
         let (url, director) = start_director(json!({
-            "stream": "cam-42", "protocol": "native", "primary": pick("primary", &a),
-            "backup": null, "backup_reason": "only one POP is up", "expires_at": 99
+            "stream": "cam-42", "broadcast": "b7", "new_broadcast": true, "protocol": "native",
+            "bitrate_kbps": 6000, "client_ip": "127.0.0.1", "locations": {"typed": null, "ip": null},
+            "primary": pick("primary", &a), "backup": null,
+            "backup_reason": "only one POP is up", "issued_at": 1, "expires_at": 99
         }))
         .await;
         let req = AssignRequest {
@@ -450,12 +457,17 @@ async fn assign_sends_the_request_and_carries_the_directors_errors() {
             location: Some(LocationInput::Place("Paris, FR".into())),
             protocol: Some(Protocol::Native),
             bitrate_kbps: Some(6000),
+            ..Default::default()
         };
         let got = client::assign(&url, &req).await.unwrap();
-        assert_eq!(got.primary.server_id, "a");
-        assert_eq!(got.primary.url_for(Protocol::Native), Some(a.url().as_str()));
+        assert_eq!(got.primary.server_id.as_str(), "a");
+        assert_eq!(
+            client::url_for(&got.primary, Protocol::Native),
+            Some(a.url().as_str())
+        );
         assert_eq!(got.backup_reason.as_deref(), Some("only one POP is up"));
-        assert_eq!(got.raw["expires_at"], 99);
+        assert_eq!(got.expires_at, 99);
+        assert_eq!(got.broadcast.as_str(), "b7");
         assert_eq!(
             director.requests.lock().unwrap()[0],
             json!({"stream": "cam-42", "location": "Paris, FR", "protocol": "native", "bitrate_kbps": 6000})
@@ -540,6 +552,9 @@ async fn play_waits_for_the_stream_then_copies_it_to_the_end() {
             start_at: StartAt::Start,
             wait: Duration::from_secs(10),
             ca_file: None,
+            token: None,
+            broadcast: None,
+            follow: false,
         };
         let mut out = Vec::new();
         let stats = client::play(&stream(), &opts, &mut out).await.unwrap();

@@ -60,6 +60,9 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, axum::Json(ErrorBody::new(code, message))).into_response()
 }
 
+/// The header naming the broadcast a playback response carries.
+pub const BROADCAST_HEADER: &str = "x-firstmile-broadcast";
+
 fn ingest_error(e: &IngestError) -> Response {
     error(e.http_status(), e.code(), e.to_string())
 }
@@ -210,6 +213,9 @@ async fn resolve(
             });
             if has_data || local_has_data {
                 match crate::relay::ensure(node, id.as_str(), &b, private, from_s).await {
+                    // A live viewer does not get a broadcast that has ended here (the director
+                    // may not have heard of its END yet): it waits for the next one.
+                    Ok(s) if explicit.is_none() && from == From::Live && s.edge().ended.is_some() => {}
                     Ok(s) => {
                         if wait_for_data(&s, deadline).await {
                             return Ok(s);
@@ -336,6 +342,7 @@ async fn live(
         Ok(c) => c,
         Err(r) => return r,
     };
+    let broadcast = cursor.stream().broadcast.clone();
     let guard = ViewerGuard::new(&node);
     let body = futures_util::stream::unfold((cursor, guard), |(mut c, g)| async move {
         let before = c.skipped;
@@ -366,6 +373,9 @@ async fn live(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
+    if let Ok(v) = HeaderValue::from_str(broadcast.as_str()) {
+        r.headers_mut().insert(BROADCAST_HEADER, v);
+    }
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
@@ -766,6 +776,7 @@ async fn http_flv(
             format!("stream {id} is not an FLV (RTMP) stream: use /v1/streams/{id}/live"),
         );
     }
+    let broadcast = cursor.stream().broadcast.clone();
     let guard = ViewerGuard::new(&node);
     let body =
         futures_util::stream::unfold((cursor, guard, true), |(mut c, g, first)| async move {
@@ -820,6 +831,9 @@ async fn http_flv(
         header::CONTENT_TYPE,
         HeaderValue::from_static("video/x-flv"),
     );
+    if let Ok(v) = HeaderValue::from_str(broadcast.as_str()) {
+        r.headers_mut().insert(BROADCAST_HEADER, v);
+    }
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r

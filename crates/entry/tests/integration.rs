@@ -62,6 +62,7 @@ fn start_director() -> Director {
     cfg.heartbeat.interval_ms = 100;
     cfg.http.rate_limit.per_second = 10_000.0;
     cfg.http.rate_limit.burst = 10_000;
+    cfg.publish.mode = director::config::PublishMode::Open;
     let d = director::Director::new(cfg, key.clone(), geo::ip::IpLocator::new()).unwrap();
     let listener = bind("127.0.0.1:0");
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -549,11 +550,28 @@ async fn restart_resumes_from_what_was_acknowledged() {
     assert!(e.contains("400") && e.contains("accepted values"), "{e}");
 }
 
+/// The broadcast of tokens made by [`token_for`].
+const B1: &str = "b1";
+
 fn token_for(key: &token::SigningKey, stream: &str, server: &str, role: Role, exp: u64) -> String {
+    token_for_broadcast(key, stream, B1, server, role, exp)
+}
+
+fn token_for_broadcast(
+    key: &token::SigningKey,
+    stream: &str,
+    broadcast: &str,
+    server: &str,
+    role: Role,
+    exp: u64,
+) -> String {
     key.sign(&token::Claims {
-        stream: stream.into(),
-        server: server.into(),
+        scp: token::Scope::Ingest,
+        stream: stream.parse().unwrap(),
+        broadcast: broadcast.parse().unwrap(),
+        server: server.parse().unwrap(),
         role,
+        private: false,
         iat: 0,
         exp,
     })

@@ -49,6 +49,13 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// Refused for lack of permission: a missing or wrong stream key (sysexits EX_NOPERM).
+    pub fn denied(e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 77,
+            error: e.into(),
+        }
+    }
     pub fn usage(e: impl Into<anyhow::Error>) -> Self {
         Self {
             code: 64,

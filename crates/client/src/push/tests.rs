@@ -8,7 +8,7 @@ use proto::Welcome;
 use tokio::io::DuplexStream;
 
 use super::*;
-use crate::director::Pick;
+use proto::api::Pick;
 
 /// What a fake server's log holds.
 #[derive(Debug, Default)]
@@ -282,20 +282,44 @@ impl Reassign for FixedReassign {
     fn reassign<'a>(
         &'a self,
         stream: &'a StreamId,
+        slot: Role,
     ) -> Pin<Box<dyn Future<Output = Result<Assignment, ClientError>> + Send + 'a>> {
         assert_eq!(stream.as_str(), "cam1");
+        assert_eq!(slot, Role::Backup, "the dead path is the backup");
         self.asked.fetch_add(1, Ordering::SeqCst);
         Box::pin(std::future::ready(Ok(self.a.clone())))
     }
 }
 
 fn pick(id: &str, role: Role) -> Pick {
-    Pick {
-        role: Some(role),
-        server_id: id.into(),
-        url: format!("tcp://{id}:1"),
-        token: format!("tok-{id}"),
-        ..Pick::default()
+    serde_json::from_value(serde_json::json!({
+        "role": role, "server_id": id, "pop": id, "city": "", "location": {"lat": 0.0, "lon": 0.0},
+        "protocol": "native", "url": format!("tcp://{id}:1"), "urls": {},
+        "token": format!("tok-{id}"),
+        "estimate": {"distance_km": 0.0, "rtt_ms": 1.0, "loss": 0.0, "throughput_mbps": 1.0,
+                     "utilization": 0.0, "score": 1.0, "evidence": 0.0,
+                     "rtt_source": {"kind": "estimated", "samples": 0}},
+        "scored_from": {"kind": "typed", "location": {"lat": 0.0, "lon": 0.0}},
+        "runners_up": []
+    }))
+    .unwrap()
+}
+
+fn assignment(stream: &str, primary: Pick, backup: Option<Pick>) -> Assignment {
+    Assignment {
+        stream: StreamId::parse(stream).unwrap(),
+        broadcast: "b1".parse().unwrap(),
+        new_broadcast: false,
+        stream_key: None,
+        protocol: Protocol::Native,
+        bitrate_kbps: 1000,
+        client_ip: None,
+        locations: Default::default(),
+        primary,
+        backup,
+        backup_reason: None,
+        issued_at: 0,
+        expires_at: 0,
     }
 }
 
@@ -306,16 +330,12 @@ async fn a_path_down_too_long_is_replaced_by_the_directors_new_pick() {
     let data = input(600_000);
     let asked = Arc::new(AtomicU32::new(0));
     let reassign = FixedReassign {
-        a: Assignment {
-            stream: StreamId::parse("cam1").unwrap(),
-            protocol: Some(Protocol::Native),
-            // The director now says: primary a (the survivor), backup c.
-            primary: pick("a", Role::Primary),
-            backup: Some(pick("c", Role::Backup)),
-            backup_reason: None,
-            expires_at: None,
-            raw: serde_json::Value::Null,
-        },
+        // The director now says: primary a (the survivor), backup c.
+        a: assignment(
+            "cam1",
+            pick("a", Role::Primary),
+            Some(pick("c", Role::Backup)),
+        ),
         asked: asked.clone(),
     };
     let cfg = PushConfig {
@@ -363,15 +383,7 @@ async fn a_path_down_too_long_is_replaced_by_the_directors_new_pick() {
 
 #[test]
 fn replacement_choice_avoids_the_surviving_server() {
-    let a = Assignment {
-        stream: StreamId::parse("s").unwrap(),
-        protocol: None,
-        primary: pick("x", Role::Primary),
-        backup: Some(pick("y", Role::Backup)),
-        backup_reason: None,
-        expires_at: None,
-        raw: serde_json::Value::Null,
-    };
+    let a = assignment("s", pick("x", Role::Primary), Some(pick("y", Role::Backup)));
     let t = choose_replacement(&a, Role::Backup, &["z".into()], Protocol::Native).unwrap();
     assert_eq!((t.server_id.as_str(), t.role), ("y", Role::Backup));
     // The director moved the surviving server into the dead role's slot: take the other pick,

@@ -1,7 +1,7 @@
 //! `firstmile assign`: ask the director where to push, and show why.
 
 use crate::Failure;
-use client::director::{Assignment, Pick};
+use client::{Assignment, Pick};
 use client::{AssignRequest, ClientError, LocationInput};
 use proto::{Protocol, StreamId};
 
@@ -15,9 +15,13 @@ pub struct AskArgs {
     /// "-33.87,151.21").
     #[arg(long, allow_hyphen_values = true)]
     pub location: Option<String>,
-    /// Stream id to (re)use; the director mints one when absent.
+    /// Stream id to publish (the director mints one when absent, in its `open` mode).
     #[arg(long)]
     pub stream: Option<StreamId>,
+    /// The stream's key (needed for a stream that has one). In `open` mode a new stream's key is
+    /// generated and printed once on stderr as `stream key: ...`: keep it to go live again.
+    #[arg(long, env = "FIRSTMILE_STREAM_KEY", value_name = "KEY", hide_env_values = true)]
+    pub key: Option<String>,
     /// How the device pushes.
     #[arg(long, default_value = "native", value_parser = ["native", "websocket", "rtmp", "http"])]
     pub protocol: String,
@@ -42,12 +46,30 @@ impl AskArgs {
     }
 
     pub fn request(&self) -> Result<AssignRequest, Failure> {
+        let key = match &self.key {
+            Some(k) => Some(client::director::parse_key(k).map_err(Failure::usage)?),
+            None => None,
+        };
         Ok(AssignRequest {
             stream: self.stream.clone(),
+            key,
             location: self.location.clone().map(LocationInput::Place),
             protocol: Some(self.protocol()?),
             bitrate_kbps: self.bitrate_kbps,
+            ..Default::default()
         })
+    }
+}
+
+/// Tell the publisher the key the director generated for a stream this request created (shown
+/// once), on stderr so that stdout stays clean for pipes.
+pub fn announce_key(a: &Assignment) {
+    if let Some(k) = &a.stream_key {
+        eprintln!("stream key: {}", k.expose());
+        eprintln!(
+            "  (stream {} is yours: keep this key to go live with it again: --key or FIRSTMILE_STREAM_KEY)",
+            a.stream
+        );
     }
 }
 
@@ -76,6 +98,9 @@ pub fn client_failure(e: ClientError) -> Failure {
     match e {
         ClientError::BadUrl { .. } => Failure::usage(e),
         ClientError::Status {
+            status: 401 | 403, ..
+        } => Failure::denied(e),
+        ClientError::Status {
             status: 400 | 404 | 422,
             ..
         } => Failure::usage(e),
@@ -97,16 +122,22 @@ pub fn run(a: AssignArgs) -> Result<(), Failure> {
     let assignment = runtime()?
         .block_on(director.assign(&req))
         .map_err(client_failure)?;
+    announce_key(&assignment);
+    let key = assignment
+        .stream_key
+        .as_ref()
+        .map(|k| k.expose().to_string())
+        .or_else(|| a.ask.key.clone());
     if a.ffmpeg || a.obs {
         let protocol = a.ask.protocol()?;
         let text = if a.ffmpeg {
             ffmpeg_command(&assignment, protocol)
         } else {
-            obs_fields(&assignment, protocol)
+            obs_fields(&assignment, protocol, key.as_deref())
         };
         print!("{}", text.map_err(|e| Failure::usage(anyhow::anyhow!(e)))?);
     } else if a.json {
-        let text = serde_json::to_string_pretty(&assignment.raw).map_err(Failure::other)?;
+        let text = serde_json::to_string_pretty(&assignment).map_err(Failure::other)?;
         println!("{text}");
     } else {
         print!("{}", human(&assignment));
@@ -116,15 +147,19 @@ pub fn run(a: AssignArgs) -> Result<(), Failure> {
 
 fn human(a: &Assignment) -> String {
     let mut s = format!("stream   {}\n", a.stream);
-    if let Some(p) = a.protocol {
-        s.push_str(&format!("protocol {p}\n"));
-    }
-    if let Some(e) = a.expires_at {
-        s.push_str(&format!("tokens   expire at {e} (Unix seconds)\n"));
-    }
-    s.push_str(&pick("primary", &a.primary, a.protocol));
+    s.push_str(&format!(
+        "broadcast {}{}\n",
+        a.broadcast,
+        if a.new_broadcast { " (new)" } else { " (continued)" }
+    ));
+    s.push_str(&format!("protocol {}\n", a.protocol));
+    s.push_str(&format!(
+        "tokens   expire at {} (Unix seconds)\n",
+        a.expires_at
+    ));
+    s.push_str(&pick("primary", &a.primary, Some(a.protocol)));
     match &a.backup {
-        Some(b) => s.push_str(&pick("backup", b, a.protocol)),
+        Some(b) => s.push_str(&pick("backup", b, Some(a.protocol))),
         None => s.push_str(&format!(
             "backup   none: {}\n",
             a.backup_reason.as_deref().unwrap_or("no reason given")
@@ -135,7 +170,7 @@ fn human(a: &Assignment) -> String {
 
 fn pick(label: &str, p: &Pick, protocol: Option<Protocol>) -> String {
     let url = protocol
-        .and_then(|pr| p.url_for(pr))
+        .and_then(|pr| client::url_for(p, pr))
         .unwrap_or(p.url.as_str());
     let e = &p.estimate;
     let mut s = format!(
@@ -146,8 +181,9 @@ fn pick(label: &str, p: &Pick, protocol: Option<Protocol>) -> String {
         if url.is_empty() { "(no URL)" } else { url }
     );
     s.push_str(&format!(
-        "         estimate: RTT {:.1} ms, loss {:.2}%, {:.1} Mbit/s, {:.0} km, score {:.2}, evidence {:.2}\n",
+        "         estimate: RTT {:.1} ms ({}), loss {:.2}%, {:.1} Mbit/s, {:.0} km, score {:.2}, evidence {:.2}\n",
         e.rtt_ms,
+        e.rtt_source,
         e.loss * 100.0,
         e.throughput_mbps,
         e.distance_km,
@@ -157,7 +193,10 @@ fn pick(label: &str, p: &Pick, protocol: Option<Protocol>) -> String {
     let sf = &p.scored_from;
     s.push_str(&format!(
         "         scored from the {} location ({:.2}, {:.2}){}\n",
-        if sf.kind.is_empty() { "?" } else { &sf.kind },
+        serde_json::to_value(sf.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
         sf.location.lat,
         sf.location.lon,
         sf.note
@@ -190,7 +229,7 @@ fn rtmp_url(stream: &str, p: &Pick) -> Option<String> {
     if p.url.starts_with("rtmp://") && p.url.contains("token=") {
         return Some(p.url.clone());
     }
-    let base = p.urls.get("rtmp").filter(|u| !u.is_empty())?;
+    let base = p.urls.get(Protocol::Rtmp)?;
     Some(format!(
         "{}/{stream}?token={}",
         base.trim_end_matches('/'),
@@ -199,7 +238,7 @@ fn rtmp_url(stream: &str, p: &Pick) -> Option<String> {
 }
 
 fn push_url(stream: &str, p: &Pick) -> Option<String> {
-    let base = p.urls.get("http").filter(|u| !u.is_empty())?;
+    let base = p.urls.get(Protocol::Http)?;
     Some(format!(
         "{}/v1/streams/{stream}/push?token={}",
         base.trim_end_matches('/'),
@@ -254,7 +293,10 @@ pub fn ffmpeg_command(a: &Assignment, protocol: Protocol) -> Result<String, Stri
 
 /// What to type into OBS: Settings → Stream → Service "Custom...", Server and Stream Key; the
 /// backup goes into a second output (a second OBS profile or a multiple-RTMP-outputs plugin).
-pub fn obs_fields(a: &Assignment, protocol: Protocol) -> Result<String, String> {
+/// With the stream's key, the Stream Key field is `<stream>?key=<key>`, which OBS keeps day after
+/// day (every publish becomes a broadcast the director authorizes); without it, this
+/// broadcast's token.
+pub fn obs_fields(a: &Assignment, protocol: Protocol, key: Option<&str>) -> Result<String, String> {
     if protocol != Protocol::Rtmp {
         return Err(format!("--obs needs --protocol rtmp, not {protocol}"));
     }
@@ -264,17 +306,22 @@ pub fn obs_fields(a: &Assignment, protocol: Protocol) -> Result<String, String> 
     {
         let base = p
             .urls
-            .get("rtmp")
-            .filter(|u| !u.is_empty())
+            .get(Protocol::Rtmp)
             .ok_or("a pick has no RTMP URL: is rtmp_listen set on the entry servers?")?;
+        let field = match key {
+            Some(k) => format!("{}?key={k}", a.stream),
+            None => format!("{}?token={}", a.stream, p.token),
+        };
         s.push_str(&format!(
-            "{label:<8} Server:     {base}\n         Stream Key: {}?token={}\n",
-            a.stream, p.token
+            "{label:<8} Server:     {base}\n         Stream Key: {field}\n"
         ));
+    }
+    if key.is_none() {
+        s.push_str("(No stream key given: these Stream Keys carry this broadcast's tokens. With --key, they carry the stream's key, which works day after day.)\n");
     }
     if a.backup.is_some() {
         s.push_str("The backup goes into a second output (a second OBS profile, or a plugin such as \"Multiple RTMP outputs\"), with the same encoder settings.\n");
     }
-    s.push_str("Turn on Settings > Advanced > Automatically Reconnect: an output that reconnects with these fields continues the stream (after the token expires too).\n");
+    s.push_str("Turn on Settings > Advanced > Automatically Reconnect: an output that reconnects with these fields continues the broadcast.\n");
     Ok(s)
 }

@@ -33,6 +33,16 @@ pub struct PlayArgs {
     /// public web roots).
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<std::path::PathBuf>,
+    /// A playback token (private streams; the platform gets one from the director).
+    #[arg(long, env = "FIRSTMILE_PLAYBACK_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Play this past broadcast of the stream (catch-up) instead of its current one.
+    #[arg(long, value_name = "ID")]
+    pub broadcast: Option<proto::BroadcastId>,
+    /// When the broadcast ends, wait for the stream's next broadcast and play it too (until
+    /// interrupted).
+    #[arg(long, conflicts_with = "broadcast")]
+    pub follow: bool,
     /// The stream id.
     pub stream: StreamId,
 }
@@ -69,6 +79,9 @@ pub fn run(a: PlayArgs) -> Result<(), Failure> {
         start_at: a.from,
         wait: a.wait,
         ca_file: a.ca_file,
+        token: a.token,
+        broadcast: a.broadcast,
+        follow: a.follow,
     };
     let stats = runtime()?
         .block_on(client::play(&a.stream, &opts, tokio::io::stdout()))

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::Failure;
 use crate::cmd::assign::{AskArgs, client_failure, runtime};
 use client::push::{DirectorReassign, PathProgress, PushProgress};
-use client::{PushConfig, PushError, Pusher};
+use client::{AssignRequest, PushConfig, PushError, Pusher};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +59,7 @@ pub fn run(a: PushArgs) -> Result<(), Failure> {
             Box::new(f)
         };
         let assignment = director.assign(&req).await.map_err(client_failure)?;
+        crate::cmd::assign::announce_key(&assignment);
         let mut config = PushConfig {
             protocol,
             ring_bytes: a.ring_mib.saturating_mul(1024 * 1024),
@@ -70,7 +71,12 @@ pub fn run(a: PushArgs) -> Result<(), Failure> {
             .map_err(Failure::other)?
             .with_reassign(DirectorReassign {
                 director: director.clone(),
-                request: req.clone(),
+                request: AssignRequest {
+                    // A stream created by this push is continued with its new key.
+                    key: assignment.stream_key.clone().or(req.key.clone()),
+                    ..req.clone()
+                },
+                broadcast: assignment.broadcast.clone(),
             });
         let bar = if a.quiet {
             ProgressBar::hidden()
@@ -84,8 +90,9 @@ pub fn run(a: PushArgs) -> Result<(), Failure> {
         };
         if !a.quiet {
             bar.println(format!(
-                "pushing stream {} to {}{}",
+                "pushing stream {} (broadcast {}) to {}{}",
                 assignment.stream,
+                assignment.broadcast,
                 assignment.primary.server_id,
                 assignment
                     .backup

@@ -146,6 +146,9 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
     };
     config.auth.cluster_token = cluster.clone();
     config.auth.admin_token = secret();
+    // A demo network: the first publisher of a new stream id gets its key and owns the id.
+    config.publish.mode = director::config::PublishMode::Open;
+    let admin_token = config.auth.admin_token.clone();
     config.sites.insert(
         "127.0.0.1/32".parse().map_err(Failure::other)?,
         a.client_site.clone(),
@@ -200,12 +203,15 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
             );
         }
         println!("data and logs: {}", dir.display());
+        println!("admin token (Authorization: Bearer, /v1/admin/...): {admin_token}");
         println!();
         println!("Clients on this machine are located by IP in {} (the backup is scored from there).", a.client_site);
         println!("Try, in another terminal:");
         println!("  firstmile assign --director {url} --location \"Paris, FR\"");
         println!("  ffmpeg -re -f lavfi -i testsrc2=size=640x360:rate=25 -c:v libx264 -g 50 -f mpegts - \\");
         println!("    | firstmile push --director {url} --location \"Paris, FR\" --stream demo -");
+        println!("  # the first push of a new stream id prints its key (\"stream key: ...\"); go live again");
+        println!("  # with it: --key KEY or FIRSTMILE_STREAM_KEY=KEY");
         println!("  firstmile play --director {url} --location \"New York\" demo | ffplay -");
         println!("  kill -9 <pid of the primary above>   # the viewer (New York node) keeps playing");
         println!("Ctrl-C stops everything.");
