@@ -29,6 +29,15 @@ async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
     http_client().get(url).send().await
 }
 
+/// `GET http://{http}/v1/streams` with the cluster credential (operators and peers only).
+async fn get_streams(http: impl std::fmt::Display) -> reqwest::Result<reqwest::Response> {
+    http_client()
+        .get(format!("http://{http}/v1/streams"))
+        .bearer_auth(CLUSTER)
+        .send()
+        .await
+}
+
 struct Director {
     url: String,
     rt: Option<tokio::runtime::Runtime>,
@@ -419,7 +428,7 @@ async fn failover_case(kill_role: &str) {
     // Wait until both ingest servers hold data (the director learns it from heartbeats).
     for s in &servers[..2] {
         for _ in 0..200 {
-            let v: Value = get(format!("http://{}/v1/streams", s.http))
+            let v: Value = get_streams(s.http)
                 .await
                 .unwrap()
                 .json()
@@ -442,7 +451,7 @@ async fn failover_case(kill_role: &str) {
     // Kill mid-stream.
     let victim = if kill_role == "primary" { 0 } else { 1 };
     loop {
-        let v: Value = get(format!("http://{}/v1/streams", servers[victim].http))
+        let v: Value = get_streams(servers[victim].http)
             .await
             .unwrap()
             .json()
@@ -740,7 +749,7 @@ async fn forged_corrupt_truncated_and_replayed_frames() {
     assert_eq!(good.await.unwrap(), Ok(0));
     assert!(read_live(s.http, "good", "start").await.unwrap() == concat(&chunks));
     // The victim stream holds exactly its acknowledged chunks 0..=14, once each.
-    let v = get(format!("http://{}/v1/streams", s.http))
+    let v = get_streams(s.http)
         .await
         .unwrap()
         .json::<Value>()
@@ -876,8 +885,10 @@ async fn draining_refuses_new_sessions_and_lets_current_ones_finish() {
     let r = admin_servers(&d).await;
     assert_eq!(r["entry_servers"].as_array().map(Vec::len), Some(0), "{r}");
     // And what was acknowledged is on disk for the next start.
-    let log =
-        chunklog::StreamLog::open(&chunklog::LogConfig::new(dir.path().join("drn-1")), "drain")
-            .unwrap();
+    let log = chunklog::StreamLog::open(
+        &chunklog::LogConfig::new(dir.path().join("drn-1").join("drain")),
+        a["broadcast"].as_str().unwrap(),
+    )
+    .unwrap();
     assert_eq!((log.next_seq(), log.ended()), (40, Some(39)));
 }

@@ -502,7 +502,7 @@ async fn http_push_with_curl_and_ffmpeg() {
 
 /// A stream's entry in a server's `GET /v1/streams` (Null when it is not there).
 async fn stream_row(http: SocketAddr, stream: &str) -> Value {
-    let Ok(r) = get(format!("http://{http}/v1/streams")).await else {
+    let Ok(r) = super::get_streams(http).await else {
         return Value::Null;
     };
     let v: Value = r.json().await.unwrap_or(Value::Null);
