@@ -212,11 +212,22 @@ fn pseudo_random(n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn wait_for_registration(up: &Up, stream: &str) -> serde_json::Value {
+/// The key `firstmile assign`/`push` print on stderr when they create a stream (open mode).
+fn printed_key(stderr: &str) -> Option<String> {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("stream key: "))
+        .map(str::to_string)
+}
+
+/// Assign `stream` (creating it: the first answer carries its key) until every server is
+/// selectable. Returns the last assignment and the stream's key.
+fn wait_for_registration(up: &Up, stream: &str) -> (serde_json::Value, String) {
     // `assign` retries are the user's; here: poll (bounded) until every server is selectable.
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut key: Option<String> = None;
     loop {
-        let o = firstmile(&[
+        let mut args = vec![
             "assign",
             "--director",
             &up.director,
@@ -225,11 +236,18 @@ fn wait_for_registration(up: &Up, stream: &str) -> serde_json::Value {
             "--stream",
             stream,
             "--json",
-        ]);
+        ];
+        if let Some(k) = &key {
+            args.extend(["--key", k.as_str()]);
+        }
+        let o = firstmile(&args);
         if o.status.success() {
+            if key.is_none() {
+                key = Some(printed_key(&stderr(&o)).expect("the new stream's key on stderr"));
+            }
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             if !v["backup"].is_null() {
-                return v;
+                return (v, key.unwrap_or_default());
             }
         }
         assert!(
@@ -247,7 +265,7 @@ fn wait_for_registration(up: &Up, stream: &str) -> serde_json::Value {
 fn up_push_play_and_kill_the_primary() {
     let up = start_up(4);
     let stream = "e2e-kill";
-    let a = wait_for_registration(&up, stream);
+    let (a, key) = wait_for_registration(&up, stream);
     let primary = a["primary"]["server_id"].as_str().unwrap().to_string();
     let backup = a["backup"]["server_id"].as_str().unwrap().to_string();
     // Watch from a node that is neither.
@@ -268,6 +286,8 @@ fn up_push_play_and_kill_the_primary() {
             "Paris, FR",
             "--stream",
             stream,
+            "--key",
+            &key,
         ])
         .args(["--quiet", "--json-summary", "-"])
         .stdin(Stdio::piped())
@@ -371,6 +391,8 @@ fn keygen_check_config_and_a_director_that_serves() {
         "auth.cluster_token=\"c1\"".into(),
         "--set".into(),
         "auth.admin_token=\"a1\"".into(),
+        "--set".into(),
+        "publish.mode=\"open\"".into(),
     ];
     let mut args = vec!["check-config".to_string()];
     args.extend(sets.iter().cloned());
@@ -465,6 +487,8 @@ fn a_director_over_https_serves_entry_servers_and_devices() {
         "auth.cluster_token=\"c1\"".into(),
         "--set".into(),
         "auth.admin_token=\"a1\"".into(),
+        "--set".into(),
+        "publish.mode=\"open\"".into(),
         "--set".into(),
         format!("tls.cert_file={}", q(&p("cert.pem"))),
         "--set".into(),
@@ -613,13 +637,13 @@ fn ffmpeg_in_a_pipe_into_push() {
     );
     let up = start_up(3);
     let stream = "ts-pipe";
-    let _ = wait_for_registration(&up, stream);
+    let (_, key) = wait_for_registration(&up, stream);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("source.ts");
     let pipeline = format!(
         "set -o pipefail; ffmpeg -loglevel error -f lavfi -i testsrc2=duration=3:size=320x240:rate=25 \
          -c:v libx264 -preset ultrafast -g 25 -f mpegts - | tee {src} | {bin} push --director {d} \
-         --location 'Paris, FR' --stream {stream} --quiet -",
+         --location 'Paris, FR' --stream {stream} --key {key} --quiet -",
         src = src.display(),
         bin = env!("CARGO_BIN_EXE_firstmile"),
         d = up.director,
