@@ -11,12 +11,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use proto::api::Pick;
 pub use proto::api::{
     Assignment, AssignmentRequest, BroadcastList, ErrorBody, IngestInfo, LocationInput,
-    PlaybackToken, PlaybackTokenRequest, Point, ProbeTargets, RankedList, RankedServer,
-    StreamInfo,
+    PlaybackToken, PlaybackTokenRequest, Point, ProbeTargets, RankedList, RankedServer, StreamInfo,
 };
-use proto::api::Pick;
 use proto::{Protocol, StreamId, StreamKey};
 
 use crate::error::{ClientError, chain};
@@ -128,7 +127,12 @@ impl Director {
         let req = PlaybackTokenRequest { ttl_s };
         json_answer(
             &url,
-            self.http.post(&url).bearer_auth(bearer).json(&req).send().await,
+            self.http
+                .post(&url)
+                .bearer_auth(bearer)
+                .json(&req)
+                .send()
+                .await,
         )
         .await
     }
@@ -203,7 +207,9 @@ pub(crate) async fn json_answer<T: serde::de::DeserializeOwned>(
             url: url.to_owned(),
             status: status.as_u16(),
             message: error_message(&body),
-            code: serde_json::from_slice::<ErrorBody>(&body).ok().map(|b| b.code),
+            code: serde_json::from_slice::<ErrorBody>(&body)
+                .ok()
+                .map(|b| b.code),
         });
     }
     serde_json::from_slice(&body).map_err(|e| ClientError::BadResponse {

@@ -57,7 +57,7 @@ pub mod push;
 pub mod ring;
 
 pub use director::{AssignRequest, Assignment, Director, LocationInput, assign, url_for};
-pub use proto::api::Pick;
 pub use error::{ClientError, PlayError, PushError};
 pub use play::{PlayOptions, PlayStats, StartAt, play};
+pub use proto::api::Pick;
 pub use push::{PushConfig, PushProgress, PushSummary, Pusher};

@@ -45,8 +45,8 @@ use crate::core::{
     AckError, FailoverPolicy, Next, Outgoing, PathState, PathTarget, PushCore, WelcomeError,
 };
 use crate::director::{AssignRequest, Assignment, Director, REQUEST_TIMEOUT, url_for};
-use proto::BroadcastId;
 use crate::error::{ClientError, PushError};
+use proto::BroadcastId;
 
 /// Knobs of a push. `Default` is what `firstmile push` uses.
 #[derive(Debug, Clone)]

@@ -418,7 +418,10 @@ async fn a_server_that_stays_dead_is_replaced_through_the_director() {
             "the replacement is for the same stream id"
         );
         assert_eq!(reqs[0]["broadcast"], "b1", "... and the same broadcast");
-        assert_eq!(reqs[0]["replace"], "backup", "... replacing the dead path only");
+        assert_eq!(
+            reqs[0]["replace"], "backup",
+            "... replacing the dead path only"
+        );
         assert_eq!(reqs[0]["location"], "Paris, FR");
         assert!(a.log().payload == data);
         let (b_log, c_log) = (b.log(), c.log());

@@ -479,13 +479,13 @@ impl Director {
                 continue;
             };
             let current = doc.current.as_ref().map(|b| &b.id);
-            if current == Some(&r.broadcast)
-                && doc.active().is_none()
-                && r.live
-                && r.ended.is_none()
-            {
-                // It ended here (publisher gone too long, tokens expired): a publisher that came
-                // back with an old token must start a new broadcast.
+            let ended_without_end = doc.current.as_ref().is_some_and(|b| {
+                b.is_ended() && b.end_reason != Some(crate::streams::EndReason::End)
+            });
+            if current == Some(&r.broadcast) && ended_without_end && r.live && r.ended.is_none() {
+                // It ended (publisher gone too long, tokens expired): a publisher that came back
+                // with an old token must start a new broadcast. (A broadcast ended by its END
+                // lets a lagging path finish: the END is the same on both.)
                 end.push(BroadcastRef {
                     stream: r.stream.clone(),
                     broadcast: r.broadcast.clone(),

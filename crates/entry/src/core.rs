@@ -43,7 +43,9 @@ pub enum IngestError {
     Draining,
     #[error("this entry server cannot store streams now ({0}): ask the director for another")]
     Storage(String),
-    #[error("no credential: publish with the director's token (?token=) or the stream's key (?key=)")]
+    #[error(
+        "no credential: publish with the director's token (?token=) or the stream's key (?key=)"
+    )]
     NoCredential,
     #[error("token refused: {0}")]
     Token(token::TokenError),
@@ -58,11 +60,15 @@ pub enum IngestError {
     Key(String),
     #[error("cannot ask the director about this stream key now ({0}): retry shortly")]
     DirectorUnavailable(String),
-    #[error("broadcast {0} of this stream was superseded (its owner went live again): ask the director")]
+    #[error(
+        "broadcast {0} of this stream was superseded (its owner went live again): ask the director"
+    )]
     Superseded(BroadcastId),
     #[error("{0}")]
     Busy(String),
-    #[error("this broadcast ended here (final sequence number {0}): go live again for a new broadcast")]
+    #[error(
+        "this broadcast ended here (final sequence number {0}): go live again for a new broadcast"
+    )]
     Ended(u64),
     #[error("this server needs sequence {need} next but the client holds only {have} onward")]
     Resume { need: u64, have: u64 },
@@ -244,7 +250,10 @@ fn check_token(node: &Node, token: &str, expect: Expect<'_>) -> Result<Admission
                     e.next_seq > 0 && e.ended.is_none()
                 });
         if !continues {
-            return Err(IngestError::Token(token::TokenError::Expired { exp: c.exp, now }));
+            return Err(IngestError::Token(token::TokenError::Expired {
+                exp: c.exp,
+                now,
+            }));
         }
     }
     Ok(Admission {

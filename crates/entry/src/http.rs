@@ -109,7 +109,12 @@ fn is_cluster(node: &Node, headers: &HeaderMap) -> bool {
 
 /// A playback token for `stream`, from `?token=` or the bearer.
 #[allow(clippy::result_large_err)]
-fn may_watch(node: &Node, stream: &str, q: &ViewQuery, headers: &HeaderMap) -> Result<(), Response> {
+fn may_watch(
+    node: &Node,
+    stream: &str,
+    q: &ViewQuery,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
     let t = q.token.as_deref().or_else(|| bearer(headers)).unwrap_or("");
     if t.is_empty() {
         return Err(error(
@@ -123,7 +128,10 @@ fn may_watch(node: &Node, stream: &str, q: &ViewQuery, headers: &HeaderMap) -> R
         Ok(c) => Err(error(
             StatusCode::UNAUTHORIZED,
             "bad_playback_token",
-            format!("the playback token is for stream {}, not {stream}", c.stream),
+            format!(
+                "the playback token is for stream {}, not {stream}",
+                c.stream
+            ),
         )),
         Err(e) => Err(error(
             StatusCode::UNAUTHORIZED,
@@ -147,60 +155,76 @@ async fn resolve(
         .parse()
         .map_err(|e: String| error(StatusCode::BAD_REQUEST, "bad_from", e))?;
     let explicit = match &q.broadcast {
-        Some(b) => Some(b.parse::<BroadcastId>().map_err(|e| {
-            error(StatusCode::BAD_REQUEST, "bad_broadcast", e.to_string())
-        })?),
+        Some(b) => Some(
+            b.parse::<BroadcastId>()
+                .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_broadcast", e.to_string()))?,
+        ),
         None => None,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(node.cfg.viewer_wait_ms);
     let mut authorized = false;
     loop {
         // The broadcast and its privacy: the director's word, else what this node holds.
-        let (broadcast, private, has_data) = match crate::relay::info(node, id.as_str(), explicit.as_ref()).await {
-            Ok(info) => {
-                let b = info.broadcast.as_ref();
-                let ended = b.is_some_and(|b| b.state == proto::api::BroadcastState::Ended);
-                let usable = match b {
-                    None => None,
-                    // A live viewer of an ended broadcast waits for the next one.
-                    Some(_) if ended && explicit.is_none() && from == From::Live => None,
-                    Some(b) => Some(b.id.clone()),
-                };
-                let data = info.ingest.iter().any(|i| i.next_seq.is_some_and(|n| n > 0)) || ended;
-                (usable, info.private, data)
-            }
-            Err(RelayError::Unknown(_)) | Err(RelayError::NoDirector(_)) => {
-                let local = match &explicit {
-                    Some(b) => match node.hub.get_ingest(id.as_str(), b) {
-                        Some(s) => Some(s),
-                        None => crate::open_from_disk(node, id.as_str(), b).await,
-                    },
-                    None => node.hub.latest_ingest(id.as_str()),
-                };
-                match local {
-                    Some(s) => {
-                        let e = s.edge();
-                        (Some(s.broadcast.clone()), s.is_private(), e.next_seq > 0 || e.ended.is_some())
-                    }
-                    None if node.cfg.director.is_some() => {
-                        return Err(error(
-                            StatusCode::NOT_FOUND,
-                            "not_found",
-                            format!("stream {id} is unknown"),
-                        ));
-                    }
-                    None => (None, false, false),
+        let (broadcast, private, has_data) =
+            match crate::relay::info(node, id.as_str(), explicit.as_ref()).await {
+                Ok(info) => {
+                    let b = info.broadcast.as_ref();
+                    let ended = b.is_some_and(|b| b.state == proto::api::BroadcastState::Ended);
+                    let usable = match b {
+                        None => None,
+                        // A live viewer of an ended broadcast waits for the next one.
+                        Some(_) if ended && explicit.is_none() && from == From::Live => None,
+                        Some(b) => Some(b.id.clone()),
+                    };
+                    let data = info
+                        .ingest
+                        .iter()
+                        .any(|i| i.next_seq.is_some_and(|n| n > 0))
+                        || ended;
+                    (usable, info.private, data)
                 }
-            }
-            Err(e @ RelayError::Director(_)) => {
-                // The director cannot be asked: serve what this node ingests, if anything.
-                match node.hub.latest_ingest(id.as_str()) {
-                    Some(s) => (Some(s.broadcast.clone()), s.is_private(), true),
-                    None => return Err(error(StatusCode::BAD_GATEWAY, "director_unavailable", e.to_string())),
+                Err(RelayError::Unknown(_)) | Err(RelayError::NoDirector(_)) => {
+                    let local = match &explicit {
+                        Some(b) => match node.hub.get_ingest(id.as_str(), b) {
+                            Some(s) => Some(s),
+                            None => crate::open_from_disk(node, id.as_str(), b).await,
+                        },
+                        None => node.hub.latest_ingest(id.as_str()),
+                    };
+                    match local {
+                        Some(s) => {
+                            let e = s.edge();
+                            (
+                                Some(s.broadcast.clone()),
+                                s.is_private(),
+                                e.next_seq > 0 || e.ended.is_some(),
+                            )
+                        }
+                        None if node.cfg.director.is_some() => {
+                            return Err(error(
+                                StatusCode::NOT_FOUND,
+                                "not_found",
+                                format!("stream {id} is unknown"),
+                            ));
+                        }
+                        None => (None, false, false),
+                    }
                 }
-            }
-            Err(e) => return Err(error(StatusCode::NOT_FOUND, "not_found", e.to_string())),
-        };
+                Err(e @ RelayError::Director(_)) => {
+                    // The director cannot be asked: serve what this node ingests, if anything.
+                    match node.hub.latest_ingest(id.as_str()) {
+                        Some(s) => (Some(s.broadcast.clone()), s.is_private(), true),
+                        None => {
+                            return Err(error(
+                                StatusCode::BAD_GATEWAY,
+                                "director_unavailable",
+                                e.to_string(),
+                            ));
+                        }
+                    }
+                }
+                Err(e) => return Err(error(StatusCode::NOT_FOUND, "not_found", e.to_string())),
+            };
         if private && !authorized {
             may_watch(node, id.as_str(), q, headers)?;
             authorized = true;
@@ -215,15 +239,21 @@ async fn resolve(
                 match crate::relay::ensure(node, id.as_str(), &b, private, from_s).await {
                     // A live viewer does not get a broadcast that has ended here (the director
                     // may not have heard of its END yet): it waits for the next one.
-                    Ok(s) if explicit.is_none() && from == From::Live && s.edge().ended.is_some() => {}
+                    Ok(s) if live_ended(&s, explicit.as_ref(), from) => {}
                     Ok(s) => {
-                        if wait_for_data(&s, deadline).await {
+                        if wait_for_data(&s, deadline).await
+                            && !live_ended(&s, explicit.as_ref(), from)
+                        {
                             return Ok(s);
                         }
                     }
                     Err(RelayError::NoUpstream(_)) => {}
                     Err(e @ RelayError::Director(_)) => {
-                        return Err(error(StatusCode::BAD_GATEWAY, "director_unavailable", e.to_string()));
+                        return Err(error(
+                            StatusCode::BAD_GATEWAY,
+                            "director_unavailable",
+                            e.to_string(),
+                        ));
                     }
                     Err(e) => return Err(error(StatusCode::NOT_FOUND, "not_found", e.to_string())),
                 }
@@ -236,6 +266,12 @@ async fn resolve(
     }
 }
 
+/// A live viewer (no broadcast named, from the live edge) is not given a broadcast that has
+/// ended: it waits for the stream's next one.
+fn live_ended(s: &Stream, explicit: Option<&BroadcastId>, from: From) -> bool {
+    explicit.is_none() && from == From::Live && s.edge().ended.is_some()
+}
+
 /// Wait (until `deadline`) for the first chunk of a broadcast; true when there is something to
 /// read (or its end).
 async fn wait_for_data(s: &Arc<Stream>, deadline: tokio::time::Instant) -> bool {
@@ -245,7 +281,10 @@ async fn wait_for_data(s: &Arc<Stream>, deadline: tokio::time::Instant) -> bool 
         if e.next_seq > 0 || e.ended.is_some() || e.lost {
             return true;
         }
-        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
             return false;
         }
     }
@@ -259,7 +298,8 @@ async fn open(
     q: &ViewQuery,
     headers: &HeaderMap,
 ) -> Result<Cursor, Response> {
-    let id = StreamId::parse(id).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_stream", e.to_string()))?;
+    let id = StreamId::parse(id)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_stream", e.to_string()))?;
     let from: From = q
         .from
         .as_deref()
@@ -402,7 +442,11 @@ async fn held(
     headers: &HeaderMap,
 ) -> Result<Arc<Stream>, Response> {
     let Ok(sid) = StreamId::parse(id) else {
-        return Err(error(StatusCode::BAD_REQUEST, "bad_stream", "bad stream id"));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_stream",
+            "bad stream id",
+        ));
     };
     let stream = match broadcast {
         Some(b) => {
@@ -448,7 +492,15 @@ async fn chunks(
     headers: HeaderMap,
 ) -> Response {
     // Relay feeds come from the broadcast held here only: relays never chain.
-    let stream = match held(&node, &id, q.broadcast.as_deref(), q.token.as_deref(), &headers).await {
+    let stream = match held(
+        &node,
+        &id,
+        q.broadcast.as_deref(),
+        q.token.as_deref(),
+        &headers,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -468,6 +520,15 @@ async fn chunks(
                 stream.first_seq()
             ),
         );
+    }
+    // A relay for a live viewer of a broadcast that has ended here gets the end at once, not
+    // its last moments (the viewer wants the stream's next broadcast).
+    if from == From::Live
+        && let Some(final_seq) = stream.edge().ended
+    {
+        let mut buf = BytesMut::new();
+        let _ = proto::encode(&proto::Frame::End { final_seq }, &mut buf);
+        return Body::from(buf.freeze()).into_response();
     }
     // Relays must never skip: a relay that falls behind is cut and reconnects.
     let cursor = Cursor::new(stream, from, u64::MAX, SlowViewer::Cut);
@@ -689,7 +750,15 @@ async fn flv_head(
     Query(q): Query<HeadQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let stream = match held(&node, &id, q.broadcast.as_deref(), q.token.as_deref(), &headers).await {
+    let stream = match held(
+        &node,
+        &id,
+        q.broadcast.as_deref(),
+        q.token.as_deref(),
+        &headers,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -1000,7 +1069,10 @@ async fn push_body(node: Arc<Node>, session: core::Session, id: String, body: Bo
         (status = 204, description = "Nothing: time the request"),
         (status = 429, description = "Too many probes from this address"),
     ))]
-async fn probe(State(node): State<Arc<Node>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+async fn probe(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
     let ok = node.probe_limiter.check(peer.ip());
     let mut r = if ok {
         StatusCode::NO_CONTENT.into_response()
@@ -1009,7 +1081,10 @@ async fn probe(State(node): State<Arc<Node>>, ConnectInfo(peer): ConnectInfo<Soc
     };
     let h = r.headers_mut();
     h.insert("timing-allow-origin", HeaderValue::from_static("*"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if !ok {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -1077,7 +1152,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut api) = routes().split_for_parts();
     api.info.version = env!("CARGO_PKG_VERSION").into();
     for item in api.paths.paths.values_mut() {
-        for op in [&mut item.get, &mut item.post, &mut item.put].into_iter().flatten() {
+        for op in [&mut item.get, &mut item.post, &mut item.put]
+            .into_iter()
+            .flatten()
+        {
             for (status, r) in op.responses.responses.iter_mut() {
                 if let utoipa::openapi::RefOr::T(r) = r
                     && r.description.is_empty()
@@ -1099,22 +1177,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(node: Arc<Node>) -> Router {
     let doc = Arc::new(serde_json::to_string_pretty(&openapi()).unwrap_or_else(|_| "{}".into()));
     let (r, _) = routes().split_for_parts();
-    r.route(
-        "/v1/streams/{id}/push",
-        axum::routing::put(push),
-    )
-    .route(
-        "/openapi.json",
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move {
-                (
-                    [(header::CONTENT_TYPE, "application/json")],
-                    (*doc).clone(),
-                )
-                    .into_response()
-            }
-        }),
-    )
-    .with_state(node)
+    r.route("/v1/streams/{id}/push", axum::routing::put(push))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move {
+                    ([(header::CONTENT_TYPE, "application/json")], (*doc).clone()).into_response()
+                }
+            }),
+        )
+        .with_state(node)
 }

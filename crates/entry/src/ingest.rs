@@ -232,7 +232,9 @@ pub async fn serve<T: FrameIo>(mut io: T, node: Arc<Node>, peer: Option<IpAddr>)
     let edge = stream.edge();
     if let Some(f) = edge.ended {
         // Already complete: tell the client everything is durable.
-        let _ = io.send(&Frame::Welcome(welcome(&node, f.saturating_add(1)))).await;
+        let _ = io
+            .send(&Frame::Welcome(welcome(&node, f.saturating_add(1))))
+            .await;
         let _ = io.send(&Frame::Ack { through: f }).await;
         return;
     }

@@ -150,7 +150,9 @@ impl Entry {
                     ));
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(%stream, %broadcast, error = %e, "cannot recover broadcast log"),
+                Err(e) => {
+                    tracing::warn!(%stream, %broadcast, error = %e, "cannot recover broadcast log")
+                }
             }
         }
         Ok(Self {
@@ -394,7 +396,11 @@ pub fn release_idle(node: &Node) -> usize {
         // The hub's reference and this loop's: nobody else (no session, viewer or relay feed).
         let unused = Arc::strong_count(&s) <= 2;
         let idle = now.saturating_sub(s.active_ms.load(Ordering::Relaxed)) >= after;
-        if unused && idle && s.live_sessions.load(Ordering::SeqCst) == 0 && node.hub.remove_ingest(&s) {
+        if unused
+            && idle
+            && s.live_sessions.load(Ordering::SeqCst) == 0
+            && node.hub.remove_ingest(&s)
+        {
             let _ = crate::logio::sync_blocking(&s);
             n += 1;
         }

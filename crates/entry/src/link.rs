@@ -89,7 +89,9 @@ pub async fn register(node: &Node) -> Result<Duration, String> {
         .json()
         .await
         .map_err(|e| format!("{url}: the answer: {e}"))?;
-    Ok(Duration::from_millis(r.heartbeat_interval_ms.clamp(50, 60_000)))
+    Ok(Duration::from_millis(
+        r.heartbeat_interval_ms.clamp(50, 60_000),
+    ))
 }
 
 /// How long an ended broadcast is still reported (so every director sees its END).

@@ -350,14 +350,20 @@ impl Node {
 
     /// Why new broadcasts cannot be stored now, if so.
     pub fn storage_problem(&self) -> Option<String> {
-        self.storage.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.storage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A log error that means the storage is full or failing (not one stream's problem) makes
     /// the server refuse new broadcasts until the storage check passes again.
     pub fn note_storage_error(&self, e: &chunklog::LogError) {
         if let chunklog::LogError::Io { source, .. } = e {
-            let full = matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+            let full = matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EDQUOT)
+            );
             let failing = matches!(source.raw_os_error(), Some(libc::EIO) | Some(libc::EROFS));
             if full || failing {
                 let why = if full {

@@ -81,11 +81,19 @@ pub async fn info(
         .json()
         .await
         .map_err(|e| RelayError::Director(e.to_string()))?;
-    let mut cache = node.info_cache.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.len() >= 10_000 {
-        cache.clear();
+    // Only a broadcast in progress is cached: between broadcasts (none yet, or ended) the next
+    // go-live must be seen at once.
+    let in_progress = i
+        .broadcast
+        .as_ref()
+        .is_some_and(|b| b.state != proto::api::BroadcastState::Ended);
+    if in_progress {
+        let mut cache = node.info_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= 10_000 {
+            cache.clear();
+        }
+        cache.insert(key, (crate::hub::mono_ms(), i.clone()));
     }
-    cache.insert(key, (crate::hub::mono_ms(), i.clone()));
     Ok(i)
 }
 

@@ -334,7 +334,10 @@ impl Publishing {
         if !r.stalled() {
             return Ok(());
         }
-        match r.verdict(node, &self.stream.name, &self.stream.broadcast).await {
+        match r
+            .verdict(node, &self.stream.name, &self.stream.broadcast)
+            .await
+        {
             crate::rejoin::Verdict::TakeOver(why) => self.take_over(node, why).await,
             crate::rejoin::Verdict::Wait => Ok(()),
         }
@@ -822,9 +825,8 @@ impl Conn {
             (Some(stream), None, Some(k)) => {
                 let stream = proto::StreamId::parse(stream)
                     .map_err(|e| (BAD_NAME, format!("bad stream id: {e}")))?;
-                let key = proto::StreamKey::parse(k).map_err(|e| {
-                    refuse(IngestError::Key(e.to_string()))
-                })?;
+                let key = proto::StreamKey::parse(k)
+                    .map_err(|e| refuse(IngestError::Key(e.to_string())))?;
                 core::Credential::Key { stream, key }
             }
             _ => core::Credential::Token(""),
@@ -1085,8 +1087,14 @@ mod tests {
             parse_publish_name("cam1?key=sk_secret"),
             p(Some("cam1"), None, Some("sk_secret"))
         );
-        assert_eq!(parse_publish_name("cam1?tokenx=1"), p(Some("cam1"), None, None));
-        assert_eq!(parse_publish_name("cam1?token="), p(Some("cam1"), None, None));
+        assert_eq!(
+            parse_publish_name("cam1?tokenx=1"),
+            p(Some("cam1"), None, None)
+        );
+        assert_eq!(
+            parse_publish_name("cam1?token="),
+            p(Some("cam1"), None, None)
+        );
         assert_eq!(parse_publish_name("cam1"), p(Some("cam1"), None, None));
         let jwt = format!("{}.{}.{}", "a".repeat(30), "b".repeat(40), "c".repeat(20));
         assert_eq!(parse_publish_name(&jwt), p(None, Some(jwt.as_str()), None));

@@ -160,9 +160,7 @@ impl Cursor {
             }
             match self.stream.read(self.next, 256 * 1024) {
                 Ok(chunks) if !chunks.is_empty() => {
-                    self.next = chunks
-                        .last()
-                        .map_or(self.next, |c| c.seq.saturating_add(1));
+                    self.next = chunks.last().map_or(self.next, |c| c.seq.saturating_add(1));
                     self.pending.extend(chunks);
                     continue;
                 }

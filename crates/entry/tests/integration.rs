@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod ownership;
 mod rtmp;
 mod tls;
 mod ws;
@@ -428,12 +429,7 @@ async fn failover_case(kill_role: &str) {
     // Wait until both ingest servers hold data (the director learns it from heartbeats).
     for s in &servers[..2] {
         for _ in 0..200 {
-            let v: Value = get_streams(s.http)
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = get_streams(s.http).await.unwrap().json().await.unwrap();
             if v["streams"][0]["next_seq"].as_u64().unwrap_or(0) > 20 {
                 break;
             }

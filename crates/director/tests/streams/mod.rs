@@ -321,12 +321,10 @@ async fn a_broadcast_ends_on_end_and_when_its_publisher_is_gone() {
         )
         .await;
     let b2 = r.json["broadcast"].as_str().unwrap().to_string();
-    api.heartbeat(primary(&r), hb(&b2, true, None))
-        .await;
+    api.heartbeat(primary(&r), hb(&b2, true, None)).await;
     api.d.upkeep_streams().await;
     assert_eq!(api.info("e1").await.json["broadcast"]["state"], "live");
-    api.heartbeat(primary(&r), json!({"streams": []}))
-        .await;
+    api.heartbeat(primary(&r), json!({"streams": []})).await;
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(6)).await;
     api.d.upkeep_streams().await;

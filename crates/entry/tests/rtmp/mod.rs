@@ -1385,3 +1385,132 @@ async fn enhanced_rtmp_hevc_passes_through_with_its_sequence_start() {
     assert_eq!(&body[..3], b"FLV");
     assert_eq!(tags, want);
 }
+
+/// The broadcasts of a stream the director lists, newest first.
+async fn broadcast_ids(d: &Director, stream: &str) -> Vec<String> {
+    let v: Value = get(format!("{}/v1/streams/{stream}/broadcasts", d.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or(Value::Null);
+    v["broadcasts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// OBS keeps one server URL and one stream key day after day: `rtmp://host/live/<stream>` and
+/// `<stream>?key=<key>`. With the real ffmpeg as the encoder, the same key goes live five times;
+/// every publish becomes a new broadcast the director authorized, played back exactly (packet
+/// checksums) by broadcast id from another node. A guessed URL or a wrong key is refused and
+/// changes nothing; so is an HTTP push with a wrong key, while the right key pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_stream_key_goes_live_five_times_over_rtmp() {
+    need_ffmpeg();
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let servers = three_servers(&d, &dp).await;
+    let key = "obs-key-0123456789abcdef";
+    let lon = servers[0].rtmp;
+    let nyc = servers[2].http;
+    let mut seen = Vec::new();
+    for i in 0..5u32 {
+        let src = make_pattern(&dp, &format!("p{i}.flv"), 2, "testsrc2", 300 + 100 * i);
+        // In open mode the first publish of a new id with a key claims it with that key.
+        let url = format!("rtmp://{lon}/live/obs1?key={key}");
+        let out = tokio::task::spawn_blocking({
+            let src = src.clone();
+            move || {
+                Command::new("ffmpeg")
+                    .arg("-nostdin")
+                    .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+                    .arg(&src)
+                    .args(["-map", "0", "-c", "copy", "-f", "flv", &url])
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "publish {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ids = broadcast_ids(&d, "obs1").await;
+        let newest = ids.first().cloned().expect("a broadcast");
+        assert!(
+            !seen.contains(&newest),
+            "publish {i} reused a broadcast: {ids:?}"
+        );
+        seen.push(newest.clone());
+        let got = fetch(format!(
+            "http://{nyc}/live/obs1.flv?broadcast={newest}&from=start"
+        ))
+        .await
+        .unwrap();
+        let recv = dp.join(format!("recv{i}.flv"));
+        std::fs::write(&recv, &got).unwrap();
+        let (want, have) = (packet_md5s(&src), packet_md5s(&recv));
+        assert!(want.len() > 50, "source has {} packets", want.len());
+        assert!(
+            want == have,
+            "broadcast {i}: packets differ ({} vs {})",
+            want.len(),
+            have.len()
+        );
+    }
+    assert_eq!(seen.len(), 5);
+    // A guessed URL (no key), a wrong key, and another stream's key: refused, nothing new.
+    let src = make_pattern(&dp, "evil.flv", 1, "smptebars", 1000);
+    for name in [
+        "obs1".to_string(),
+        "obs1?key=wrong-key-0123456789".to_string(),
+        format!("obs1?token={}", "x".repeat(80)),
+    ] {
+        let url = format!("rtmp://{lon}/live/{name}");
+        let out = tokio::task::spawn_blocking({
+            let src = src.clone();
+            move || {
+                Command::new("ffmpeg")
+                    .arg("-nostdin")
+                    .args(["-hide_banner", "-loglevel", "error", "-i"])
+                    .arg(&src)
+                    .args(["-map", "0", "-c", "copy", "-f", "flv", &url])
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        assert!(!out.status.success(), "{name} was accepted");
+    }
+    assert_eq!(
+        broadcast_ids(&d, "obs1").await.len(),
+        5,
+        "a refused publish made a broadcast"
+    );
+    // HTTP push with the key: a wrong one is refused; the right one pushes a new broadcast.
+    let http = servers[1].http;
+    let r = http_client()
+        .post(format!(
+            "http://{http}/v1/streams/obs1/push?key=wrong-key-0123456789"
+        ))
+        .body(vec![0u8; 50_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http_client()
+        .post(format!("http://{http}/v1/streams/obs1/push?key={key}"))
+        .body(vec![7u8; 50_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert_eq!(broadcast_ids(&d, "obs1").await.len(), 6);
+}

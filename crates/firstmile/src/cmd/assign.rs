@@ -1,8 +1,8 @@
 //! `firstmile assign`: ask the director where to push, and show why.
 
 use crate::Failure;
-use client::{Assignment, Pick};
 use client::{AssignRequest, ClientError, LocationInput};
+use client::{Assignment, Pick};
 use proto::{Protocol, StreamId};
 
 /// Flags shared by `assign` and `push`: what to ask the director.
@@ -20,7 +20,12 @@ pub struct AskArgs {
     pub stream: Option<StreamId>,
     /// The stream's key (needed for a stream that has one). In `open` mode a new stream's key is
     /// generated and printed once on stderr as `stream key: ...`: keep it to go live again.
-    #[arg(long, env = "FIRSTMILE_STREAM_KEY", value_name = "KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FIRSTMILE_STREAM_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
     pub key: Option<String>,
     /// How the device pushes.
     #[arg(long, default_value = "native", value_parser = ["native", "websocket", "rtmp", "http"])]
@@ -150,7 +155,11 @@ fn human(a: &Assignment) -> String {
     s.push_str(&format!(
         "broadcast {}{}\n",
         a.broadcast,
-        if a.new_broadcast { " (new)" } else { " (continued)" }
+        if a.new_broadcast {
+            " (new)"
+        } else {
+            " (continued)"
+        }
     ));
     s.push_str(&format!("protocol {}\n", a.protocol));
     s.push_str(&format!(

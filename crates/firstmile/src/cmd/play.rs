@@ -34,7 +34,12 @@ pub struct PlayArgs {
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<std::path::PathBuf>,
     /// A playback token (private streams; the platform gets one from the director).
-    #[arg(long, env = "FIRSTMILE_PLAYBACK_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FIRSTMILE_PLAYBACK_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// Play this past broadcast of the stream (catch-up) instead of its current one.
     #[arg(long, value_name = "ID")]
