@@ -844,13 +844,12 @@ async fn heartbeat_expiry_and_return() {
 #[tokio::test]
 async fn over_a_real_socket() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let d = director_with(config());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(director::run(d, listener, async {
-        let _ = stop_rx.await;
-    }));
+    // The shared test support runs the director on its own runtime and re-raises its panics.
+    let mut cfg = config();
+    cfg.auth.cluster_token = testkit::CLUSTER.into();
+    let td = testkit::TestDirector::start(cfg);
+    let addr = td.addr;
+    const CLUSTER: &str = testkit::CLUSTER;
 
     async fn http(addr: SocketAddr, req: String) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -891,9 +890,7 @@ async fn over_a_real_socket() {
     assert_eq!(json["primary"]["server_id"], "fra-1");
     assert_eq!(json["client_ip"], "127.0.0.1");
     assert_eq!(json["locations"]["ip"]["status"], "unknown");
-
-    stop_tx.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    drop(td);
 }
 
 // ------------------------------------------------------------------------------- config

@@ -12,12 +12,17 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod openapi;
 mod ownership;
 mod rtmp;
 mod tls;
 mod ws;
 
-const CLUSTER: &str = "test-cluster-secret";
+use testkit::{CLUSTER, bind, entry_config};
+
+/// A director and an entry server, as `testkit` runs them (their panics re-raised in the test).
+type Director = testkit::TestDirector;
+type Server = testkit::TestEntry;
 
 /// An HTTP client for the tests (reqwest is built without a rustls provider: install ring).
 fn http_client() -> reqwest::Client {
@@ -39,127 +44,9 @@ async fn get_streams(http: impl std::fmt::Display) -> reqwest::Result<reqwest::R
         .await
 }
 
-struct Director {
-    url: String,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Director {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-/// A listener bound now (so its address is known), to be handed to a runtime.
-fn bind(addr: &str) -> std::net::TcpListener {
-    let l = std::net::TcpListener::bind(addr).unwrap();
-    l.set_nonblocking(true).unwrap();
-    l
-}
-
+/// A director in the `open` publish mode with the test secrets (see `testkit`).
 fn start_director() -> Director {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let key = token::SigningKey::from_bytes(&[7u8; 32]);
-    let mut cfg = director::DirectorConfig::default();
-    cfg.auth.cluster_token = CLUSTER.into();
-    cfg.auth.admin_token = "admin".into();
-    cfg.heartbeat.interval_ms = 100;
-    cfg.http.rate_limit.per_second = 10_000.0;
-    cfg.http.rate_limit.burst = 10_000;
-    cfg.publish.mode = director::config::PublishMode::Open;
-    let d = director::Director::new(cfg, key.clone(), geo::ip::IpLocator::new()).unwrap();
-    let listener = bind("127.0.0.1:0");
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    rt.spawn(async move {
-        let l = tokio::net::TcpListener::from_std(listener).unwrap();
-        director::run(d, l, std::future::pending()).await
-    });
-    Director { url, rt: Some(rt) }
-}
-
-struct Server {
-    native: SocketAddr,
-    http: SocketAddr,
-    rtmp: SocketAddr,
-    cfg: EntryConfig,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Server {
-    fn start(cfg: EntryConfig, host: &str) -> Server {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (n, h) = (bind(&format!("{host}:0")), bind(&format!("{host}:0")));
-        let r = bind(&format!("{host}:0"));
-        let (native, http) = (n.local_addr().unwrap(), h.local_addr().unwrap());
-        let rtmp = r.local_addr().unwrap();
-        let e = Entry::init(cfg.clone()).unwrap();
-        rt.spawn(async move {
-            let n = tokio::net::TcpListener::from_std(n).unwrap();
-            let h = tokio::net::TcpListener::from_std(h).unwrap();
-            let r = tokio::net::TcpListener::from_std(r).unwrap();
-            e.run_with(n, h, Some(r), std::future::pending()).await
-        });
-        Server {
-            native,
-            http,
-            rtmp,
-            cfg,
-            rt: Some(rt),
-        }
-    }
-
-    /// Abrupt death: the runtime and every socket of this server go away at once.
-    fn kill(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-
-    /// Start again on the same data directory (and new ports).
-    fn restart(&mut self) {
-        self.kill();
-        let host = self.native.ip().to_string();
-        *self = Server::start(self.cfg.clone(), &host);
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn entry_config(
-    id: &str,
-    pop: &str,
-    place: &str,
-    dir: &std::path::Path,
-    d: Option<&Director>,
-) -> EntryConfig {
-    EntryConfig {
-        id: id.into(),
-        pop: pop.into(),
-        location: place.into(),
-        director: d.map(|d| d.url.clone()),
-        cluster_secret: CLUSTER.into(),
-        token_public_key: token::SigningKey::from_bytes(&[7u8; 32])
-            .public_key()
-            .to_pem(),
-        data_dir: dir.join(id),
-        relay_give_up_ms: 3000,
-        report_cpu: false,
-        ..EntryConfig::default()
-    }
+    testkit::TestDirector::start(testkit::director_config())
 }
 
 /// The director's registry as its admin API shows it (`Null` if it does not answer).
