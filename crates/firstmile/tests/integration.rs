@@ -708,3 +708,151 @@ fn ffmpeg_in_a_pipe_into_push() {
         String::from_utf8_lossy(&probe.stderr)
     );
 }
+
+/// The hijack, from the command line: the owner pushes `live1` (its first push creates
+/// the stream and prints its key); an outsider's `firstmile push --stream live1 other.bin` is
+/// refused (exit 77, saying why) and changes nothing; a follower on a third node gets exactly
+/// the owner's bytes; the owner goes live again with its key, and the follower goes on with the
+/// new broadcast.
+#[test]
+fn a_stream_belongs_to_its_publisher_and_goes_live_again_with_its_key() {
+    let up = start_up(3);
+    let _ = wait_for_registration(&up, "warm-up");
+    let (viewer_http, _) = up.servers.values().last().unwrap().clone();
+    let first = pseudo_random(400_000);
+    let second: Vec<u8> = pseudo_random(300_000).iter().map(|b| b ^ 0x5a).collect();
+    let push_cmd = |key: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_firstmile"));
+        c.args([
+            "push",
+            "--director",
+            &up.director,
+            "--location",
+            "Paris, FR",
+            "--stream",
+            "live1",
+            "--quiet",
+        ]);
+        if let Some(k) = key {
+            c.args(["--key", k]);
+        }
+        c.arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    // The owner's first push, fed slowly.
+    let mut owner = push_cmd(None).spawn().unwrap();
+    let mut input = owner.stdin.take().unwrap();
+    let mut err = BufReader::new(owner.stderr.take().unwrap());
+    let mut line = String::new();
+    let feeder = std::thread::spawn({
+        let first = first.clone();
+        move || {
+            for c in first.chunks(16 << 10) {
+                input.write_all(c).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    err.read_line(&mut line).unwrap();
+    let key = line
+        .strip_prefix("stream key: ")
+        .expect("the new stream's key first on stderr")
+        .trim()
+        .to_string();
+    // A follower on the third node.
+    let mut play = Command::new(env!("CARGO_BIN_EXE_firstmile"))
+        .args([
+            "play",
+            "--from-url",
+            &viewer_http,
+            "--from",
+            "start",
+            "--follow",
+            "live1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut play_out = play.stdout.take().unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    std::thread::spawn({
+        let got = got.clone();
+        move || {
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = play_out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    // The outsider: without the key, and with a wrong one.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.bin");
+    std::fs::write(&other, vec![0xEE; 100_000]).unwrap();
+    for key in [None, Some("wrong-key-wrong-key")] {
+        let mut args = vec![
+            "push",
+            "--director",
+            &up.director,
+            "--location",
+            "Paris, FR",
+            "--stream",
+            "live1",
+        ];
+        if let Some(k) = key {
+            args.extend(["--key", k]);
+        }
+        args.push(other.to_str().unwrap());
+        let o = firstmile(&args);
+        assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
+        assert!(stderr(&o).contains("key"), "{}", stderr(&o));
+    }
+    feeder.join().unwrap();
+    let status = owner.wait().unwrap();
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    assert!(status.success(), "the owner's push failed: {rest}");
+    let until = |n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the follower has {} of {n} bytes",
+                got.lock().unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until(first.len(), "the first broadcast");
+    // Going live again with the key: a new broadcast; the follower gets it too.
+    let mut again = push_cmd(Some(&key)).spawn().unwrap();
+    again.stdin.take().unwrap().write_all(&second).unwrap();
+    let out = again.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the second go-live failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut want = first.clone();
+    want.extend_from_slice(&second);
+    until(want.len(), "the second broadcast");
+    let _ = play.kill();
+    let _ = play.wait();
+    let got = got.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "the follower got {} bytes",
+        got.len()
+    );
+    assert!(
+        got == want,
+        "the follower's bytes are not the owner's two broadcasts"
+    );
+}
