@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 mod etcd;
+mod listeners;
 
 const CLUSTER: &str = "cluster-secret-0123456789";
 const ADMIN: &str = "admin-secret-0123456789";
