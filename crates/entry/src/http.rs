@@ -325,7 +325,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
          # TYPE firstmile_entry_viewers_skipped_total counter\nfirstmile_entry_viewers_skipped_total {}\n\
          # TYPE firstmile_entry_viewers_cut_total counter\nfirstmile_entry_viewers_cut_total {}\n\
          # TYPE firstmile_entry_relay_upstream_failures_total counter\nfirstmile_entry_relay_upstream_failures_total {}\n\
-         # TYPE firstmile_entry_draining gauge\nfirstmile_entry_draining {}\n",
+         # TYPE firstmile_entry_draining gauge\nfirstmile_entry_draining {}\n{}",
         g(&m.sessions),
         ingest,
         streams.len() - ingest,
@@ -339,6 +339,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         g(&m.viewers_cut),
         g(&m.relay_upstream_failures),
         u8::from(node.draining.load(Ordering::SeqCst)),
+        m.listeners.prometheus_text(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
