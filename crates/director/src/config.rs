@@ -162,16 +162,34 @@ impl Default for HeartbeatConfig {
     }
 }
 
+/// The HTTP(S) listener and API limits. The connection caps and timeouts are
+/// `plumbing::listen`'s (README: "Limits and timeouts of the listeners").
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Peers whose X-Forwarded-For / Forwarded headers are believed (load balancers).
+    /// Peers whose X-Forwarded-For / Forwarded headers are believed (load balancers). Their
+    /// connections are not counted per address either.
     pub trusted_proxies: Vec<IpNet>,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     /// Requests taking longer are answered 408.
     pub request_timeout_ms: u64,
     pub rate_limit: RateLimitConfig,
+    /// Connections open at once. When full, a newcomer replaces the connection that has waited
+    /// longest without sending a complete request; when none has, it is refused (HTTP: 503 with
+    /// Retry-After; HTTPS: closed).
+    pub max_connections: usize,
+    /// Connections from one address (IPv6: one /64) that have not sent the cluster or admin
+    /// credential. Over it: refused the same way.
+    pub max_connections_per_ip: usize,
+    /// A new connection must finish its TLS handshake and send a complete first request head
+    /// within this, or it is closed.
+    pub header_timeout_ms: u64,
+    /// After a response, the next request head must be complete within this, or the kept-alive
+    /// connection is closed. At least `header_timeout_ms`.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (request line and headers), bytes.
+    pub max_header_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -181,7 +199,49 @@ impl Default for HttpConfig {
             body_limit_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
             rate_limit: RateLimitConfig::default(),
+            max_connections: 4096,
+            max_connections_per_ip: 128,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            max_header_bytes: 32 * 1024,
         }
+    }
+}
+
+impl HttpConfig {
+    /// Check the listener's caps and timeouts (no I/O).
+    fn validate_listener(&self) -> Result<(), ConfigError> {
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(key_err(
+                "http.max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.max_connections_per_ip == 0 || self.max_connections_per_ip > self.max_connections {
+            return Err(key_err(
+                "http.max_connections_per_ip",
+                "must be between 1 and http.max_connections",
+            ));
+        }
+        if !(100..=300_000).contains(&self.header_timeout_ms) {
+            return Err(key_err(
+                "http.header_timeout_ms",
+                "must be between 100 and 300000",
+            ));
+        }
+        if self.idle_timeout_ms < self.header_timeout_ms || self.idle_timeout_ms > 3_600_000 {
+            return Err(key_err(
+                "http.idle_timeout_ms",
+                "must be at least http.header_timeout_ms and at most 3600000",
+            ));
+        }
+        if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(key_err(
+                "http.max_header_bytes",
+                "must be between 8192 and 1048576",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -666,6 +726,7 @@ impl DirectorConfig {
         if self.http.request_timeout_ms == 0 {
             return Err(key_err("http.request_timeout_ms", "must be positive"));
         }
+        self.http.validate_listener()?;
         if self.limits.max_servers == 0
             || self.limits.max_tracked_streams == 0
             || self.limits.max_ranked == 0

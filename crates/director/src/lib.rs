@@ -42,7 +42,7 @@ pub mod streams;
 pub mod tls;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::time::Duration;
 
 pub use api::router;
 pub use config::{ConfigError, DirectorConfig, LogFormat};
@@ -50,37 +50,63 @@ pub use etcd::EtcdRegistry;
 pub use registry::{MemoryRegistry, Registry, RegistryError, RegistryStatus};
 pub use state::{Clock, Director, InitError, SystemClock, TokioClock};
 
+/// Descriptors kept free beyond the connection cap: etcd, files, outgoing connections.
+const DESCRIPTOR_HEADROOM: u64 = 512;
+
 /// Serve the director on `listener` (HTTPS when `tls` is configured) until `shutdown` resolves,
 /// running the upkeep task (heartbeat expiry, snapshot refresh, corrections) alongside. In-flight
 /// requests finish before it returns.
+///
+/// The listener is a `plumbing::listen` gate with the `http.*` caps and timeouts: a connection
+/// whose requests carry the cluster or the admin credential stops counting against its
+/// address's cap, so entry servers behind one NAT are not refused, and kept-alive heartbeat
+/// connections are never evicted. Peers in `http.trusted_proxies` are not counted per address.
+/// The soft open-file limit is raised to fit the cap (a warning says when it cannot be).
 pub async fn run(
     director: Director,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let upkeep = tokio::spawn(director.clone().upkeep());
-    let app = router(director.clone());
-    let addr = listener.local_addr()?;
-    let result = match &director.config().tls {
-        Some(tls) => {
-            let cfg =
-                tls::server_config(&tls.cert_file, &tls.key_file).map_err(std::io::Error::other)?;
-            let l = tls::TlsListener::new(listener, cfg)?;
-            tracing::info!(%addr, "director listening (https)");
-            axum::serve(l, app.into_make_service_with_connect_info::<tls::TlsPeer>())
-                .with_graceful_shutdown(shutdown)
-                .await
+    use plumbing::listen::{self, http};
+    let cfg = director.config().clone();
+    let tls = match &cfg.tls {
+        Some(t) => {
+            Some(tls::server_config(&t.cert_file, &t.key_file).map_err(std::io::Error::other)?)
         }
-        None => {
-            tracing::info!(%addr, "director listening (http)");
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
-        }
+        None => None,
     };
+    let h = &cfg.http;
+    listen::ensure_descriptors(h.max_connections as u64 + DESCRIPTOR_HEADROOM, "director");
+    let gate = listen::Gate::new(
+        listener,
+        listen::Limits {
+            max_connections: h.max_connections,
+            max_per_ip: h.max_connections_per_ip,
+            per_ip_exempt: h.trusted_proxies.clone(),
+            opening_timeout: Some(Duration::from_millis(h.header_timeout_ms)),
+            pre_auth_bytes: None,
+        },
+        director.inner.metrics.http_listener.clone(),
+    );
+    let options = http::HttpOptions {
+        idle_timeout: Duration::from_millis(h.idle_timeout_ms),
+        max_header_bytes: h.max_header_bytes,
+        tls: tls.clone(),
+        authenticate: Some(http::bearer_authenticator(vec![
+            cfg.auth.cluster_token.clone(),
+            cfg.auth.admin_token.clone(),
+        ])),
+    };
+    let addr = gate.local_addr()?;
+    tracing::info!(
+        %addr,
+        scheme = if tls.is_some() { "https" } else { "http" },
+        max_connections = h.max_connections,
+        max_connections_per_ip = h.max_connections_per_ip,
+        "director listening"
+    );
+    let upkeep = tokio::spawn(director.clone().upkeep());
+    let result = http::serve(gate, router(director.clone()), options, shutdown).await;
     upkeep.abort();
     result
 }

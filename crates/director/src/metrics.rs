@@ -11,11 +11,21 @@
 //! - `firstmile_director_registry_degraded`: 1 while the shared registry (etcd) cannot be reached
 //!   and answers come from the last snapshot, else 0 (always 0 in memory);
 //! - `firstmile_director_etcd_writes_total`: key writes this director made to etcd (puts and
-//!   transactions; lease renewals are not writes), to check the write budget.
+//!   transactions; lease renewals are not writes), to check the write budget;
+//! - the HTTP(S) listener (`plumbing::listen`, read at each scrape):
+//!   `firstmile_director_connections` (open now), `..._connections_refused_total{reason}`
+//!   (`full`, `per_ip`), `..._connections_evicted_total` (closed while opening to make room),
+//!   `..._connections_timed_out_total{phase}` (`opening`: TLS handshake or first request head
+//!   too slow; `idle`: no next request on a kept-alive connection).
 
-use prometheus_client::metrics::counter::Counter;
+use std::sync::Arc;
+
+use plumbing::listen::ListenStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -33,6 +43,52 @@ pub struct Metrics {
     pub registry_degraded: Gauge,
     etcd_writes: Counter,
     etcd_writes_seen: std::sync::atomic::AtomicU64,
+    /// Counters of the HTTP(S) listener, kept by its gate.
+    pub http_listener: Arc<ListenStats>,
+}
+
+/// Renders the listener's counters at scrape time.
+#[derive(Debug)]
+struct ListenerCollector(Arc<ListenStats>);
+
+impl Collector for ListenerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.snapshot();
+        let open = ConstGauge::new(s.open as i64);
+        open.encode(encoder.encode_descriptor(
+            "connections",
+            "Connections open on the HTTP(S) listener",
+            None,
+            open.metric_type(),
+        )?)?;
+        let counter = |n: u64| ConstCounter::new(n);
+        let mut family = encoder.encode_descriptor(
+            "connections_refused",
+            "Connections refused by the listener's caps, by reason",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, n) in [("full", s.refused_full), ("per_ip", s.refused_per_ip)] {
+            counter(n).encode(family.encode_family(&vec![("reason", reason)])?)?;
+        }
+        let evicted = counter(s.evicted);
+        evicted.encode(encoder.encode_descriptor(
+            "connections_evicted",
+            "Connections closed while still opening to make room for a newcomer",
+            None,
+            evicted.metric_type(),
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            "connections_timed_out",
+            "Connections closed by a timeout: opening (handshake, first request head) or idle",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (phase, n) in [("opening", s.timed_out_opening), ("idle", s.timed_out_idle)] {
+            counter(n).encode(family.encode_family(&vec![("phase", phase)])?)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Metrics {
@@ -52,6 +108,8 @@ impl Metrics {
         let measurements = Family::<Labels, Counter>::default();
         let registry_degraded = Gauge::default();
         let etcd_writes = Counter::default();
+        let http_listener = Arc::new(ListenStats::default());
+        registry.register_collector(Box::new(ListenerCollector(http_listener.clone())));
         registry.register(
             "etcd_writes",
             "Key writes this director made to etcd (puts and transactions)",
@@ -89,6 +147,7 @@ impl Metrics {
             registry_degraded.clone(),
         );
         Self {
+            http_listener,
             registry_degraded,
             etcd_writes,
             etcd_writes_seen: Default::default(),

@@ -26,6 +26,7 @@ use tower::ServiceExt;
 mod etcd;
 mod openapi;
 mod streams;
+mod listeners;
 
 const CLUSTER: &str = "cluster-secret-0123456789";
 const ADMIN: &str = "admin-secret-0123456789";

@@ -708,7 +708,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
          # TYPE firstmile_entry_viewers_cut_total counter\nfirstmile_entry_viewers_cut_total {}\n\
          # TYPE firstmile_entry_relay_upstream_failures_total counter\nfirstmile_entry_relay_upstream_failures_total {}\n\
          # TYPE firstmile_entry_draining gauge\nfirstmile_entry_draining {}\n\
-         # TYPE firstmile_entry_storage_ok gauge\nfirstmile_entry_storage_ok {}\n",
+         # TYPE firstmile_entry_storage_ok gauge\nfirstmile_entry_storage_ok {}\n{}",
         g(&m.sessions),
         ingest,
         relay,
@@ -723,6 +723,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         g(&m.relay_upstream_failures),
         u8::from(node.draining.load(Ordering::SeqCst)),
         u8::from(node.storage_problem().is_none()),
+        m.listeners.prometheus_text(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

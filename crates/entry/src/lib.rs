@@ -33,12 +33,13 @@ pub mod viewer;
 pub use node::{EntryConfig, NativeTls, Node, parse_fsync};
 
 use chunklog::{LogConfig, StreamLog};
+use plumbing::listen::{Admission, Gate, Limited, Limits, Refusal};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// A configuration or start-up problem (exit 64 for configuration).
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,151 @@ pub struct Entry {
 
 /// How long a native connection may take to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes a native connection may send before its HELLO is welcomed (a HELLO is at most about
+/// 4.3 KiB: a 4 KiB token and a 128-byte stream id).
+const NATIVE_PRE_AUTH_BYTES: u64 = 64 * 1024;
+/// Bytes an RTMP connection may send before its publish is accepted (handshake 3 KiB, then
+/// `connect`, `createStream` and `publish`, usually under 2 KiB). Without it the RTMP library
+/// would buffer a message of up to 16 MiB for anyone.
+const RTMP_PRE_AUTH_BYTES: u64 = 128 * 1024;
+/// Descriptors kept free beyond the listeners' caps: logs, outgoing connections.
+const DESCRIPTOR_HEADROOM: u64 = 1024;
+
+/// What a plain-TCP native connection over a cap gets before it is closed: ERROR `overloaded`
+/// ("ask the director again"), written without waiting for its HELLO.
+fn native_refusal(reason: Refusal) -> Arc<[u8]> {
+    static ANSWERS: std::sync::LazyLock<[Arc<[u8]>; 2]> = std::sync::LazyLock::new(|| {
+        let frame = |message: &str| -> Arc<[u8]> {
+            let mut b = bytes::BytesMut::new();
+            let f = proto::Frame::Error(proto::ErrorFrame {
+                code: proto::ErrorCode::Overloaded,
+                message: message.into(),
+            });
+            proto::encode(&f, &mut b).expect("a short ERROR frame encodes");
+            b.to_vec().into()
+        };
+        [
+            frame(
+                "this entry server has too many connections open: ask the director for \
+                 another, or retry in a few seconds",
+            ),
+            frame(
+                "too many connections from your address that have not been welcomed yet: \
+                 close some, or ask the director for another server",
+            ),
+        ]
+    });
+    match reason {
+        Refusal::Full => ANSWERS[0].clone(),
+        Refusal::PerIp => ANSWERS[1].clone(),
+    }
+}
+
+/// The listeners' caps and deadlines from the configuration.
+struct ListenerLimits {
+    http: Limits,
+    native: Limits,
+    rtmp: Limits,
+}
+
+fn listener_limits(cfg: &EntryConfig) -> ListenerLimits {
+    let limits = |max_connections, max_per_ip, opening_ms: Option<u64>, pre_auth| Limits {
+        max_connections,
+        max_per_ip,
+        per_ip_exempt: Vec::new(),
+        opening_timeout: opening_ms.map(Duration::from_millis),
+        pre_auth_bytes: pre_auth,
+    };
+    ListenerLimits {
+        http: limits(
+            cfg.http_max_connections,
+            cfg.http_max_connections_per_ip,
+            Some(cfg.http_header_timeout_ms),
+            None,
+        ),
+        // The TLS handshake and the HELLO keep their own deadlines (10 s each).
+        native: limits(
+            cfg.native_max_connections,
+            cfg.native_max_connections_per_ip,
+            None,
+            Some(NATIVE_PRE_AUTH_BYTES),
+        ),
+        rtmp: limits(
+            cfg.rtmp_max_connections,
+            cfg.rtmp_max_connections_per_ip,
+            Some(cfg.rtmp_connect_timeout_ms),
+            Some(RTMP_PRE_AUTH_BYTES),
+        ),
+    }
+}
+
+/// Serve one admitted native connection (plain or TLS) as an ingest session.
+async fn serve_native(
+    io: Limited<TcpStream>,
+    node: Arc<Node>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    use std::os::fd::AsRawFd;
+    let _ = io.get_ref().set_nodelay(true);
+    let (conn, peer) = (io.conn().clone(), io.conn().peer());
+    let fd = io.get_ref().as_raw_fd();
+    match tls {
+        None => {
+            let frames = ingest::TcpFrames::with_stream(io, Some(fd), node.limits);
+            ingest::serve(Welcomed::new(frames, conn), node, Some(peer.ip())).await;
+        }
+        Some(acceptor) => {
+            // The handshake runs in the connection's own task: a slow or silent client holds
+            // up nobody else.
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                Ok(Ok(s)) => {
+                    let frames = ingest::TcpFrames::with_stream(s, Some(fd), node.limits);
+                    ingest::serve(Welcomed::new(frames, conn), node, Some(peer.ip())).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => {
+                    conn.stats().opening_timed_out();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+/// A native session's frames, telling the gate how far the session got: opened at its first
+/// frame, authenticated when it is welcomed (WELCOME follows a verified token).
+struct Welcomed<F> {
+    frames: F,
+    conn: plumbing::listen::ConnHandle,
+}
+
+impl<F> Welcomed<F> {
+    fn new(frames: F, conn: plumbing::listen::ConnHandle) -> Self {
+        Self { frames, conn }
+    }
+}
+
+impl<F: ingest::FrameIo> ingest::FrameIo for Welcomed<F> {
+    async fn recv(&mut self) -> Result<Option<proto::Frame>, ingest::SessionError> {
+        let r = self.frames.recv().await;
+        if let Ok(Some(_)) = &r {
+            self.conn.opened();
+        }
+        r
+    }
+
+    async fn send(&mut self, f: &proto::Frame) -> Result<(), ingest::SessionError> {
+        if matches!(f, proto::Frame::Welcome(_)) {
+            self.conn.authenticate();
+        }
+        self.frames.send(f).await
+    }
+
+    fn tcp_info(&self) -> Option<tcpinfo::TcpInfo> {
+        self.frames.tcp_info()
+    }
+}
 
 fn load_native_tls(
     tls: &node::NativeTls,
@@ -217,43 +363,37 @@ impl Entry {
         let link = tokio::spawn(link::run(node.clone(), stop_rx.clone()));
         let retention = tokio::spawn(retention(node.clone(), stop_rx.clone()));
 
+        let limits = listener_limits(&node.cfg);
+        let stats = &node.metrics.listeners;
+        let descriptors = limits.http.max_connections
+            + limits.native.max_connections
+            + if rtmp.is_some() {
+                limits.rtmp.max_connections
+            } else {
+                0
+            };
+        plumbing::listen::ensure_descriptors(
+            descriptors as u64 + DESCRIPTOR_HEADROOM,
+            "entry server",
+        );
+        let native = Gate::new(native, limits.native, stats.native.clone());
+        let http_gate = Gate::new(http_listener, limits.http, stats.http.clone());
+        let rtmp = rtmp.map(|l| Gate::new(l, limits.rtmp, stats.rtmp.clone()));
+
         let accept_node = node.clone();
         let mut accept_stop = stop_rx.clone();
         let accept = tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    r = native.accept() => match r {
-                        Ok((sock, peer)) => {
-                            let _ = sock.set_nodelay(true);
-                            let node = accept_node.clone();
-                            match &tls {
-                                None => {
-                                    let io = ingest::TcpFrames::new(sock, node.limits);
-                                    tokio::spawn(ingest::serve(io, node, Some(peer.ip())));
-                                }
-                                Some(acceptor) => {
-                                    // The handshake runs in the connection's own task: a slow or
-                                    // silent client holds up nobody else.
-                                    let acceptor = acceptor.clone();
-                                    tokio::spawn(async move {
-                                        let hs = acceptor.accept(sock);
-                                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, hs).await {
-                                            Ok(Ok(s)) => {
-                                                let io = ingest::TcpFrames::tls(s, node.limits);
-                                                ingest::serve(io, node, Some(peer.ip())).await;
-                                            }
-                                            Ok(Err(e)) => {
-                                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                                            }
-                                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                                        }
-                                    });
-                                }
-                            }
+                    a = native.accept() => match a {
+                        Admission::Admitted(io) => {
+                            tokio::spawn(serve_native(io, accept_node.clone(), tls.clone()));
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Over TLS, answering would cost the handshake the cap sheds.
+                        Admission::Refused(r) if tls.is_some() => r.close(),
+                        Admission::Refused(r) => {
+                            let answer = native_refusal(r.reason());
+                            r.answer(answer);
                         }
                     },
                     _ = accept_stop.changed() => return,
@@ -267,14 +407,13 @@ impl Entry {
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        r = l.accept() => match r {
-                            Ok((sock, peer)) => {
-                                tokio::spawn(rtmp::serve(sock, node.clone(), peer));
+                        a = l.accept() => match a {
+                            Admission::Admitted(io) => {
+                                let peer = io.conn().peer();
+                                tokio::spawn(rtmp::serve(io, node.clone(), peer));
                             }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "rtmp accept failed");
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
+                            // RTMP has no message before its handshake and `connect`: close.
+                            Admission::Refused(r) => r.close(),
                         },
                         _ = stop.changed() => return,
                     }
@@ -284,16 +423,22 @@ impl Entry {
 
         let router = http::router(node.clone());
         let mut http_stop = stop_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(
-                http_listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
+        let http_options = plumbing::listen::http::HttpOptions {
+            idle_timeout: Duration::from_millis(node.cfg.http_idle_timeout_ms),
+            max_header_bytes: node.cfg.http_max_header_bytes,
+            tls: None,
+            authenticate: Some(plumbing::listen::http::bearer_authenticator(vec![
+                node.cfg.cluster_secret.clone(),
+            ])),
+        };
+        let server = tokio::spawn(plumbing::listen::http::serve(
+            http_gate,
+            router,
+            http_options,
+            async move {
                 let _ = http_stop.changed().await;
-            })
-            .await
-        });
+            },
+        ));
 
         shutdown.await;
         tracing::info!("draining");

@@ -86,6 +86,34 @@ pub struct EntryConfig {
     /// A broadcast that ended (or whose publishers are gone) and has no viewer is released from
     /// memory, its files closed, after this many seconds.
     pub release_after_s: u64,
+    // Listener caps and timeouts (`plumbing::listen`; README "Limits and timeouts of the
+    // listeners"). Per-address caps count connections that have not authenticated (a WELCOME
+    // sent, an RTMP publish accepted); on HTTP, requests with `Authorization: Bearer
+    // <cluster_secret>`.
+    /// HTTP connections open at once (viewers, relays, WebSocket ingest, push).
+    pub http_max_connections: usize,
+    /// HTTP connections from one address (IPv6: one /64). Viewers behind one NAT and relaying
+    /// nodes count here: keep it generous.
+    pub http_max_connections_per_ip: usize,
+    /// A new HTTP connection must send a complete first request head within this.
+    pub http_header_timeout_ms: u64,
+    /// After a response, the next request head must be complete within this (≥ the header
+    /// timeout). Never applies while a request or response streams.
+    pub http_idle_timeout_ms: u64,
+    /// Largest HTTP request head (request line and headers), bytes.
+    pub http_max_header_bytes: usize,
+    /// Native-protocol connections open at once (TCP or TLS).
+    pub native_max_connections: usize,
+    /// Native connections from one address that have not been welcomed (HELLO with a valid
+    /// token). The TLS handshake (10 s) and the HELLO (10 s) have their own deadlines.
+    pub native_max_connections_per_ip: usize,
+    /// RTMP connections open at once.
+    pub rtmp_max_connections: usize,
+    /// RTMP connections from one address whose publish has not been accepted.
+    pub rtmp_max_connections_per_ip: usize,
+    /// An RTMP connection must complete its handshake, `connect`, `createStream` and `publish`
+    /// within this, or it is closed.
+    pub rtmp_connect_timeout_ms: u64,
 }
 
 impl Default for EntryConfig {
@@ -120,6 +148,16 @@ impl Default for EntryConfig {
             report_cpu: true,
             viewer_wait_ms: 10_000,
             release_after_s: 60,
+            http_max_connections: 8192,
+            http_max_connections_per_ip: 512,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
+            http_max_header_bytes: 32 * 1024,
+            native_max_connections: 1024,
+            native_max_connections_per_ip: 32,
+            rtmp_max_connections: 1024,
+            rtmp_max_connections_per_ip: 32,
+            rtmp_connect_timeout_ms: 10_000,
         }
     }
 }
@@ -252,6 +290,50 @@ impl EntryConfig {
         if self.release_after_s == 0 || self.release_after_s > 86_400 {
             return bad("release_after_s", "1 to 86400");
         }
+        for (max, per_ip, key) in [
+            (
+                self.http_max_connections,
+                self.http_max_connections_per_ip,
+                "http",
+            ),
+            (
+                self.native_max_connections,
+                self.native_max_connections_per_ip,
+                "native",
+            ),
+            (
+                self.rtmp_max_connections,
+                self.rtmp_max_connections_per_ip,
+                "rtmp",
+            ),
+        ] {
+            if !(1..=1_000_000).contains(&max) {
+                return bad(&format!("{key}_max_connections"), "1 to 1000000");
+            }
+            if per_ip == 0 || per_ip > max {
+                return bad(
+                    &format!("{key}_max_connections_per_ip"),
+                    &format!("1 to {key}_max_connections"),
+                );
+            }
+        }
+        if !(100..=300_000).contains(&self.http_header_timeout_ms) {
+            return bad("http_header_timeout_ms", "100 to 300000");
+        }
+        if self.http_idle_timeout_ms < self.http_header_timeout_ms
+            || self.http_idle_timeout_ms > 3_600_000
+        {
+            return bad(
+                "http_idle_timeout_ms",
+                "at least http_header_timeout_ms and at most 3600000",
+            );
+        }
+        if !(8192..=1024 * 1024).contains(&self.http_max_header_bytes) {
+            return bad("http_max_header_bytes", "8192 to 1048576");
+        }
+        if !(100..=300_000).contains(&self.rtmp_connect_timeout_ms) {
+            return bad("rtmp_connect_timeout_ms", "100 to 300000");
+        }
         Ok(())
     }
 }
@@ -269,6 +351,30 @@ pub struct Metrics {
     pub viewers_skipped: AtomicU64,
     pub viewers_cut: AtomicU64,
     pub relay_upstream_failures: AtomicU64,
+    /// Counters of the listeners, kept by their gates.
+    pub listeners: ListenerStats,
+}
+
+/// Counters of each listener (`plumbing::listen`).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub http: std::sync::Arc<plumbing::listen::ListenStats>,
+    pub native: std::sync::Arc<plumbing::listen::ListenStats>,
+    pub rtmp: std::sync::Arc<plumbing::listen::ListenStats>,
+}
+
+impl ListenerStats {
+    /// Prometheus text lines (`firstmile_entry_connections{listener}` etc.).
+    pub fn prometheus_text(&self) -> String {
+        plumbing::listen::prometheus_text(
+            "firstmile_entry",
+            &[
+                ("http", self.http.snapshot()),
+                ("native", self.native.snapshot()),
+                ("rtmp", self.rtmp.snapshot()),
+            ],
+        )
+    }
 }
 
 /// A path sample of an ingest session, to be reported to the director.

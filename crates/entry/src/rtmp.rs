@@ -83,6 +83,7 @@ use crate::flv::{self, MetaValue};
 use crate::hub::{Chunk, Source, Stream};
 use crate::node::Node;
 use chunklog::Record;
+use plumbing::listen::Limited;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult, StreamMetadata,
@@ -114,10 +115,16 @@ pub enum RtmpError {
     Log(String),
 }
 
-/// Serve one RTMP connection until it ends. Never panics; every error closes only this
-/// connection.
-pub async fn serve(sock: TcpStream, node: Arc<Node>, peer: SocketAddr) {
-    let _ = sock.set_nodelay(true);
+/// Serve one RTMP connection, admitted by the listener's gate, until it ends. Never panics;
+/// every error closes only this connection.
+///
+/// Until its publish is accepted the gate bounds it: the handshake, `connect`, `createStream`
+/// and `publish` must arrive within `rtmp_connect_timeout_ms` (reads fail after; the time the
+/// server then spends authorizing the publish is not counted) and within a small read budget,
+/// and it counts against its address's cap. An accepted publish is authenticated: no longer
+/// counted per address, no budget.
+pub async fn serve(sock: Limited<TcpStream>, node: Arc<Node>, peer: SocketAddr) {
+    let _ = sock.get_ref().set_nodelay(true);
     let mut c = Conn {
         sock,
         node,
@@ -136,7 +143,7 @@ pub async fn serve(sock: TcpStream, node: Arc<Node>, peer: SocketAddr) {
 }
 
 struct Conn {
-    sock: TcpStream,
+    sock: Limited<TcpStream>,
     node: Arc<Node>,
     peer: SocketAddr,
     publishing: Option<Publishing>,
@@ -735,20 +742,26 @@ impl Conn {
                 request_id,
                 stream_key,
                 ..
-            } => match self.authorize(&stream_key).await {
-                Ok(p) => {
-                    self.publishing = Some(p);
-                    session.accept_request(request_id).map_err(lib)
+            } => {
+                // The client's part is done: authorizing (which may ask the director and
+                // peers) is not held to the connect deadline.
+                self.sock.conn().opened();
+                match self.authorize(&stream_key).await {
+                    Ok(p) => {
+                        self.sock.conn().authenticate();
+                        self.publishing = Some(p);
+                        session.accept_request(request_id).map_err(lib)
+                    }
+                    Err((code, why)) => {
+                        tracing::info!(peer = %self.peer, code, %why, "refusing rtmp publish");
+                        let r = session
+                            .reject_request(request_id, code, &why)
+                            .map_err(lib)?;
+                        self.refuse(r, out).await?;
+                        Err(RtmpError::Refused(why))
+                    }
                 }
-                Err((code, why)) => {
-                    tracing::info!(peer = %self.peer, code, %why, "refusing rtmp publish");
-                    let r = session
-                        .reject_request(request_id, code, &why)
-                        .map_err(lib)?;
-                    self.refuse(r, out).await?;
-                    Err(RtmpError::Refused(why))
-                }
-            },
+            }
             ServerSessionEvent::PlayStreamRequested { request_id, .. } => {
                 let r = session
                     .reject_request(

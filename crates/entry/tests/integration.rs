@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 mod openapi;
 mod ownership;
+mod listeners;
 mod rtmp;
 mod tls;
 mod ws;

@@ -10,7 +10,12 @@
 //!
 //! The environment is an argument, never read here, so layering is tested without touching the
 //! process environment.
+//!
+//! [`listen`]: the listeners of every service — connection caps (global, per address until
+//! authenticated), opening deadlines, bounded reads before authentication, and the hardened
+//! HTTP serve loop ([`listen::http`]). [`tls`]: certificates and keys into rustls configs.
 
+pub mod listen;
 pub mod tls;
 
 use serde::de::DeserializeOwned;
