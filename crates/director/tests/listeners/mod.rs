@@ -113,7 +113,7 @@ async fn once(
 fn registration(id: &str) -> String {
     json!({
         "id": id, "pop": id, "location": "Frankfurt",
-        "capacity": {"streams": 100, "mbps": 1000}, "protocols": ["native"],
+        "capacity": {"streams": 100, "mbps": 1000},
         "urls": {"native": format!("tcp://{id}.example:7001")}
     })
     .to_string()
