@@ -13,6 +13,11 @@
 //! | `GET /v1/ingest` | WebSocket ingest (native frames, one per binary message) |
 //! | `POST`/`PUT /v1/streams/{id}/push?token=` or `?key=` | HTTP push: the body's bytes become a broadcast's chunks |
 //! | `GET /v1/probe` | 204 at once: devices time it to measure their RTT to this server |
+//! | `GET /hls/{id}/index.m3u8?broadcast=&token=&_HLS_msn=&_HLS_part=` | LL-HLS playlist ([`crate::hls`]; any node: relays if needed) |
+//! | `GET /hls/{id}/classic.m3u8?…` | plain HLS playlist of the same segments |
+//! | `GET /hls/{id}/{broadcast}/{file}?token=` | `init-<hex>.mp4`, `<msn>.m4s`, `<msn>.<part>.m4s` (immutable) |
+//! | `GET /v1/streams/{id}/path` | whether this node ingests or relays the broadcast, and from which upstreams |
+//! | `GET /`, `/watch/{id}`, `/web/{asset}` | the index and player pages (hls.js vendored, served from the binary) |
 //! | `GET /healthz`, `/readyz`, `/metrics`, `/openapi.json` | |
 //!
 //! **Which broadcast a viewer gets.** The stream's current broadcast as the director says
@@ -41,9 +46,11 @@ use axum::body::Body;
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use proto::api::{EntryReadiness, EntryStream, EntryStreams, ErrorBody, StreamSource};
+use proto::api::{
+    EntryReadiness, EntryStream, EntryStreams, ErrorBody, PlaybackPath, StreamSource,
+};
 use proto::{BroadcastId, StreamId, StreamKey};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -150,6 +157,19 @@ async fn resolve(
     q: &ViewQuery,
     headers: &HeaderMap,
 ) -> Result<Arc<Stream>, Response> {
+    resolve_with(node, id, q, headers, None).await
+}
+
+/// [`resolve`], with where a relay created for this viewer starts (`relay_from`, default: the
+/// viewer's `from`): HLS asks for the last segments' worth of history.
+#[allow(clippy::result_large_err)]
+async fn resolve_with(
+    node: &Arc<Node>,
+    id: &StreamId,
+    q: &ViewQuery,
+    headers: &HeaderMap,
+    relay_from: Option<&str>,
+) -> Result<Arc<Stream>, Response> {
     let from_s = q.from.as_deref().unwrap_or("live");
     let from: From = from_s
         .parse()
@@ -236,7 +256,9 @@ async fn resolve(
                 e.next_seq > 0 || e.ended.is_some() || s.first_seq() > 0
             });
             if has_data || local_has_data {
-                match crate::relay::ensure(node, id.as_str(), &b, private, from_s).await {
+                match crate::relay::ensure(node, id.as_str(), &b, private, relay_from.unwrap_or(from_s))
+                    .await
+                {
                     // A live viewer does not get a broadcast that has ended here (the director
                     // may not have heard of its END yet): it waits for the next one.
                     Ok(s) if live_ended(&s, explicit.as_ref(), from) => {}
@@ -1093,6 +1115,616 @@ async fn probe(
     r
 }
 
+// ---------------------------------------------------------------------------------------------
+// HLS and LL-HLS (crate::hls), the player page, the playback path.
+
+/// Query of the HLS playlists.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HlsQuery {
+    /// A broadcast of the stream (default: its current one).
+    broadcast: Option<String>,
+    /// A playback token (private streams); carried into every URI of the playlist.
+    token: Option<String>,
+    /// Blocking reload: answer once the playlist holds this Media Sequence Number.
+    #[serde(rename = "_HLS_msn")]
+    #[param(rename = "_HLS_msn")]
+    hls_msn: Option<String>,
+    /// Blocking reload: and this part of it (needs `_HLS_msn`).
+    #[serde(rename = "_HLS_part")]
+    #[param(rename = "_HLS_part")]
+    hls_part: Option<String>,
+    /// Delta updates are not offered (no CAN-SKIP-UNTIL): ignored.
+    #[serde(rename = "_HLS_skip")]
+    #[param(rename = "_HLS_skip")]
+    hls_skip: Option<String>,
+}
+
+/// Query of HLS media resources.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HlsMediaQuery {
+    /// A playback token (private streams).
+    token: Option<String>,
+}
+
+/// `Access-Control-*` for players on other origins (hls.js reads playlists and segments with
+/// XHR/fetch), and the media type.
+fn hls_headers(r: &mut Response, content_type: &'static str, cache: String) {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Age, Date, Content-Length, x-firstmile-broadcast"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&cache) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+}
+
+/// An HLS error: JSON with CORS, never cached (the resource may exist a moment later).
+fn hls_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let mut r = error(status, code, message);
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn with_cors(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    r
+}
+
+fn hls_directive(name: &str, v: Option<&str>) -> Result<Option<u64>, Response> {
+    match v {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| {
+                hls_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_directive",
+                    format!("{name}={v:?}: a decimal integer is expected"),
+                )
+            }),
+    }
+}
+
+/// How far back the packager of a new broadcast starts (its relay too): the window.
+fn hls_history(node: &Node) -> String {
+    let secs = (node.cfg.hls_window as u64 * u64::from(node.cfg.hls_segment_ms)).div_ceil(1000) + 1;
+    format!("-{secs}s")
+}
+
+async fn hls_playlist(
+    node: Arc<Node>,
+    hls: Arc<crate::hls::Hls>,
+    id: String,
+    q: HlsQuery,
+    headers: HeaderMap,
+    flavor: ::hls::Flavor,
+) -> Response {
+    // Delta updates are not offered (no CAN-SKIP-UNTIL): `_HLS_skip` is ignored (§6.2.5.1).
+    let _ = q.hls_skip;
+    let sid = match StreamId::parse(&id) {
+        Ok(s) => s,
+        Err(e) => return hls_error(StatusCode::BAD_REQUEST, "bad_stream", e.to_string()),
+    };
+    let msn = match hls_directive("_HLS_msn", q.hls_msn.as_deref()) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let part = match hls_directive("_HLS_part", q.hls_part.as_deref()) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if part.is_some() && msn.is_none() {
+        return hls_error(
+            StatusCode::BAD_REQUEST,
+            "bad_directive",
+            "_HLS_part needs _HLS_msn (RFC 8216bis 6.2.5.2)",
+        );
+    }
+    let vq = ViewQuery {
+        from: None,
+        broadcast: q.broadcast.clone(),
+        token: q.token.clone(),
+    };
+    let stream = match resolve_with(&node, &sid, &vq, &headers, Some(&hls_history(&node))).await {
+        Ok(s) => s,
+        Err(r) => return with_cors(r),
+    };
+    if stream
+        .flv
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_not_flv()
+    {
+        return hls_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_flv",
+            format!("stream {id} is not an RTMP (FLV) stream: HLS needs one; use /v1/streams/{id}/live"),
+        );
+    }
+    let m = hls.get_or_start(&node, &stream);
+    drop(stream);
+    let cfg = crate::hls::config(&node);
+    let td = cfg.target_duration_s();
+    // The first playlist of a broadcast waits for its first part (the not-live-yet rule).
+    let first = tokio::time::Instant::now() + Duration::from_millis(node.cfg.viewer_wait_ms);
+    if m
+        .wait_for(first, |p| p.filter(|p| p.has_media() || p.is_ended()).map(|_| ()))
+        .await
+        .is_none()
+    {
+        return with_cors(not_live(&id));
+    }
+    let blocking = flavor == ::hls::Flavor::LowLatency && msn.is_some();
+    if let (true, Some(msn)) = (blocking, msn) {
+        let wait = tokio::time::Instant::now() + Duration::from_secs(3 * td);
+        let r = m
+            .wait_for(wait, |p| match p.map(|p| p.reload(msn, part)) {
+                Some(::hls::Reload::Ready) => Some(Ok(())),
+                Some(::hls::Reload::TooFar(why)) => Some(Err(why)),
+                _ => None,
+            })
+            .await;
+        match r {
+            Some(Ok(())) => {}
+            Some(Err(why)) => return hls_error(StatusCode::BAD_REQUEST, "too_far_ahead", why),
+            None => {
+                let mut r = hls_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_yet",
+                    format!("segment {msn} did not come within three target durations"),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+        }
+    }
+    let uri = crate::hls::uri_fn(&m.broadcast, q.token.as_deref());
+    let Some(text) = m.playlist(flavor, &uri) else {
+        return with_cors(not_live(&id));
+    };
+    let ended = text.ends_with("#EXT-X-ENDLIST\n");
+    let scope = if m.private { "private" } else { "public" };
+    // Blocking responses are the same for every client asking that msn/part: cacheable (RFC
+    // 8216bis appendix B.1: six target durations); others are short-lived.
+    let cache = if ended {
+        format!("{scope}, max-age={td}")
+    } else if blocking {
+        format!("{scope}, max-age={}", 6 * td)
+    } else {
+        format!("{scope}, max-age=1")
+    };
+    let mut r = text.into_response();
+    hls_headers(&mut r, "application/vnd.apple.mpegurl", cache);
+    if let Ok(v) = HeaderValue::from_str(m.broadcast.as_str()) {
+        r.headers_mut().insert(BROADCAST_HEADER, v);
+    }
+    r
+}
+
+/// The LL-HLS media playlist of a stream's current broadcast (or `?broadcast=`): CMAF parts,
+/// preload hint, blocking reload (`_HLS_msn`, `_HLS_part`).
+#[utoipa::path(get, path = "/hls/{id}/index.m3u8", tag = "viewers",
+    params(("id" = StreamId, Path, description = "The stream"), HlsQuery),
+    responses(
+        (status = 200, description = "An LL-HLS media playlist", content_type = "application/vnd.apple.mpegurl"),
+        (status = 400, description = "Malformed or too-far-ahead blocking directives", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 415, description = "Not an RTMP (FLV) stream", body = ErrorBody),
+        (status = 503, description = "Not live yet, or a blocking reload not satisfied within three target durations (Retry-After)", body = ErrorBody),
+    ))]
+async fn hls_index(
+    State(node): State<Arc<Node>>,
+    axum::Extension(hls): axum::Extension<Arc<crate::hls::Hls>>,
+    Path(id): Path<String>,
+    Query(q): Query<HlsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    hls_playlist(node, hls, id, q, headers, ::hls::Flavor::LowLatency).await
+}
+
+/// The plain HLS media playlist (RFC 8216: whole segments only) of the same segments, for
+/// players without LL-HLS.
+#[utoipa::path(get, path = "/hls/{id}/classic.m3u8", tag = "viewers",
+    params(("id" = StreamId, Path, description = "The stream"), HlsQuery),
+    responses(
+        (status = 200, description = "An HLS media playlist", content_type = "application/vnd.apple.mpegurl"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 503, description = "Not live yet (Retry-After)", body = ErrorBody),
+    ))]
+async fn hls_classic(
+    State(node): State<Arc<Node>>,
+    axum::Extension(hls): axum::Extension<Arc<crate::hls::Hls>>,
+    Path(id): Path<String>,
+    Query(q): Query<HlsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    hls_playlist(node, hls, id, q, headers, ::hls::Flavor::Classic).await
+}
+
+/// An HLS resource of a broadcast: `init-<id>.mp4` (CMAF header), `<msn>.m4s` (segment),
+/// `<msn>.<part>.m4s` (LL-HLS part; the hinted next part is answered once complete). Immutable:
+/// the same URL is the same bytes on every node.
+#[utoipa::path(get, path = "/hls/{id}/{broadcast}/{file}", tag = "viewers",
+    params(
+        ("id" = StreamId, Path, description = "The stream"),
+        ("broadcast" = BroadcastId, Path, description = "The broadcast"),
+        ("file" = String, Path, description = "init-<hex>.mp4, <msn>.m4s or <msn>.<part>.m4s"),
+        HlsMediaQuery,
+    ),
+    responses(
+        (status = 200, description = "CMAF (fragmented MP4)", content_type = "video/mp4"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "Not (or no longer) there", body = ErrorBody),
+        (status = 503, description = "Not ready within three target durations (Retry-After)", body = ErrorBody),
+    ))]
+async fn hls_media(
+    State(node): State<Arc<Node>>,
+    axum::Extension(hls): axum::Extension<Arc<crate::hls::Hls>>,
+    Path((id, broadcast, file)): Path<(String, String, String)>,
+    Query(q): Query<HlsMediaQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let sid = match StreamId::parse(&id) {
+        Ok(s) => s,
+        Err(e) => return hls_error(StatusCode::BAD_REQUEST, "bad_stream", e.to_string()),
+    };
+    let b = match broadcast.parse::<BroadcastId>() {
+        Ok(b) => b,
+        Err(e) => return hls_error(StatusCode::BAD_REQUEST, "bad_broadcast", e.to_string()),
+    };
+    let Some(res) = ::hls::parse_resource(&file) else {
+        return hls_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{file:?}: HLS resources are init-<hex>.mp4, <msn>.m4s and <msn>.<part>.m4s"),
+        );
+    };
+    let vq = ViewQuery {
+        from: None,
+        broadcast: Some(b.to_string()),
+        token: q.token.clone(),
+    };
+    let m = match hls.get(sid.as_str(), &b) {
+        Some(m) => {
+            if m.private
+                && let Err(r) = may_watch(&node, sid.as_str(), &vq, &headers)
+            {
+                return with_cors(r);
+            }
+            m
+        }
+        // Asked here first (a CDN, a player that moved): package the broadcast here too.
+        None => match resolve_with(&node, &sid, &vq, &headers, Some(&hls_history(&node))).await {
+            Ok(s) => hls.get_or_start(&node, &s),
+            Err(r) => return with_cors(r),
+        },
+    };
+    let td = crate::hls::config(&node).target_duration_s();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3 * td);
+    let found = m
+        .wait_for(deadline, |_| match m_lookup(&m, res) {
+            ::hls::Lookup::Pending => None,
+            other => Some(other),
+        })
+        .await;
+    match found {
+        Some(::hls::Lookup::Ready(bytes)) => {
+            let scope = if m.private { "private" } else { "public" };
+            let mut r = Body::from(bytes).into_response();
+            hls_headers(
+                &mut r,
+                "video/mp4",
+                format!("{scope}, max-age=31536000, immutable"),
+            );
+            r
+        }
+        Some(_) => hls_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{file} of broadcast {b} is not held here (not yet made, or expired)"),
+        ),
+        None => {
+            let mut r = hls_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_yet",
+                format!("{file} was not ready within three target durations"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+    }
+}
+
+fn m_lookup(m: &crate::hls::Muxer, r: ::hls::Resource) -> ::hls::Lookup {
+    m.lookup(r)
+}
+
+/// Query of the playback-path endpoint.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PathQuery {
+    /// A broadcast of the stream (default: its current one).
+    broadcast: Option<String>,
+    /// A playback token (private streams).
+    token: Option<String>,
+}
+
+/// How this node gets the broadcast it serves: it ingests it (which path), or relays it from
+/// the ingest servers (and which of them answer it now).
+#[utoipa::path(get, path = "/v1/streams/{id}/path", tag = "viewers",
+    params(("id" = StreamId, Path, description = "The stream"), PathQuery),
+    responses(
+        (status = 200, body = PlaybackPath), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "This node holds no broadcast of the stream", body = ErrorBody),
+    ))]
+async fn playback_path(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let sid = match StreamId::parse(&id) {
+        Ok(s) => s,
+        Err(e) => return with_cors(error(StatusCode::BAD_REQUEST, "bad_stream", e.to_string())),
+    };
+    let explicit = match q.broadcast.as_deref().map(str::parse::<BroadcastId>) {
+        None => None,
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => {
+            return with_cors(error(StatusCode::BAD_REQUEST, "bad_broadcast", e.to_string()));
+        }
+    };
+    let info = crate::relay::info(&node, sid.as_str(), explicit.as_ref()).await.ok();
+    let b = explicit.or_else(|| info.as_ref().and_then(|i| i.broadcast.as_ref().map(|b| b.id.clone())));
+    let stream = match &b {
+        Some(b) => node.hub.get(sid.as_str(), b),
+        None => node.hub.latest_ingest(sid.as_str()),
+    };
+    let Some(s) = stream else {
+        return with_cors(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("this node holds no broadcast of stream {sid} now: watch it here first"),
+        ));
+    };
+    if s.is_private() {
+        let vq = ViewQuery {
+            token: q.token.clone(),
+            ..Default::default()
+        };
+        if let Err(r) = may_watch(&node, sid.as_str(), &vq, &headers) {
+            return with_cors(r);
+        }
+    }
+    let e = s.edge();
+    let mut upstreams = Vec::new();
+    if !s.is_ingest()
+        && let Ok(i) = crate::relay::info(&node, sid.as_str(), Some(&s.broadcast)).await
+    {
+        let probes = i
+            .ingest
+            .iter()
+            .filter(|x| x.server_id.as_str() != node.cfg.id)
+            .map(|x| {
+                let url = x.urls.as_ref().and_then(|u| u.http.clone());
+                let http = node.http.clone();
+                async move {
+                    match url {
+                        Some(u) => http
+                            .get(format!("{}/healthz", u.trim_end_matches('/')))
+                            .timeout(Duration::from_millis(800))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success()),
+                        None => false,
+                    }
+                }
+            });
+        let reachable = futures_util::future::join_all(probes).await;
+        upstreams = i
+            .ingest
+            .iter()
+            .filter(|x| x.server_id.as_str() != node.cfg.id)
+            .zip(reachable)
+            .map(|(x, ok)| proto::api::PathUpstream {
+                server_id: x.server_id.clone(),
+                role: x.role,
+                city: x.city.clone(),
+                reachable: ok,
+                next_seq: x.next_seq,
+            })
+            .collect();
+    }
+    let body = proto::api::PlaybackPath {
+        server_id: core::server_id(&node)
+            .unwrap_or_else(|| proto::ServerId::parse("unknown").expect("literal")),
+        stream: sid,
+        broadcast: s.broadcast.clone(),
+        source: if s.is_ingest() {
+            StreamSource::Ingest
+        } else {
+            StreamSource::Relay
+        },
+        role: *s.role.lock().unwrap_or_else(|e| e.into_inner()),
+        next_seq: e.next_seq,
+        ended: e.ended,
+        upstreams,
+    };
+    with_cors(axum::Json(body).into_response())
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The index page: the public streams held on this node, and a form to watch any stream.
+#[utoipa::path(get, path = "/", tag = "viewers",
+    responses((status = 200, description = "HTML", content_type = "text/html")))]
+async fn index_page(State(node): State<Arc<Node>>) -> Response {
+    let mut names = std::collections::BTreeMap::new();
+    for s in node.hub.all() {
+        if !s.is_private() && s.edge().ended.is_none() {
+            names.insert(s.name.clone(), s.is_ingest());
+        }
+    }
+    let id = core::server_id(&node).map(|s| s.to_string()).unwrap_or_default();
+    let mut list = String::new();
+    for (n, ingest) in &names {
+        let n = html_escape(n);
+        list.push_str(&format!(
+            "<li><a href=\"/watch/{n}\">{n}</a> ({})</li>\n",
+            if *ingest { "ingested here" } else { "relayed here" }
+        ));
+    }
+    if list.is_empty() {
+        list.push_str("<li>none right now</li>\n");
+    }
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>firstmile {id}</title><link rel=\"stylesheet\" href=\"/web/style.css\"></head>\
+         <body><header><a href=\"/\">firstmile</a> entry server {id}</header><main>\
+         <h2>Streams live here</h2><ul class=\"streams\">\n{list}</ul>\
+         <h2>Watch a stream</h2><form action=\"/watch\" method=\"get\">\
+         <input name=\"stream\" placeholder=\"stream id\" required> \
+         <input name=\"token\" placeholder=\"playback token (private streams)\"> \
+         <button>Watch</button></form>\
+         <p class=\"hint\">Any entry server plays any stream: one it does not hold is relayed \
+         from its ingest servers. HLS: <code>/hls/&lt;stream&gt;/index.m3u8</code> (LL-HLS), \
+         <code>/hls/&lt;stream&gt;/classic.m3u8</code>; HTTP-FLV: \
+         <code>/live/&lt;stream&gt;.flv</code>.</p></main></body></html>\n",
+        id = html_escape(&id),
+    );
+    let mut r = Html(page).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Query of the watch form.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WatchQuery {
+    /// The stream to watch.
+    stream: Option<String>,
+    /// A playback token (private streams).
+    token: Option<String>,
+}
+
+/// The index page's form: redirects to `/watch/{stream}`.
+#[utoipa::path(get, path = "/watch", tag = "viewers",
+    params(WatchQuery),
+    responses(
+        (status = 303, description = "To /watch/{stream}"),
+        (status = 400, body = ErrorBody),
+    ))]
+async fn watch_form(Query(q): Query<WatchQuery>) -> Response {
+    let Some(Ok(sid)) = q.stream.as_deref().map(|s| StreamId::parse(s.trim())) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_stream",
+            "?stream=<stream id> is needed: 1 to 128 characters from [A-Za-z0-9._-]",
+        );
+    };
+    let mut to = format!("/watch/{sid}");
+    if let Some(t) = q.token.as_deref().filter(|t| !t.is_empty()) {
+        to.push_str("?token=");
+        to.push_str(&crate::hls::encode_query(t));
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/")))],
+    )
+        .into_response()
+}
+
+/// The player page of a stream: LL-HLS with hls.js (served by this server, like every asset of
+/// the page), native HLS where there is no MSE; shows the live delay and the node's ingest path.
+/// `?mode=classic` plays the plain HLS playlist, `?token=` a private stream.
+#[utoipa::path(get, path = "/watch/{id}", tag = "viewers",
+    params(("id" = StreamId, Path, description = "The stream")),
+    responses(
+        (status = 200, description = "HTML", content_type = "text/html"),
+        (status = 400, body = ErrorBody),
+    ))]
+async fn watch_page(Path(id): Path<String>) -> Response {
+    if let Err(e) = StreamId::parse(&id) {
+        return error(StatusCode::BAD_REQUEST, "bad_stream", e.to_string());
+    }
+    let mut r = Html(include_str!("../web/watch.html")).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The page's assets, built into the binary: `hls.min.js` (hls.js, vendored from npm, Apache
+/// 2.0: `hls.js-LICENSE`), `player.js`, `style.css`.
+#[utoipa::path(get, path = "/web/{asset}", tag = "viewers",
+    params(("asset" = String, Path, description = "hls.min.js, hls.js-LICENSE, player.js or style.css")),
+    responses(
+        (status = 200, description = "The asset"),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn web_asset(Path(asset): Path<String>) -> Response {
+    let (body, ct): (&'static [u8], &'static str) = match asset.as_str() {
+        "hls.min.js" => (
+            include_bytes!("../web/vendor/hls.min.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "hls.js-LICENSE" => (
+            include_bytes!("../web/vendor/hls.js-LICENSE"),
+            "text/plain; charset=utf-8",
+        ),
+        "player.js" => (
+            include_bytes!("../web/player.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "style.css" => (include_bytes!("../web/style.css"), "text/css; charset=utf-8"),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{asset:?} is not an asset of the player page"),
+            );
+        }
+    };
+    (
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -1146,6 +1778,14 @@ fn routes() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(http_flv))
         .routes(routes!(probe))
         .routes(routes!(push))
+        .routes(routes!(hls_index))
+        .routes(routes!(hls_classic))
+        .routes(routes!(hls_media))
+        .routes(routes!(playback_path))
+        .routes(routes!(index_page))
+        .routes(routes!(watch_form))
+        .routes(routes!(watch_page))
+        .routes(routes!(web_asset))
 }
 
 /// The entry server's OpenAPI 3.1 document (served at `/openapi.json`).
@@ -1188,5 +1828,6 @@ pub fn router(node: Arc<Node>) -> Router {
                 }
             }),
         )
+        .layer(axum::Extension(Arc::new(crate::hls::Hls::default())))
         .with_state(node)
 }

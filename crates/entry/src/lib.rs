@@ -18,6 +18,7 @@
 
 pub mod core;
 pub mod flv;
+pub mod hls;
 pub mod http;
 pub mod hub;
 pub mod ingest;

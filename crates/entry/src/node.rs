@@ -86,6 +86,15 @@ pub struct EntryConfig {
     /// A broadcast that ended (or whose publishers are gone) and has no viewer is released from
     /// memory, its files closed, after this many seconds.
     pub release_after_s: u64,
+    /// HLS: the segment window, ms — segments start at the first keyframe of each window and are
+    /// numbered by it (README "Watching in a browser"); EXT-X-TARGETDURATION is twice this.
+    pub hls_segment_ms: u32,
+    /// HLS: the Part Target Duration of LL-HLS partial segments, ms.
+    pub hls_part_ms: u32,
+    /// HLS: segments listed in a playlist (twice as many are kept for late fetches).
+    pub hls_window: usize,
+    /// HLS: a broadcast's segments are released this many seconds after its last HLS request.
+    pub hls_idle_s: u64,
     // Listener caps and timeouts (`plumbing::listen`; README "Limits and timeouts of the
     // listeners"). Per-address caps count connections that have not authenticated (a WELCOME
     // sent, an RTMP publish accepted); on HTTP, requests with `Authorization: Bearer
@@ -148,6 +157,10 @@ impl Default for EntryConfig {
             report_cpu: true,
             viewer_wait_ms: 10_000,
             release_after_s: 60,
+            hls_segment_ms: 2000,
+            hls_part_ms: 500,
+            hls_window: 8,
+            hls_idle_s: 30,
             http_max_connections: 8192,
             http_max_connections_per_ip: 512,
             http_header_timeout_ms: 10_000,
@@ -289,6 +302,24 @@ impl EntryConfig {
         }
         if self.release_after_s == 0 || self.release_after_s > 86_400 {
             return bad("release_after_s", "1 to 86400");
+        }
+        if !(500..=10_000).contains(&self.hls_segment_ms) {
+            return bad("hls_segment_ms", "500 to 10000");
+        }
+        if self.hls_part_ms < 100 || self.hls_part_ms > self.hls_segment_ms {
+            return bad("hls_part_ms", "100 to hls_segment_ms");
+        }
+        if !(3..=100).contains(&self.hls_window)
+            || (self.hls_window as u64) * u64::from(self.hls_segment_ms)
+                < 3_000 * (2 * u64::from(self.hls_segment_ms)).div_ceil(1000)
+        {
+            return bad(
+                "hls_window",
+                "3 to 100, and hls_window × hls_segment_ms must cover three target durations (6 × hls_segment_ms)",
+            );
+        }
+        if !(1..=3600).contains(&self.hls_idle_s) {
+            return bad("hls_idle_s", "1 to 3600");
         }
         for (max, per_ip, key) in [
             (

@@ -416,6 +416,7 @@ mod contract {
             WebhookAnswer,
             EntryStreams,
             EntryReadiness,
+            PlaybackPath,
         );
         let mut checked = 0;
         for (name, schema) in schemas() {

@@ -65,3 +65,53 @@ pub struct EntryReadiness {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// `GET /v1/streams/{id}/path` of an entry server: how this node gets the broadcast it serves
+/// its viewers — it ingests it (and as which path), or relays it from the ingest servers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({
+    "server_id": "nyc-1", "stream": "live1", "broadcast": "b018c2f3a4b5c-0000002a",
+    "source": "relay", "next_seq": 1200,
+    "upstreams": [
+        {"server_id": "lon-1", "role": "primary", "city": "London", "reachable": true, "next_seq": 1200},
+        {"server_id": "fra-1", "role": "backup", "city": "Frankfurt", "reachable": false}
+    ]
+})))]
+pub struct PlaybackPath {
+    /// This server.
+    pub server_id: ServerId,
+    /// The stream.
+    pub stream: StreamId,
+    /// The broadcast served.
+    pub broadcast: BroadcastId,
+    /// Ingested here, or relayed from the ingest servers and merged.
+    pub source: StreamSource,
+    /// Ingest: the path this server is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// The next sequence number this node will get.
+    pub next_seq: u64,
+    /// Final sequence number, once ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<u64>,
+    /// Relay: the ingest servers of the broadcast this node pulls from, both at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<PathUpstream>,
+}
+
+/// One ingest server a relaying node pulls from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PathUpstream {
+    /// The ingest server.
+    pub server_id: ServerId,
+    /// Its path.
+    pub role: Role,
+    /// Its city.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    /// It answered this node just now (its health check, within a second).
+    pub reachable: bool,
+    /// The next sequence number it lacks, as it last reported to the director.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_seq: Option<u64>,
+}

@@ -1,0 +1,297 @@
+//! HLS and LL-HLS on an entry server: one packager per broadcast, built lazily, fed from the
+//! broadcast's chunks, released when nobody asks.
+//!
+//! The packaging itself (segments, parts, numbering, playlists, blocking-reload rules) is the
+//! pure `hls` crate; this module is its I/O shell:
+//!
+//! - **Lazily built.** The first HLS request for a broadcast (playlist, or a segment a CDN sent
+//!   here) creates its [`Muxer`]: a task reads the broadcast with a [`Cursor`] from
+//!   `hls_window × hls_segment_ms` before the live edge (the tail in memory, else the log) and
+//!   pushes every chunk's FLV tag into the packager. On a relay node the cursor reads the merged
+//!   stream, so losing either ingest path changes nothing for HLS viewers; the numbering is the
+//!   same on every node (see `hls::packager`).
+//! - **Released.** The task holds the broadcast (an `Arc` of it) only while HLS viewers come: no
+//!   request for `hls_idle_s` and the muxer is dropped, its segments freed, and the broadcast can
+//!   be released by the hub like any other (ingest: `release_after_s`; relay: its idle stop).
+//! - **Bounded.** A packager keeps at most `2 × hls_window` segments (their parts are slices of
+//!   them) and a bounded queue of frames.
+//! - **Waiting.** Requests that must wait (a blocking playlist reload, the hinted part, the first
+//!   playlist of a broadcast) wait on the muxer's version channel, bounded by the caller.
+//!
+//! What this is not: a CDN or a cache in front of other nodes; each node packages what it holds.
+
+use crate::hub::{SlowViewer, Stream};
+use crate::node::Node;
+use crate::viewer::{Cursor, From};
+use bytes::Bytes;
+use hls::{Config, Flavor, Lookup, Packager, Reload};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Every broadcast packaged on this node: (stream, broadcast) → its muxer.
+#[derive(Debug, Default)]
+pub struct Hls {
+    muxers: Mutex<HashMap<crate::hub::Key, Arc<Muxer>>>,
+}
+
+/// One broadcast's packager and what waits on it.
+#[derive(Debug)]
+pub struct Muxer {
+    pub stream: String,
+    pub broadcast: proto::BroadcastId,
+    /// Viewers need a playback token (from the broadcast when the muxer was made).
+    pub private: bool,
+    packager: Mutex<Option<Packager>>,
+    version: watch::Sender<u64>,
+    used_ms: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The packaging parameters of this node.
+pub fn config(node: &Node) -> Config {
+    Config {
+        segment_ms: node.cfg.hls_segment_ms,
+        part_ms: node.cfg.hls_part_ms,
+        window: node.cfg.hls_window,
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Hls {
+    /// The muxer of a broadcast if one runs here.
+    pub fn get(&self, stream: &str, b: &proto::BroadcastId) -> Option<Arc<Muxer>> {
+        let m = lock(&self.muxers)
+            .get(&(stream.to_string(), b.clone()))
+            .cloned()?;
+        m.touch();
+        Some(m)
+    }
+
+    /// The muxer of `stream`'s broadcast, made (and its feeding task started) if none runs.
+    pub fn get_or_start(self: &Arc<Self>, node: &Arc<Node>, stream: &Arc<Stream>) -> Arc<Muxer> {
+        let key = (stream.name.clone(), stream.broadcast.clone());
+        let mut g = lock(&self.muxers);
+        if let Some(m) = g.get(&key) {
+            m.touch();
+            return m.clone();
+        }
+        let m = Arc::new(Muxer {
+            stream: stream.name.clone(),
+            broadcast: stream.broadcast.clone(),
+            private: stream.is_private(),
+            packager: Mutex::new(None),
+            version: watch::channel(0).0,
+            used_ms: AtomicU64::new(crate::hub::mono_ms()),
+        });
+        g.insert(key, m.clone());
+        tracing::debug!(stream = %stream.name, broadcast = %stream.broadcast, "hls packaging");
+        tokio::spawn(feed(node.clone(), self.clone(), m.clone(), stream.clone()));
+        m
+    }
+
+    /// Broadcasts packaged right now.
+    pub fn len(&self) -> usize {
+        lock(&self.muxers).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Remove `m` if it is still the registered muxer and idle; true when removed.
+    fn remove_if_idle(&self, m: &Arc<Muxer>, idle_ms: u64) -> bool {
+        let mut g = lock(&self.muxers);
+        let key = (m.stream.clone(), m.broadcast.clone());
+        let same = g.get(&key).is_some_and(|x| Arc::ptr_eq(x, m));
+        if same && m.idle_for() >= idle_ms {
+            g.remove(&key);
+            return true;
+        }
+        !same
+    }
+}
+
+impl Muxer {
+    fn touch(&self) {
+        self.used_ms
+            .store(crate::hub::mono_ms(), Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> u64 {
+        crate::hub::mono_ms().saturating_sub(self.used_ms.load(Ordering::Relaxed))
+    }
+
+    /// Run `f` on the packager (None before the first chunk).
+    pub fn with<R>(&self, f: impl FnOnce(Option<&Packager>) -> R) -> R {
+        f(lock(&self.packager).as_ref())
+    }
+
+    /// Wait until `ready` says yes on the packager, or `deadline`; the last answer.
+    pub async fn wait_for<R>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut ready: impl FnMut(Option<&Packager>) -> Option<R>,
+    ) -> Option<R> {
+        let mut rx = self.version.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(r) = self.with(&mut ready) {
+                return Some(r);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return None;
+            }
+            self.touch();
+        }
+    }
+
+    /// The playlist, rendered with `uri` (None before the first part).
+    pub fn playlist(&self, flavor: Flavor, uri: &dyn Fn(&str) -> String) -> Option<String> {
+        self.with(|p| p.and_then(|p| hls::render(p, flavor, uri)))
+    }
+
+    /// A blocking reload's state (`Wait` before the first chunk).
+    pub fn reload(&self, msn: u64, part: Option<u64>) -> Reload {
+        self.with(|p| p.map_or(Reload::Wait, |p| p.reload(msn, part)))
+    }
+
+    /// A resource of this broadcast.
+    pub fn lookup(&self, r: hls::Resource) -> Lookup {
+        self.with(|p| {
+            let Some(p) = p else {
+                return Lookup::Pending;
+            };
+            match r {
+                hls::Resource::Init(id) => p.init(id).map_or(Lookup::Missing, Lookup::Ready),
+                hls::Resource::Segment(msn) => p.segment(msn),
+                hls::Resource::Part(msn, i) => p.part(msn, i),
+                hls::Resource::Gap(_) => Lookup::Missing,
+            }
+        })
+    }
+
+    fn publish(&self, v: u64) {
+        self.version.send_replace(v);
+    }
+}
+
+/// Feed one broadcast's packager until the broadcast ends (or is lost), then keep its segments
+/// until nobody has asked for `hls_idle_s`.
+async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>) {
+    let idle_ms = node.cfg.hls_idle_s.saturating_mul(1000);
+    let cfg = config(&node);
+    // Codec configuration from the stream's cached head (a start mid-broadcast).
+    crate::http::ensure_head(&node, &stream).await;
+    let head: Vec<Bytes> = {
+        let h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
+        [&h.video_config, &h.audio_config]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    };
+    let back = (cfg.window as u64 * u64::from(cfg.segment_ms)).div_ceil(1000) + 1;
+    let mut cursor = Some(Cursor::new(
+        stream.clone(),
+        From::Back(back),
+        node.cfg.max_viewer_lag_bytes,
+        SlowViewer::Skip,
+    ));
+    drop(stream);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut version = 0u64;
+    loop {
+        let next = async {
+            match cursor.as_mut() {
+                Some(c) => Some(c.next().await),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = next => match r {
+                Some(Ok(chunk)) => {
+                    let mut g = lock(&m.packager);
+                    let p = g.get_or_insert_with(|| {
+                        let s = cursor.as_ref().map(|c| c.stream().clone());
+                        let anchor = match s {
+                            Some(s) if s.edge().ended.is_some() => (0, s.broadcast.unix_ms().map_or(0, |x| x as i64)),
+                            Some(s) => (s.latest_pts().unwrap_or(chunk.pts), now_unix_ms()),
+                            None => (chunk.pts, now_unix_ms()),
+                        };
+                        let mut p = Packager::new(cfg, anchor);
+                        for t in &head {
+                            if let Some(tag) = crate::flv::parse(t) {
+                                p.push_config_tag(tag.kind, &t.slice_ref(tag.data));
+                            }
+                        }
+                        p
+                    });
+                    if let Some(tag) = crate::flv::parse(&chunk.payload) {
+                        let body = chunk.payload.slice_ref(tag.data);
+                        p.push_tag(chunk.seq, chunk.pts, tag.kind, &body);
+                    }
+                    if p.version() != version {
+                        version = p.version();
+                        drop(g);
+                        m.publish(version);
+                    }
+                }
+                Some(Err(stop)) => {
+                    tracing::debug!(stream = %m.stream, ?stop, "hls input ended");
+                    let mut g = lock(&m.packager);
+                    if let Some(p) = g.as_mut() {
+                        p.finish();
+                        version = p.version();
+                    }
+                    drop(g);
+                    m.publish(version.wrapping_add(1));
+                    // Let the broadcast go: only the segments stay.
+                    cursor = None;
+                }
+                None => {}
+            },
+            _ = tick.tick() => {
+                if m.idle_for() >= idle_ms && hls.remove_if_idle(&m, idle_ms) {
+                    tracing::debug!(stream = %m.stream, broadcast = %m.broadcast, "hls released (idle)");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The playlist URIs of a broadcast's resources: relative to `/hls/{stream}/`, with the
+/// viewer's playback token carried along (hls.js requests exactly these URIs).
+pub fn uri_fn(broadcast: &proto::BroadcastId, token: Option<&str>) -> impl Fn(&str) -> String {
+    let b = broadcast.to_string();
+    let q = token
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("?token={}", encode_query(t)))
+        .unwrap_or_default();
+    move |name: &str| format!("{b}/{name}{q}")
+}
+
+/// Percent-encode a query value (tokens are base64url and dots, but encode anything else).
+pub fn encode_query(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
