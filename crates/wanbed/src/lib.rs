@@ -61,15 +61,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// The name of every host's link to the forwarder.
 pub const LINK: &str = "wan0";
 
-/// Why a bed cannot be made or used.
+/// Why a bed cannot be made or used. Errors that wrap another give it as their `source()`
+/// (not in their own message): print the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum BedError {
-    #[error("cannot read the bed description {}: {source}", path.display())]
+    #[error("cannot read the bed description {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("bad bed description{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    #[error("bad bed description{}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     Spec {
         path: Option<PathBuf>,
         source: SpecError,
@@ -85,7 +86,7 @@ pub enum BedError {
     Ip { command: String, detail: String },
     #[error("cannot create the link of host {host:?}: {detail}")]
     Tun { host: String, detail: String },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         source: std::io::Error,

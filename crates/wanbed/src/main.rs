@@ -89,7 +89,13 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wanbed: {e}");
+            let mut msg = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                msg += &format!(": {c}");
+                cause = c.source();
+            }
+            eprintln!("wanbed: {msg}");
             exit_code(&e)
         }
     }

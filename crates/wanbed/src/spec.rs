@@ -100,7 +100,7 @@ pub struct Spec {
 /// What is wrong with a spec.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("the bed description is not valid TOML or has an unknown or mistyped field: {0}")]
+    #[error("the bed description is not valid TOML or has an unknown or mistyped field")]
     Toml(#[from] toml::de::Error),
     #[error(
         "{field} {value:?} is not accepted: use 1 to {max} characters of a-z, 0-9 and '-', starting with a letter"
@@ -498,6 +498,17 @@ mod tests {
         address = "10.77.1.3"
     "#;
 
+    /// The error and its sources, as a program shows them.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s += &format!(": {c}");
+            cur = c.source();
+        }
+        s
+    }
+
     fn parse(extra: &str) -> Result<Spec, SpecError> {
         Spec::from_toml(&format!("{BASE}\n{extra}"))
     }
@@ -619,7 +630,7 @@ mod tests {
             ),
         ];
         for (extra, want) in cases {
-            let err = parse(extra).expect_err(extra).to_string();
+            let err = chain(&parse(extra).expect_err(extra));
             assert!(err.contains(want), "{extra:?}: {err:?} lacks {want:?}");
         }
         let top: &[(&str, &str)] = &[
