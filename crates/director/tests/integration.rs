@@ -24,9 +24,9 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 mod etcd;
+mod listeners;
 mod openapi;
 mod streams;
-mod listeners;
 
 const CLUSTER: &str = "cluster-secret-0123456789";
 const ADMIN: &str = "admin-secret-0123456789";

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod listeners;
 mod openapi;
 mod ownership;
-mod listeners;
 mod rtmp;
 mod tls;
 mod ws;
