@@ -310,6 +310,19 @@ impl Director {
         &self.inner.config
     }
 
+    /// A peer token for entry server `id` (see `token::PeerClaims`): 15 minutes.
+    pub fn peer_token(&self, id: &proto::ServerId) -> (String, u64) {
+        let now = self.unix_now();
+        let exp = now + 900;
+        let t = self.inner.key.sign_peer(&token::PeerClaims {
+            scp: token::Scope::Peer,
+            server: id.clone(),
+            iat: now,
+            exp,
+        });
+        (t, exp)
+    }
+
     /// The public key entry servers verify tokens with.
     pub fn public_key(&self) -> token::VerifyingKey {
         self.inner.key.public_key()

@@ -9,7 +9,7 @@
 //! | `GET /live/{id}.flv?…` | HTTP-FLV of an RTMP-ingested stream (any node: relays if needed) |
 //! | `GET /v1/streams/{id}/chunks?broadcast=&from=` | DATA frames then END (relay feed; sequence numbers kept) |
 //! | `GET /v1/streams/{id}/flv-head?broadcast=` | a broadcast's cached onMetaData + codec configuration tags |
-//! | `GET /v1/streams` | the broadcasts held here (cluster credential) |
+//! | `GET /v1/streams` | the broadcasts held here (own credential or peer token) |
 //! | `GET /v1/ingest` | WebSocket ingest (native frames, one per binary message) |
 //! | `POST`/`PUT /v1/streams/{id}/push?token=` or `?key=` | HTTP push: the body's bytes become a broadcast's chunks |
 //! | `GET /v1/probe` | 204 at once: devices time it to measure their RTT to this server |
@@ -28,7 +28,7 @@
 //! **Private streams** (the director's flag, carried in the ingest token's claims and its stream
 //! info): every playback endpoint needs `?token=<playback token>` (or `Authorization: Bearer`);
 //! without one, or with an expired one, `401` — and no relay pull is started. Relay feeds
-//! (`chunks`, `flv-head`) of a private broadcast take a playback token or the cluster credential.
+//! (`chunks`, `flv-head`) of a private broadcast take a playback token, a peer token or the server's own credential.
 
 use crate::core::{self, IngestError};
 use crate::hub::{SlowViewer, Stream};
@@ -99,12 +99,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn is_cluster(node: &Node, headers: &HeaderMap) -> bool {
-    let s = node.cfg.cluster_secret.as_bytes();
-    !s.is_empty()
-        && bearer(headers).is_some_and(|t| {
-            t.len() == s.len() && t.bytes().zip(s).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
-        })
+/// The request comes from this server's operator (its own credential) or another entry server
+/// of the fleet (a peer token the director signed).
+fn is_peer(node: &Node, headers: &HeaderMap) -> bool {
+    bearer(headers).is_some_and(|t| node.trusts_bearer(t))
 }
 
 /// A playback token for `stream`, from `?token=` or the bearer.
@@ -428,7 +426,7 @@ pub struct ChunksQuery {
     broadcast: Option<String>,
     /// Where to start (as for viewers).
     from: Option<String>,
-    /// A playback token (private broadcasts, unless the cluster credential is sent).
+    /// A playback token (private broadcasts, unless a peer token or own credential is sent).
     token: Option<String>,
 }
 
@@ -467,7 +465,7 @@ async fn held(
             format!("stream {sid} (that broadcast) is not ingested here"),
         ));
     };
-    if stream.is_private() && !is_cluster(node, headers) {
+    if stream.is_private() && !is_peer(node, headers) {
         let q = ViewQuery {
             token: token.map(str::to_string),
             ..Default::default()
@@ -612,12 +610,12 @@ async fn ws_ingest(
         })
 }
 
-/// The broadcasts held here (operators and peers: the cluster credential).
+/// The broadcasts held here (operators and peers: own credential or a peer token).
 #[utoipa::path(get, path = "/v1/streams", tag = "operations",
-    security(("cluster" = [])),
+    security(("peer" = [])),
     responses((status = 200, body = EntryStreams), (status = 401, body = ErrorBody)))]
 async fn list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
-    if !is_cluster(&node, &headers) {
+    if !is_peer(&node, &headers) {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -733,7 +731,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 pub struct HeadQuery {
     /// The broadcast (default: the newest one ingested here).
     broadcast: Option<String>,
-    /// A playback token (private broadcasts, unless the cluster credential is sent).
+    /// A playback token (private broadcasts, unless a peer token or own credential is sent).
     token: Option<String>,
 }
 
@@ -1118,11 +1116,15 @@ impl utoipa::Modify for Security {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let c = api.components.get_or_insert_with(Default::default);
         c.add_security_scheme(
-            "cluster",
+            "peer",
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The cluster credential".to_string()))
+                    .description(Some(
+                        "A peer token the director signed (scp \"peer\"), or this server's own \
+                         credential"
+                            .to_string(),
+                    ))
                     .build(),
             ),
         );

@@ -227,8 +227,10 @@ impl Stream {
         };
         let mut added = 0;
         for c in chunks.into_iter().rev() {
-            let expected = front - added as u64;
-            if c.seq + 1 != expected || t.bytes + c.payload.len() > self.tail_max_bytes {
+            let expected = front.saturating_sub(added as u64);
+            if c.seq.checked_add(1) != Some(expected)
+                || t.bytes + c.payload.len() > self.tail_max_bytes
+            {
                 break;
             }
             t.bytes += c.payload.len();

@@ -277,6 +277,7 @@ impl Entry {
             storage: Default::default(),
             superseded: Default::default(),
             info_cache: Default::default(),
+            peer_token: Default::default(),
             probe_limiter: Default::default(),
             log_config,
             cfg,
@@ -427,9 +428,15 @@ impl Entry {
             idle_timeout: Duration::from_millis(node.cfg.http_idle_timeout_ms),
             max_header_bytes: node.cfg.http_max_header_bytes,
             tls: None,
-            authenticate: Some(plumbing::listen::http::bearer_authenticator(vec![
-                node.cfg.cluster_secret.clone(),
-            ])),
+            authenticate: Some({
+                let n = node.clone();
+                std::sync::Arc::new(move |h: &axum::http::HeaderMap| {
+                    h.get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .is_some_and(|b| n.trusts_bearer(b.trim()))
+                })
+            }),
         };
         let server = tokio::spawn(plumbing::listen::http::serve(
             http_gate,

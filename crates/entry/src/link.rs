@@ -70,7 +70,7 @@ pub async fn register(node: &Node) -> Result<Duration, String> {
     let resp = node
         .http
         .post(&url)
-        .bearer_auth(&node.cfg.cluster_secret)
+        .bearer_auth(&node.cfg.credential)
         .json(&register_body(node)?)
         .timeout(Duration::from_secs(5))
         .send()
@@ -89,6 +89,8 @@ pub async fn register(node: &Node) -> Result<Duration, String> {
         .json()
         .await
         .map_err(|e| format!("{url}: the answer: {e}"))?;
+    *node.peer_token.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((r.peer_token, r.peer_token_expires_at));
     Ok(Duration::from_millis(
         r.heartbeat_interval_ms.clamp(50, 60_000),
     ))
@@ -168,6 +170,13 @@ pub fn heartbeat_body(node: &Node, cpu: f64, mbps: f64) -> Heartbeat {
         disk,
         streams: live,
         measurements,
+        // A fresh peer token when the one held expires within 5 minutes.
+        want_peer_token: node
+            .peer_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|(_, exp)| *exp < node.now_unix() + 300),
     }
 }
 
@@ -189,7 +198,7 @@ pub async fn heartbeat(node: &Node, cpu: f64, mbps: f64) -> Result<Beat, String>
     let resp = node
         .http
         .put(&url)
-        .bearer_auth(&node.cfg.cluster_secret)
+        .bearer_auth(&node.cfg.credential)
         .json(&heartbeat_body(node, cpu, mbps))
         .timeout(Duration::from_secs(5))
         .send()
@@ -200,6 +209,9 @@ pub async fn heartbeat(node: &Node, cpu: f64, mbps: f64) -> Result<Beat, String>
             if let Ok(a) = resp.json::<HeartbeatAnswer>().await {
                 for b in a.superseded {
                     end_superseded(node, &b);
+                }
+                if let (Some(t), Some(e)) = (a.peer_token, a.peer_token_expires_at) {
+                    *node.peer_token.lock().unwrap_or_else(|e| e.into_inner()) = Some((t, e));
                 }
             }
             Ok(Beat::Ok)
@@ -231,7 +243,7 @@ pub async fn deregister(node: &Node) {
         let _ = node
             .http
             .delete(&url)
-            .bearer_auth(&node.cfg.cluster_secret)
+            .bearer_auth(&node.cfg.credential)
             .timeout(Duration::from_secs(3))
             .send()
             .await;

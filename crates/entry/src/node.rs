@@ -41,8 +41,10 @@ pub struct EntryConfig {
     /// Extra CA certificates (PEM file) trusted for an `https://` director, besides the public
     /// web roots (a private CA or a self-signed director).
     pub director_ca_file: Option<PathBuf>,
-    /// Cluster credential shared with the director.
-    pub cluster_secret: String,
+    /// This server's own credential toward the director, `<id>:<64 hex digits>`
+    /// (HMAC-SHA256 of the id under the director's `auth.entry_key`: it proves this id and no
+    /// other). Prefer the environment: `FIRSTMILE_ENTRY_CREDENTIAL`.
+    pub credential: String,
     /// The director's token public key (PEM, inline or a path).
     pub token_public_key: String,
     /// Directory of the chunk logs.
@@ -89,7 +91,7 @@ pub struct EntryConfig {
     // Listener caps and timeouts (`plumbing::listen`; README "Limits and timeouts of the
     // listeners"). Per-address caps count connections that have not authenticated (a WELCOME
     // sent, an RTMP publish accepted); on HTTP, requests with `Authorization: Bearer
-    // <cluster_secret>`.
+    // <credential>` (its own) or a valid peer token.
     /// HTTP connections open at once (viewers, relays, WebSocket ingest, push).
     pub http_max_connections: usize,
     /// HTTP connections from one address (IPv6: one /64). Viewers behind one NAT and relaying
@@ -129,7 +131,7 @@ impl Default for EntryConfig {
             advertise: None,
             director: None,
             director_ca_file: None,
-            cluster_secret: String::new(),
+            credential: String::new(),
             token_public_key: String::new(),
             data_dir: PathBuf::from("firstmile-data"),
             fsync: FsyncPolicy::Interval(Duration::from_millis(20)),
@@ -253,8 +255,22 @@ impl EntryConfig {
                 "required: the director's token public key, PEM inline or a path to it",
             );
         }
-        if self.director.is_some() && self.cluster_secret.is_empty() {
-            return bad("cluster_secret", "required when a director is configured");
+        if self.director.is_some() && self.credential.is_empty() {
+            return bad(
+                "credential",
+                "required when a director is configured: this server's own credential, \
+                 <id>:<64 hex digits> (`firstmile keygen --entry ID --entry-key KEY` on the \
+                 director's side prints it)",
+            );
+        }
+        if self.director.is_some() && !self.credential.starts_with(&format!("{}:", self.id)) {
+            return bad(
+                "credential",
+                &format!(
+                    "is not entry server {}'s credential (it starts with the server's id)",
+                    self.id
+                ),
+            );
         }
         if let Some(d) = &self.director
             && !(d.starts_with("http://") || d.starts_with("https://"))
@@ -413,6 +429,8 @@ pub struct Node {
     pub probe_limiter: ProbeLimiter,
     /// The director's recent answers about streams: (stream, broadcast asked) → (when, answer).
     pub info_cache: Mutex<InfoCache>,
+    /// The peer token the director gave this server (for other entry servers), and its expiry.
+    pub peer_token: Mutex<Option<(String, u64)>>,
     /// Broadcasts the director said to end (superseded, revoked) → when told ([`crate::hub::mono_ms`]).
     pub superseded: Mutex<std::collections::HashMap<crate::hub::Key, u64>>,
 }
@@ -452,6 +470,27 @@ impl Node {
 
     pub fn urls(&self) -> Urls {
         self.urls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// What to present to another entry server (`Authorization: Bearer`): the peer token the
+    /// director gave this server (empty without a director).
+    pub fn peer_bearer(&self) -> String {
+        self.peer_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(t, _)| t.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether a request's bearer is this server's own credential (its operator) or a peer
+    /// token the director signed (another entry server of the fleet).
+    pub fn trusts_bearer(&self, bearer: &str) -> bool {
+        let own = self.cfg.credential.as_bytes();
+        let is_own = !own.is_empty()
+            && bearer.len() == own.len()
+            && bearer.bytes().zip(own).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+        is_own || self.verifier.verify_peer(bearer, self.now_unix()).is_ok()
     }
 
     /// Why new broadcasts cannot be stored now, if so.

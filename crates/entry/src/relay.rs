@@ -135,7 +135,7 @@ pub async fn backfill(node: &Arc<Node>, stream: &Arc<Stream>, from: u64) {
         let Ok(resp) = node
             .http
             .get(&url)
-            .bearer_auth(&node.cfg.cluster_secret)
+            .bearer_auth(node.peer_bearer())
             .send()
             .await
         else {
@@ -175,7 +175,10 @@ pub async fn backfill(node: &Arc<Node>, stream: &Arc<Stream>, from: u64) {
             }
         }
         // Only a run that reaches the relay front is usable.
-        if got.last().is_some_and(|c| c.seq + 1 == first) {
+        if got
+            .last()
+            .is_some_and(|c| c.seq.checked_add(1) == Some(first))
+        {
             let n = stream.prepend(got);
             tracing::debug!(stream = %stream.name, from, added = n, "backfilled relay");
             return;
@@ -198,7 +201,7 @@ pub async fn fetch_flv_head(node: &Arc<Node>, stream: &Arc<Stream>) {
         let Ok(resp) = node
             .http
             .get(&url)
-            .bearer_auth(&node.cfg.cluster_secret)
+            .bearer_auth(node.peer_bearer())
             .timeout(Duration::from_secs(3))
             .send()
             .await
@@ -416,7 +419,7 @@ async fn pull_once(node: &Node, merge: &Merge, url: &str) -> Result<(), String> 
     let resp = node
         .http
         .get(url)
-        .bearer_auth(&node.cfg.cluster_secret)
+        .bearer_auth(node.peer_bearer())
         .send()
         .await
         .map_err(|e| e.to_string())?;

@@ -388,7 +388,7 @@ fn keygen_check_config_and_a_director_that_serves() {
         "--set".to_string(),
         format!("tokens.signing_key_file={:?}", key.to_str().unwrap()),
         "--set".into(),
-        "auth.cluster_token=\"c1\"".into(),
+        "auth.entry_key=\"tls-test-entry-key-0123456789abcdef\"".into(),
         "--set".into(),
         "auth.admin_token=\"a1\"".into(),
         "--set".into(),
@@ -484,7 +484,7 @@ fn a_director_over_https_serves_entry_servers_and_devices() {
         "--set".into(),
         format!("tokens.signing_key_file={}", q(&p("director.key"))),
         "--set".into(),
-        "auth.cluster_token=\"c1\"".into(),
+        "auth.entry_key=\"tls-test-entry-key-0123456789abcdef\"".into(),
         "--set".into(),
         "auth.admin_token=\"a1\"".into(),
         "--set".into(),
@@ -500,7 +500,18 @@ fn a_director_over_https_serves_entry_servers_and_devices() {
         .to_string();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
-    // An entry server registers over HTTPS, trusting the director's certificate.
+    // An entry server registers over HTTPS, trusting the director's certificate, with its own
+    // credential as `firstmile keygen --entry` derives it.
+    let o = firstmile(&[
+        "keygen",
+        "--entry",
+        "e1",
+        "--entry-key",
+        "tls-test-entry-key-0123456789abcdef",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let credential = stdout(&o).trim().to_string();
+    assert!(credential.starts_with("e1:"), "{credential}");
     let (_entry, line) = spawn_ready(&[
         "entry".into(),
         "--id".into(),
@@ -520,7 +531,7 @@ fn a_director_over_https_serves_entry_servers_and_devices() {
         "--token-public-key".into(),
         p("director.pub"),
         "--set".into(),
-        "cluster_secret=\"c1\"".into(),
+        format!("credential={credential:?}"),
         "--set".into(),
         format!("director_ca_file={}", q(&p("cert.pem"))),
     ]);
@@ -582,7 +593,7 @@ fn bad_configuration_exits_64_before_binding() {
         "--listen",
         &addr,
         "--set",
-        "auth.cluster_token=\"x\"",
+        "auth.entry_key=\"0123456789abcdef0123456789abcdef\"",
     ]);
     assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
     assert!(
@@ -590,6 +601,11 @@ fn bad_configuration_exits_64_before_binding() {
         "{}",
         stderr(&o)
     );
+    // The secrets of the shipped example are refused: a copied example must not go live.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/director.toml");
+    let o = firstmile(&["director", "--config", example, "--listen", &addr]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("example"), "{}", stderr(&o));
     let o = firstmile(&[
         "entry",
         "--id",

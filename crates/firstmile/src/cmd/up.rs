@@ -63,6 +63,8 @@ struct Server {
     args: Vec<String>,
     /// What runs the command again by hand: empty, or `ip netns exec NS` in a bed.
     launcher: String,
+    /// Its own credential toward the director.
+    credential: String,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -76,12 +78,20 @@ fn secret() -> String {
     hex(&b)
 }
 
+/// Entry server `id`'s own credential under the director's entry key.
+fn entry_credential(entry_key: &str, id: &str) -> String {
+    match id.parse() {
+        Ok(id) => token::entry_credential(entry_key, &id),
+        Err(_) => String::new(),
+    }
+}
+
 /// Start one child entry server (`cmd` runs the firstmile executable) and wait for its ready
 /// line.
 fn spawn_entry(
     mut cmd: Command,
     args: &[String],
-    cluster_secret: &str,
+    credential: &str,
     log: &Path,
 ) -> Result<(Child, String, String), Failure> {
     let log_file = std::fs::File::create(log)
@@ -89,7 +99,7 @@ fn spawn_entry(
         .map_err(Failure::other)?;
     let mut child = cmd
         .args(args)
-        .env("FIRSTMILE_ENTRY_CLUSTER_SECRET", cluster_secret)
+        .env("FIRSTMILE_ENTRY_CREDENTIAL", credential)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
@@ -168,7 +178,7 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
         default_place: "Frankfurt am Main, DE".into(),
         ..Default::default()
     };
-    config.auth.cluster_token = cluster.clone();
+    config.auth.entry_key = cluster.clone();
     config.auth.admin_token = secret();
     // A demo network: the first publisher of a new stream id gets its key and owns the id.
     config.publish.mode = director::config::PublishMode::Open;
@@ -209,10 +219,11 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
             .collect();
             let log = dir.join(format!("{id}.log"));
             let exe2 = exe.clone();
-            let cluster2 = cluster.clone();
+            let credential = entry_credential(&cluster, id);
+            let cred2 = credential.clone();
             let args2 = args.clone();
             let (child, native, http) = tokio::task::spawn_blocking(move || {
-                spawn_entry(Command::new(&exe2), &args2, &cluster2, &log)
+                spawn_entry(Command::new(&exe2), &args2, &cred2, &log)
             })
             .await
             .map_err(Failure::other)??;
@@ -224,6 +235,7 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
                 http,
                 args,
                 launcher: String::new(),
+                credential,
             });
         }
 
@@ -249,7 +261,7 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
         println!("  kill -9 <pid of the primary above>   # the viewer (New York node) keeps playing");
         println!("Ctrl-C stops everything.");
 
-        supervise(servers, &exe, &cluster).await;
+        supervise(servers, &exe).await;
         let _ = stop_tx.send(());
         let _ = director_task.await;
         Ok::<(), Failure>(())
@@ -258,7 +270,7 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
 
 /// Report servers that exit (a user killed one) until asked to stop; then stop them all
 /// (SIGTERM: they drain) and wait for them.
-async fn supervise(mut servers: Vec<Server>, exe: &Path, cluster: &str) {
+async fn supervise(mut servers: Vec<Server>, exe: &Path) {
     let mut term = Box::pin(terminated());
     loop {
         tokio::select! {
@@ -273,7 +285,8 @@ async fn supervise(mut servers: Vec<Server>, exe: &Path, cluster: &str) {
                             .collect();
                         println!("entry {} exited ({status}); to start it again:", s.id);
                         println!(
-                            "  FIRSTMILE_ENTRY_CLUSTER_SECRET={cluster} {}{} {}",
+                            "  FIRSTMILE_ENTRY_CREDENTIAL={} {}{} {}",
+                            s.credential,
                             s.launcher,
                             exe.display(),
                             args.join(" ")
@@ -337,7 +350,7 @@ fn run_wan(a: UpArgs, file: &Path) -> Result<(), Failure> {
             .unwrap_or_else(|| "Frankfurt am Main, DE".into()),
         ..Default::default()
     };
-    config.auth.cluster_token = cluster.clone();
+    config.auth.entry_key = cluster.clone();
     config.auth.admin_token = secret();
     config.publish.mode = director::config::PublishMode::Open;
     // Every host with a city is placed there by its address (clients are what matters).
@@ -393,14 +406,15 @@ fn run_wan(a: UpArgs, file: &Path) -> Result<(), Failure> {
             .collect();
             let log = dir.join(format!("{}.log", h.name));
             let cmd = bed.command(&h.name, &exe).map_err(Failure::other)?;
-            let cluster2 = cluster.clone();
+            let credential = entry_credential(&cluster, &h.name);
+            let cred2 = credential.clone();
             let args2 = args.clone();
             let (child, native, http) =
-                tokio::task::spawn_blocking(move || spawn_entry(cmd, &args2, &cluster2, &log))
+                tokio::task::spawn_blocking(move || spawn_entry(cmd, &args2, &cred2, &log))
                     .await
                     .map_err(Failure::other)??;
             let launcher = format!("ip netns exec {} ", bed.netns(&h.name).map_err(Failure::other)?);
-            servers.push(Server { id: h.name.clone(), place, child, native, http, args, launcher });
+            servers.push(Server { id: h.name.clone(), place, child, native, http, args, launcher, credential });
         }
 
         println!(
@@ -444,7 +458,7 @@ fn run_wan(a: UpArgs, file: &Path) -> Result<(), Failure> {
         }
         println!("Ctrl-C stops everything and removes the bed.");
 
-        supervise(servers, &exe, &cluster).await;
+        supervise(servers, &exe).await;
         let _ = stop_tx.send(());
         let _ = director_task.await;
         Ok::<(), Failure>(())
