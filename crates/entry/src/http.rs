@@ -46,7 +46,7 @@ use bytes::{Bytes, BytesMut};
 use proto::api::{EntryReadiness, EntryStream, EntryStreams, ErrorBody, StreamSource};
 use proto::{BroadcastId, StreamId, StreamKey};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -147,6 +147,7 @@ async fn resolve(
     id: &StreamId,
     q: &ViewQuery,
     headers: &HeaderMap,
+    client: IpAddr,
 ) -> Result<Arc<Stream>, Response> {
     let from_s = q.from.as_deref().unwrap_or("live");
     let from: From = from_s
@@ -234,7 +235,9 @@ async fn resolve(
                 e.next_seq > 0 || e.ended.is_some() || s.first_seq() > 0
             });
             if has_data || local_has_data {
-                match crate::relay::ensure(node, id.as_str(), &b, private, from_s).await {
+                match crate::relay::ensure(node, id.as_str(), &b, private, from_s, Some(client))
+                    .await
+                {
                     // A live viewer does not get a broadcast that has ended here (the director
                     // may not have heard of its END yet): it waits for the next one.
                     Ok(s) if live_ended(&s, explicit.as_ref(), from) => {}
@@ -246,6 +249,31 @@ async fn resolve(
                         }
                     }
                     Err(RelayError::NoUpstream(_)) => {}
+                    Err(e @ RelayError::Capacity) => {
+                        node.metrics.relays_refused.fetch_add(1, Ordering::Relaxed);
+                        let mut r = error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "relay_capacity",
+                            e.to_string(),
+                        );
+                        r.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                        return Err(r);
+                    }
+                    Err(e @ RelayError::TooMany(_)) => {
+                        node.metrics.relays_refused.fetch_add(1, Ordering::Relaxed);
+                        let RelayError::TooMany(wait) = e else {
+                            unreachable!()
+                        };
+                        let mut r = error(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too_many_relays",
+                            e.to_string(),
+                        );
+                        r.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                        return Err(r);
+                    }
                     Err(e @ RelayError::Director(_)) => {
                         return Err(error(
                             StatusCode::BAD_GATEWAY,
@@ -295,6 +323,7 @@ async fn open(
     id: &str,
     q: &ViewQuery,
     headers: &HeaderMap,
+    client: IpAddr,
 ) -> Result<Cursor, Response> {
     let id = StreamId::parse(id)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_stream", e.to_string()))?;
@@ -304,7 +333,7 @@ async fn open(
         .unwrap_or("live")
         .parse()
         .map_err(|e: String| error(StatusCode::BAD_REQUEST, "bad_from", e))?;
-    let stream = resolve(node, &id, q, headers).await?;
+    let stream = resolve(node, &id, q, headers, client).await?;
     if !stream.is_ingest() {
         // A catch-up viewer on a relay: fetch what the relay started after.
         let want = match from {
@@ -313,7 +342,7 @@ async fn open(
             _ => None,
         };
         if let Some(w) = want {
-            crate::relay::backfill(node, &stream, w).await;
+            crate::relay::backfill(node, &stream, w, Some(client)).await;
         }
     }
     let cursor = Cursor::new(
@@ -375,8 +404,9 @@ async fn live(
     Path(id): Path<String>,
     Query(q): Query<ViewQuery>,
     headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    let cursor = match open(&node, &id, &q, &headers).await {
+    let cursor = match open(&node, &id, &q, &headers, peer.ip()).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -570,9 +600,10 @@ async fn live_ws(
     Path(id): Path<String>,
     Query(q): Query<ViewQuery>,
     headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let mut cursor = match open(&node, &id, &q, &headers).await {
+    let mut cursor = match open(&node, &id, &q, &headers, peer.ip()).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -706,7 +737,15 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
          # TYPE firstmile_entry_viewers_cut_total counter\nfirstmile_entry_viewers_cut_total {}\n\
          # TYPE firstmile_entry_relay_upstream_failures_total counter\nfirstmile_entry_relay_upstream_failures_total {}\n\
          # TYPE firstmile_entry_draining gauge\nfirstmile_entry_draining {}\n\
-         # TYPE firstmile_entry_storage_ok gauge\nfirstmile_entry_storage_ok {}\n{}",
+         # TYPE firstmile_entry_storage_ok gauge\nfirstmile_entry_storage_ok {}\n\
+         # TYPE firstmile_entry_relays_refused_total counter\nfirstmile_entry_relays_refused_total {}\n\
+         # TYPE firstmile_entry_heartbeat_bytes gauge\nfirstmile_entry_heartbeat_bytes {}\n\
+         # TYPE firstmile_entry_storage_checks_total counter\nfirstmile_entry_storage_checks_total {}\n\
+         # TYPE firstmile_entry_disk_free_bytes gauge\nfirstmile_entry_disk_free_bytes {}\n\
+         # TYPE firstmile_entry_log_bytes gauge\nfirstmile_entry_log_bytes {}\n\
+         # TYPE firstmile_entry_broadcasts_on_disk gauge\nfirstmile_entry_broadcasts_on_disk {}\n\
+         # TYPE firstmile_entry_retention_deleted_total counter\nfirstmile_entry_retention_deleted_total {}\n\
+         # TYPE firstmile_entry_retention_deleted_bytes_total counter\nfirstmile_entry_retention_deleted_bytes_total {}\n{}",
         g(&m.sessions),
         ingest,
         relay,
@@ -721,6 +760,14 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         g(&m.relay_upstream_failures),
         u8::from(node.draining.load(Ordering::SeqCst)),
         u8::from(node.storage_problem().is_none()),
+        g(&m.relays_refused),
+        g(&m.heartbeat_bytes),
+        g(&m.storage_checks),
+        g(&m.disk_free_bytes),
+        g(&m.log_bytes),
+        g(&m.broadcasts_on_disk),
+        g(&m.retention_deleted),
+        g(&m.retention_deleted_bytes),
         m.listeners.prometheus_text(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -819,6 +866,7 @@ async fn http_flv(
     Path(file): Path<String>,
     Query(q): Query<ViewQuery>,
     headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     let Some(id) = file.strip_suffix(".flv") else {
         return error(
@@ -827,7 +875,7 @@ async fn http_flv(
             "HTTP-FLV is at /live/<stream>.flv",
         );
     };
-    let cursor = match open(&node, id, &q, &headers).await {
+    let cursor = match open(&node, id, &q, &headers, peer.ip()).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -1072,7 +1120,7 @@ async fn probe(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    let ok = node.probe_limiter.check(peer.ip());
+    let ok = node.probe_limiter.check(peer.ip()).is_ok();
     let mut r = if ok {
         StatusCode::NO_CONTENT.into_response()
     } else {

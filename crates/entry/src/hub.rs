@@ -113,6 +113,8 @@ pub struct Stream {
     pub superseded: std::sync::atomic::AtomicBool,
     /// [`mono_ms`] of the last publish, session start or end: idle broadcasts are released.
     pub active_ms: std::sync::atomic::AtomicU64,
+    /// Ingest: a heartbeat answered 2xx carried this broadcast's end (it is not reported again).
+    pub end_reported: std::sync::atomic::AtomicBool,
 }
 
 /// Why a read failed.
@@ -161,6 +163,7 @@ impl Stream {
             private: Default::default(),
             superseded: Default::default(),
             active_ms: std::sync::atomic::AtomicU64::new(mono_ms()),
+            end_reported: Default::default(),
         })
     }
 

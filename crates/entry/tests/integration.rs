@@ -12,10 +12,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod bounds;
 mod listeners;
 mod openapi;
 mod ownership;
 mod rtmp;
+mod storage;
 mod tls;
 mod ws;
 

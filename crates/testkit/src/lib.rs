@@ -203,6 +203,8 @@ pub fn entry_config(
         token_public_key: key().public_key().to_pem(),
         data_dir: dir.join(id),
         relay_give_up_ms: 3000,
+        // Tests play back many broadcasts from one address.
+        relay_starts_per_ip_per_min: 100_000,
         report_cpu: false,
         ..entry::EntryConfig::default()
     }
