@@ -871,6 +871,27 @@ fn a_stream_belongs_to_its_publisher_and_goes_live_again_with_its_key() {
         got == want,
         "the follower's bytes are not the owner's two broadcasts"
     );
+    // What a streamer types into OBS: `--obs` alone means RTMP, and the key stays in the
+    // Stream Key field (OBS keeps it day after day).
+    let o = firstmile(&[
+        "assign",
+        "--director",
+        &up.director,
+        "--location",
+        "Paris, FR",
+        "--stream",
+        "live1",
+        "--key",
+        &key,
+        "--obs",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("Server:     rtmp://"), "{text}");
+    assert!(
+        text.contains(&format!("Stream Key: live1?key={key}")),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ pub struct AskArgs {
         hide_env_values = true
     )]
     pub key: Option<String>,
-    /// How the device pushes.
-    #[arg(long, default_value = "native", value_parser = ["native", "websocket", "rtmp", "http"])]
-    pub protocol: String,
+    /// How the device pushes (default native; rtmp with `--obs`).
+    #[arg(long, value_parser = ["native", "websocket", "rtmp", "http"])]
+    pub protocol: Option<String>,
     /// Expected bitrate, in kbit/s (the director's default when absent).
     #[arg(long, value_name = "N")]
     pub bitrate_kbps: Option<u32>,
@@ -41,7 +41,11 @@ pub struct AskArgs {
 
 impl AskArgs {
     pub fn protocol(&self) -> Result<Protocol, Failure> {
-        self.protocol.parse::<Protocol>().map_err(Failure::usage)
+        self.protocol
+            .as_deref()
+            .unwrap_or("native")
+            .parse::<Protocol>()
+            .map_err(Failure::usage)
     }
 
     /// The director client (https verified against the web roots plus `--ca-file`).
@@ -121,7 +125,11 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(Failure::other)
 }
 
-pub fn run(a: AssignArgs) -> Result<(), Failure> {
+pub fn run(mut a: AssignArgs) -> Result<(), Failure> {
+    // OBS publishes RTMP: `--obs` alone means that.
+    if a.obs && a.ask.protocol.is_none() {
+        a.ask.protocol = Some("rtmp".into());
+    }
     let req = a.ask.request()?;
     let director = a.ask.director()?;
     let assignment = runtime()?
