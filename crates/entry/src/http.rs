@@ -975,7 +975,7 @@ pub const PUSH_CHUNK: usize = 188 * 174;
     params(("id" = StreamId, Path, description = "The stream"), PushQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "Any bytes (MPEG-TS from ffmpeg, ...)"),
     responses(
-        (status = 200, description = "The push ended; the broadcast with it", content_type = "application/json"),
+        (status = 200, description = "The push ended; the broadcast with it", body = proto::api::PushResult),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
     ))]
@@ -1101,10 +1101,16 @@ async fn push_body(node: Arc<Node>, session: core::Session, id: String, body: Bo
     };
     drop(session);
     match result {
-        Ok(()) => axum::Json(serde_json::json!({
-            "stream": id, "broadcast": stream.broadcast, "bytes": total, "final_seq": final_seq
-        }))
-        .into_response(),
+        Ok(()) => match id.parse() {
+            Ok(stream_id) => axum::Json(proto::api::PushResult {
+                stream: stream_id,
+                broadcast: stream.broadcast.clone(),
+                bytes: total,
+                final_seq,
+            })
+            .into_response(),
+            Err(e) => ingest_error(&IngestError::Protocol(format!("stream id: {e}"))),
+        },
         Err(e) => ingest_error(&IngestError::Protocol(format!("push interrupted: {e}"))),
     }
 }

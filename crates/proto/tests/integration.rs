@@ -416,6 +416,7 @@ mod contract {
             WebhookAnswer,
             EntryStreams,
             EntryReadiness,
+            PushResult,
         );
         let mut checked = 0;
         for (name, schema) in schemas() {

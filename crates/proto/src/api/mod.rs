@@ -226,6 +226,7 @@ pub fn schemas() -> Vec<(
         EntryStream,
         StreamSource,
         EntryReadiness,
+        PushResult,
     );
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v.dedup_by(|a, b| a.0 == b.0);
