@@ -1226,6 +1226,10 @@ async fn readyz(State(d): State<Director>) -> Response {
         b.status = ReadinessStatus::NotReady;
         b.reason = Some("the fleet view has not been loaded from the shared registry yet".into());
         (StatusCode::SERVICE_UNAVAILABLE, Json(b)).into_response()
+    } else if !d.inner.streams.complete() {
+        b.status = ReadinessStatus::NotReady;
+        b.reason = Some("the stream documents have not been loaded from etcd yet".into());
+        (StatusCode::SERVICE_UNAVAILABLE, Json(b)).into_response()
     } else {
         if reg.degraded {
             b.status = ReadinessStatus::Degraded;
@@ -1247,6 +1251,13 @@ async fn metrics(State(d): State<Director>) -> Response {
         .registry_degraded
         .set(i64::from(status.degraded));
     d.inner.metrics.etcd_writes(status.writes);
+    d.inner
+        .metrics
+        .stream_conflicts(d.inner.streams.conflicts());
+    d.inner
+        .metrics
+        .streams_unwritten
+        .set(i64::try_from(d.inner.streams.unwritten()).unwrap_or(i64::MAX));
     (
         [(
             CONTENT_TYPE,

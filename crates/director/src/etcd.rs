@@ -19,7 +19,7 @@
 //! - when no member of the cluster can be reached, marks the director *degraded* and retries
 //!   with backoff (100 ms doubling to `registry.etcd.retry_max_ms`). Meanwhile the view stays as
 //!   it was plus the changes this director takes itself; registrations, deregistrations, drains
-//!   and assignments are kept (up to 10,000) and written when etcd returns. Heartbeats are not
+//!   are kept (up to 10,000) and written when etcd returns. Heartbeats are not
 //!   kept: the next one carries the same news.
 //!
 //! **Failover between members.** The task talks to one member at a time, starting with the first
@@ -46,7 +46,7 @@
 //! | `{prefix}/servers/{id}` | JSON: registration, load, state, `written_ms` | the server's |
 //! | `{prefix}/ingest/{id}/{stream}/{role}` | JSON: `next_seq`, `live` | the server's |
 //! | `{prefix}/drain/{id}` | `1` (operator drain) | none: survives re-registration |
-//! | `{prefix}/assignments/{stream}` | JSON: primary and backup picks, times | per director, `tokens.ttl_s` + 60 s, renewed each minute |
+//! | `{prefix}/streams/{id}` | JSON: the stream's document (key hash, broadcasts): [`crate::etcd_streams`], which loads and watches these keys itself (the registry's range ends before them) | none |
 //!
 //! **Liveness: the lease is authoritative.** Registration grants a lease of
 //! `ceil(heartbeat.interval_ms × heartbeat.missed_allowed)` seconds and puts the server's keys
@@ -72,7 +72,7 @@
 //! | server key (state) | ready ↔ draining | rare |
 //! | ingest keys | a stream starts, stops, goes live (next_seq rides with the load write) | one per change |
 //! | registration | lease grant + one transaction | rare |
-//! | assignment | one put (+ one lease grant per director per minute) | the assignment rate |
+//! | stream document | one compare-and-swap per go-live, continuation, end (not per assignment of an existing broadcast's path) | the go-live rate |
 //!
 //! so about 200 writes per second plus stream churn, whatever the number of directors.
 //!
@@ -101,7 +101,6 @@ use crate::registry::{
     Expiry, Heartbeat, IngestReport, MemoryRegistry, Registration, Registry, RegistryError,
     RegistryStatus, ServerRecord, ServerState, StreamReport, Versions,
 };
-use crate::state::AssignmentRecord;
 
 /// Changes kept while etcd is unreachable, at most (the oldest are dropped first).
 const MAX_PENDING: usize = 10_000;
@@ -110,8 +109,6 @@ const QUEUE: usize = 65_536;
 /// Operations per etcd transaction (etcd's default `--max-txn-ops` is 128).
 const TXN_OPS: usize = 128;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// The assignment lease is replaced this often (so it outlives every assignment by at most this).
-const ASSIGNMENT_LEASE_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the etcd registry cannot be built (configuration read at start-up).
 #[derive(Debug, thiserror::Error)]
@@ -128,19 +125,9 @@ pub enum EtcdError {
 #[derive(Debug, Clone)]
 enum Op {
     Register(Registration),
-    Beat {
-        id: String,
-        hb: Heartbeat,
-    },
+    Beat { id: String, hb: Heartbeat },
     Deregister(String),
-    Drain {
-        id: String,
-        drained: bool,
-    },
-    Assign {
-        stream: String,
-        rec: AssignmentRecord,
-    },
+    Drain { id: String, drained: bool },
 }
 
 impl Op {
@@ -180,7 +167,6 @@ struct View {
     /// server id → (stream, role) → report.
     reports: HashMap<String, HashMap<(String, Role), ReportDoc>>,
     drained: HashSet<String>,
-    assignments: HashMap<String, AssignmentRecord>,
 }
 
 /// Settings resolved from the configuration.
@@ -193,20 +179,12 @@ struct Settings {
     request_timeout: Duration,
     retry_max: Duration,
     lease_ttl_s: i64,
-    assignment_ttl_s: i64,
     load_write_ms: u64,
 }
 
 /// The requests that write keys (counted in `firstmile_director_etcd_writes_total`): what the
 /// write budget in the module docs bounds. Lease grants and renewals are not key writes.
-const WRITES: [&str; 6] = [
-    "register",
-    "deregister",
-    "drain",
-    "undrain",
-    "assignment",
-    "heartbeat",
-];
+const WRITES: [&str; 5] = ["register", "deregister", "drain", "undrain", "heartbeat"];
 
 #[derive(Debug)]
 struct Shared {
@@ -255,29 +233,7 @@ impl EtcdRegistry {
     /// anything binds), connects nothing yet.
     pub fn from_config(config: &DirectorConfig) -> Result<Self, EtcdError> {
         let e: &EtcdConfig = &config.registry.etcd;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_millis(e.connect_timeout_ms))
-            .with_keep_alive(
-                Duration::from_secs(5),
-                Duration::from_millis(e.request_timeout_ms),
-            )
-            .with_keep_alive_while_idle(true);
-        if let (Some(u), Some(p)) = (&e.username, &e.password) {
-            options = options.with_user(u.clone(), p.clone());
-        }
-        if e.ca_file.is_some() || e.cert_file.is_some() {
-            let mut tls = TlsOptions::new();
-            if let Some(ca) = &e.ca_file {
-                tls = tls.ca_certificate(Certificate::from_pem(read("registry.etcd.ca_file", ca)?));
-            }
-            if let (Some(c), Some(k)) = (&e.cert_file, &e.key_file) {
-                tls = tls.identity(Identity::from_pem(
-                    read("registry.etcd.cert_file", c)?,
-                    read("registry.etcd.key_file", k)?,
-                ));
-            }
-            options = options.with_tls(tls);
-        }
+        let options = connect_options(e)?;
         let hb = &config.heartbeat;
         let ttl_ms = hb.interval_ms.saturating_mul(u64::from(hb.missed_allowed));
         let cfg = Settings {
@@ -287,8 +243,6 @@ impl EtcdRegistry {
             request_timeout: Duration::from_millis(e.request_timeout_ms),
             retry_max: Duration::from_millis(e.retry_max_ms),
             lease_ttl_s: i64::try_from(ttl_ms.div_ceil(1000).max(1)).unwrap_or(i64::MAX),
-            assignment_ttl_s: i64::try_from(config.tokens.ttl_s.saturating_add(60))
-                .unwrap_or(i64::MAX),
             load_write_ms: e.load_write_interval_ms,
         };
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -312,7 +266,40 @@ impl EtcdRegistry {
         r.ensure_started();
         Ok(r)
     }
+}
 
+/// The client options of `registry.etcd` (timeouts, credentials, TLS files read now, so a missing
+/// file fails before anything binds). Shared by the registry and the stream store.
+pub(crate) fn connect_options(e: &EtcdConfig) -> Result<ConnectOptions, EtcdError> {
+    {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(e.connect_timeout_ms))
+            .with_keep_alive(
+                Duration::from_secs(5),
+                Duration::from_millis(e.request_timeout_ms),
+            )
+            .with_keep_alive_while_idle(true);
+        if let (Some(u), Some(p)) = (&e.username, &e.password) {
+            options = options.with_user(u.clone(), p.clone());
+        }
+        if e.ca_file.is_some() || e.cert_file.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &e.ca_file {
+                tls = tls.ca_certificate(Certificate::from_pem(read("registry.etcd.ca_file", ca)?));
+            }
+            if let (Some(c), Some(k)) = (&e.cert_file, &e.key_file) {
+                tls = tls.identity(Identity::from_pem(
+                    read("registry.etcd.cert_file", c)?,
+                    read("registry.etcd.key_file", k)?,
+                ));
+            }
+            options = options.with_tls(tls);
+        }
+        Ok(options)
+    }
+}
+
+impl EtcdRegistry {
     /// Start the background task if it is not running and a tokio runtime is at hand.
     fn ensure_started(&self) {
         if self.started.load(Ordering::Acquire) {
@@ -435,23 +422,6 @@ impl Registry for EtcdRegistry {
             writes: s.writes.load(Ordering::Relaxed),
         }
     }
-
-    fn remember_assignment(&self, stream: &str, rec: &AssignmentRecord) {
-        self.send(Op::Assign {
-            stream: stream.to_string(),
-            rec: rec.clone(),
-        });
-    }
-
-    fn assignment(&self, stream: &str) -> Option<AssignmentRecord> {
-        self.shared
-            .view
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .assignments
-            .get(stream)
-            .cloned()
-    }
 }
 
 /// How a session with etcd ended.
@@ -472,14 +442,12 @@ struct Carry {
     pending: VecDeque<Op>,
     /// The revision the view is current to, when the watch can resume after it (no reload).
     resume: Option<i64>,
-    /// (lease id, granted at) used for assignments (leases are cluster-wide).
-    assignment_lease: Option<(i64, Instant)>,
     backoff: Duration,
 }
 
 /// Why a request to etcd failed, which decides what happens next.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// The member did not answer, or cannot serve now (no leader, unavailable, timed out):
     /// another member may, so the session fails over.
     Member(String),
@@ -489,7 +457,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn of(what: &str, e: &etcd_client::Error) -> Self {
+    pub(crate) fn of(what: &str, e: &etcd_client::Error) -> Self {
         // gRPC status codes: INVALID_ARGUMENT 3, NOT_FOUND 5, ALREADY_EXISTS 6,
         // PERMISSION_DENIED 7, FAILED_PRECONDITION 9, OUT_OF_RANGE 11.
         let refused = match e {
@@ -578,7 +546,6 @@ impl Shared {
         let mut carry = Carry {
             pending: VecDeque::new(),
             resume: None,
-            assignment_lease: None,
             backoff: MIN_BACKOFF,
         };
         loop {
@@ -646,7 +613,7 @@ impl Shared {
             Err(e) => return Ended::Failed(e.to_string()),
         };
         while let Some(op) = carry.pending.pop_front() {
-            match self.write(&mut client, carry, &op).await {
+            match self.write(&mut client, &op).await {
                 Ok(()) => {}
                 Err(Failure::Refused(e)) => self.refused(&op, &e),
                 Err(Failure::Member(e)) => {
@@ -679,7 +646,10 @@ impl Shared {
                 let got = self
                     .timed(
                         "load",
-                        client.get(root.as_bytes(), Some(GetOptions::new().with_prefix())),
+                        client.get(
+                            root.as_bytes(),
+                            Some(GetOptions::new().with_range(self.fleet_end())),
+                        ),
                     )
                     .await;
                 let mut got = match got {
@@ -699,7 +669,7 @@ impl Shared {
                     root.as_bytes(),
                     Some(
                         WatchOptions::new()
-                            .with_prefix()
+                            .with_range(self.fleet_end())
                             .with_start_revision(rev + 1),
                     ),
                 ),
@@ -743,7 +713,7 @@ impl Shared {
                 },
                 op = rx.recv() => match op {
                     None => return Ended::Closed,
-                    Some(op) => match self.write(&mut client, carry, &op).await {
+                    Some(op) => match self.write(&mut client, &op).await {
                         Ok(()) => {}
                         Err(Failure::Refused(e)) => self.refused(&op, &e),
                         Err(Failure::Member(e)) => {
@@ -776,14 +746,9 @@ impl Shared {
     }
 
     /// Write one change, within one request timeout however many requests it takes.
-    async fn write(&self, client: &mut Client, carry: &mut Carry, op: &Op) -> EtcdResult<()> {
+    async fn write(&self, client: &mut Client, op: &Op) -> EtcdResult<()> {
         let timeout = self.cfg.request_timeout;
-        match tokio::time::timeout(
-            timeout,
-            self.execute(client, &mut carry.assignment_lease, op),
-        )
-        .await
-        {
+        match tokio::time::timeout(timeout, self.execute(client, op)).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Member(format!(
                 "write: no answer within {timeout:?}"
@@ -802,17 +767,18 @@ impl Shared {
         }
     }
 
+    /// The end of the fleet's key range: `{prefix}/streams/` and after belong to the stream
+    /// store ([`crate::etcd_streams`]), which loads and watches its own keys.
+    fn fleet_end(&self) -> String {
+        format!("{}{}", self.cfg.root, crate::etcd_streams::KIND)
+    }
+
     fn key(&self, kind: &str, rest: &str) -> String {
         format!("{}{kind}/{rest}", self.cfg.root)
     }
 
     /// Write one change to etcd, and into the view (the watch echo then changes nothing).
-    async fn execute(
-        &self,
-        client: &mut Client,
-        assignment_lease: &mut Option<(i64, Instant)>,
-        op: &Op,
-    ) -> EtcdResult<()> {
+    async fn execute(&self, client: &mut Client, op: &Op) -> EtcdResult<()> {
         match op {
             Op::Register(r) => {
                 let lease = self
@@ -870,46 +836,6 @@ impl Shared {
                 } else {
                     self.timed("undrain", client.delete(key, None)).await?;
                     self.lock_view().drained.remove(id);
-                }
-            }
-            Op::Assign { stream, rec } => {
-                let value = serde_json::to_vec(rec).map_err(Failure::refused)?;
-                // Twice at most: the second time with a new lease, if the first one is gone
-                // (etcd restored from a snapshot).
-                let mut again = true;
-                loop {
-                    let lease = match *assignment_lease {
-                        Some((l, at)) if at.elapsed() < ASSIGNMENT_LEASE_EVERY => l,
-                        _ => {
-                            let l = self
-                                .timed(
-                                    "lease grant",
-                                    client.lease_grant(self.cfg.assignment_ttl_s, None),
-                                )
-                                .await?
-                                .id();
-                            *assignment_lease = Some((l, Instant::now()));
-                            l
-                        }
-                    };
-                    let put = self
-                        .timed(
-                            "assignment",
-                            client.put(
-                                self.key("assignments", stream),
-                                value.clone(),
-                                Some(PutOptions::new().with_lease(lease)),
-                            ),
-                        )
-                        .await;
-                    match put {
-                        Ok(_) => break,
-                        Err(Failure::Refused(_)) if again => {
-                            *assignment_lease = None;
-                            again = false;
-                        }
-                        Err(e) => return Err(e),
-                    }
                 }
             }
         }
@@ -1054,11 +980,7 @@ impl Shared {
             self.apply_server(&id, now);
         }
         let v = self.lock_view();
-        tracing::info!(
-            servers = v.servers.len(),
-            assignments = v.assignments.len(),
-            "etcd fleet view loaded"
-        );
+        tracing::info!(servers = v.servers.len(), "etcd fleet view loaded");
     }
 
     /// Apply one key's change to the view; note which servers need re-applying locally.
@@ -1143,20 +1065,6 @@ impl Shared {
                     v.drained.remove(rest);
                 }
                 touched.insert(rest.to_string());
-            }
-            "assignments" => {
-                if put {
-                    match serde_json::from_slice::<AssignmentRecord>(kv.value()) {
-                        Ok(a) => {
-                            v.assignments.insert(rest.to_string(), a);
-                        }
-                        Err(e) => {
-                            tracing::warn!(key, error = %e, "bad assignment in etcd: skipped")
-                        }
-                    }
-                } else {
-                    v.assignments.remove(rest);
-                }
             }
             _ => {}
         }

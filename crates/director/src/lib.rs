@@ -17,6 +17,7 @@
 //! - [`config`]: the configuration and its layering;
 //! - [`registry`]: the entry-server registry behind a trait ([`Registry`], [`MemoryRegistry`]);
 //! - [`etcd`]: the registry shared by several directors on etcd ([`EtcdRegistry`]);
+//! - [`etcd_streams`]: the stream documents shared by them (owners, broadcasts);
 //! - [`state`]: the fleet snapshot (lock-free reads), learned corrections, remembered
 //!   assignments, heartbeat expiry;
 //! - [`api`]: the HTTP handlers, input validation, client-IP rules;
@@ -33,6 +34,7 @@ pub mod clientip;
 pub mod config;
 pub mod convert;
 pub mod etcd;
+pub mod etcd_streams;
 pub mod metrics;
 pub mod publish;
 pub mod ratelimit;

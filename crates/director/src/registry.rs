@@ -198,13 +198,6 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
             writes: 0,
         }
     }
-    /// Share an assignment with other directors (a shared store does; memory has no one to
-    /// tell: the director remembers its own assignments itself).
-    fn remember_assignment(&self, _stream: &str, _rec: &crate::state::AssignmentRecord) {}
-    /// An assignment another director made and shared.
-    fn assignment(&self, _stream: &str) -> Option<crate::state::AssignmentRecord> {
-        None
-    }
 }
 
 #[derive(Debug, Default)]
