@@ -15,7 +15,11 @@
 //! - writes what the trait's methods queued: they apply a change to the local view at once (the
 //!   director that took a registration sees it immediately) and hand the etcd write to the task
 //!   through a bounded channel, so they never block on etcd. Each write, however many requests
-//!   it takes, gives up after `registry.etcd.request_timeout_ms`;
+//!   it takes, gives up after `registry.etcd.request_timeout_ms`. Heartbeats (lease renewals)
+//!   have a lane of their own, written before anything else: the latest per server, so it never
+//!   grows past the fleet and never drops one; a renewal that failed is written first on the
+//!   next member. A renewal that waits longer than half a lease makes the director *degraded*
+//!   in `/readyz` ("lease renewals are late"), before any lease can run out;
 //! - when no member of the cluster can be reached, marks the director *degraded* and retries
 //!   with backoff (100 ms doubling to `registry.etcd.retry_max_ms`). Meanwhile the view stays as
 //!   it was plus the changes this director takes itself; registrations, deregistrations, drains
@@ -200,6 +204,18 @@ struct Shared {
     /// Servers registered through this director whose registration is not in etcd yet: a
     /// reload or a delete event must not drop them from the view meanwhile.
     unwritten: Mutex<HashSet<String>>,
+    /// The renewal lane: the latest heartbeat per server not written yet, and when the oldest
+    /// of them arrived. Written before anything else (see [`Shared::renewals_first`]).
+    beats: Mutex<Beats>,
+    beat_wake: tokio::sync::Notify,
+}
+
+/// Heartbeats waiting for etcd, one per server (a newer one replaces the older: it renews the
+/// same lease and carries newer load), in arrival order.
+#[derive(Debug, Default)]
+struct Beats {
+    latest: HashMap<String, (Heartbeat, Instant)>,
+    order: VecDeque<String>,
 }
 
 /// The etcd-backed registry (see the module docs). Its background task starts on first use
@@ -257,6 +273,8 @@ impl EtcdRegistry {
                 dropped: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
                 unwritten: Mutex::new(HashSet::new()),
+                beats: Mutex::new(Beats::default()),
+                beat_wake: tokio::sync::Notify::new(),
             }),
             tx,
             rx: Mutex::new(Some(rx)),
@@ -360,10 +378,8 @@ impl Registry for EtcdRegistry {
 
     fn heartbeat(&self, id: &str, hb: Heartbeat, now: Instant) -> Result<(), RegistryError> {
         self.shared.local.heartbeat(id, hb.clone(), now)?;
-        self.send(Op::Beat {
-            id: id.to_string(),
-            hb,
-        });
+        self.ensure_started();
+        self.shared.queue_beat(id, hb, now);
         Ok(())
     }
 
@@ -409,16 +425,28 @@ impl Registry for EtcdRegistry {
         self.ensure_started();
         let s = &self.shared;
         let synced = s.synced.load(Ordering::Acquire);
-        let degraded = s.degraded.load(Ordering::Acquire);
+        let mut degraded = s.degraded.load(Ordering::Acquire);
+        let mut detail = if synced && !degraded {
+            None
+        } else {
+            s.detail.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        };
+        // Reachable, but renewals wait longer than half a lease: servers are about to expire.
+        let lag = s.renewal_lag(Instant::now());
+        let half = Duration::from_secs(u64::try_from(s.cfg.lease_ttl_s).unwrap_or(1)) / 2;
+        if !degraded && lag > half {
+            degraded = true;
+            detail = Some(format!(
+                "lease renewals are late: the oldest heartbeat waits for etcd since {} ms (leases last {} s)",
+                lag.as_millis(),
+                s.cfg.lease_ttl_s
+            ));
+        }
         RegistryStatus {
             backend: "etcd",
             synced,
             degraded,
-            detail: if synced && !degraded {
-                None
-            } else {
-                s.detail.lock().unwrap_or_else(|p| p.into_inner()).clone()
-            },
+            detail,
             writes: s.writes.load(Ordering::Relaxed),
         }
     }
@@ -491,6 +519,70 @@ impl std::fmt::Display for Failure {
 type EtcdResult<T> = Result<T, Failure>;
 
 impl Shared {
+    fn queue_beat(&self, id: &str, hb: Heartbeat, now: Instant) {
+        let mut b = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        match b.latest.get_mut(id) {
+            // Keep the first arrival time: the lease has waited since then.
+            Some(e) => e.0 = hb,
+            None => {
+                b.latest.insert(id.to_string(), (hb, now));
+                b.order.push_back(id.to_string());
+            }
+        }
+        drop(b);
+        self.beat_wake.notify_one();
+    }
+
+    /// How long the oldest heartbeat not written yet has waited.
+    fn renewal_lag(&self, now: Instant) -> Duration {
+        let b = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        b.order
+            .front()
+            .and_then(|id| b.latest.get(id))
+            .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at))
+    }
+
+    fn next_beat(&self) -> Option<(String, Heartbeat, Instant)> {
+        let mut b = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(id) = b.order.pop_front() {
+            if let Some((hb, at)) = b.latest.remove(&id) {
+                return Some((id, hb, at));
+            }
+        }
+        None
+    }
+
+    /// A heartbeat whose write failed goes back to the front (unless a newer one came).
+    fn requeue_beat(&self, id: String, hb: Heartbeat, at: Instant) {
+        let mut b = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = b.latest.get_mut(&id) {
+            e.1 = e.1.min(at);
+            return;
+        }
+        b.latest.insert(id.clone(), (hb, at));
+        b.order.push_front(id);
+    }
+
+    /// Write every waiting heartbeat (lease renewals) before any other change: a burst of
+    /// registrations or drains never makes a lease run out. Err: the member failed (the
+    /// heartbeat is back at the front, written first on the next member).
+    async fn renewals_first(&self, client: &mut Client) -> Result<(), String> {
+        while let Some((id, hb, at)) = self.next_beat() {
+            let op = Op::Beat { id, hb };
+            match self.write(client, &op).await {
+                Ok(()) => {}
+                Err(Failure::Refused(e)) => self.refused(&op, &e),
+                Err(Failure::Member(e)) => {
+                    if let Op::Beat { id, hb } = op {
+                        self.requeue_beat(id, hb, at);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -612,6 +704,9 @@ impl Shared {
             Ok(c) => c,
             Err(e) => return Ended::Failed(e.to_string()),
         };
+        if let Err(e) = self.renewals_first(&mut client).await {
+            return Ended::Failed(e);
+        }
         while let Some(op) = carry.pending.pop_front() {
             match self.write(&mut client, &op).await {
                 Ok(()) => {}
@@ -699,8 +794,18 @@ impl Shared {
             revision = rev,
             "etcd fleet view current; watching"
         );
+        if let Err(e) = self.renewals_first(&mut client).await {
+            return Ended::Lost(e);
+        }
         loop {
             tokio::select! {
+                // Lease renewals first, always: other writes wait behind them, never the reverse.
+                biased;
+                _ = self.beat_wake.notified() => {
+                    if let Err(e) = self.renewals_first(&mut client).await {
+                        return Ended::Lost(e);
+                    }
+                }
                 msg = watch.message() => match msg {
                     Ok(Some(resp)) => {
                         if resp.canceled() || resp.compact_revision() > 0 {
@@ -717,8 +822,7 @@ impl Shared {
                         Ok(()) => {}
                         Err(Failure::Refused(e)) => self.refused(&op, &e),
                         Err(Failure::Member(e)) => {
-                            // Retried first on the next member (a heartbeat too: it renews a
-                            // lease that should not run out during the failover).
+                            // Retried first on the next member (after the waiting renewals).
                             carry.pending.push_front(op);
                             return Ended::Lost(e);
                         }

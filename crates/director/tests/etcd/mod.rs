@@ -927,6 +927,135 @@ async fn stream_ownership_and_broadcasts_are_shared_on_etcd() {
     hb_par.abort();
 }
 
+/// Lease renewals are never starved by other writes (issue "running for months": one sequential
+/// writer served every write and dropped heartbeats when its queue was full, and leases last a
+/// few seconds). Eight entry servers heartbeat through director A with 1 s leases while A is
+/// flooded with other etcd writes: drains and undrains of another server (the registry's writer)
+/// and new streams (the stream store's compare-and-swaps) as fast as it answers. No heartbeat is
+/// answered 404 (a lease that ran out), neither A nor a director that only watches (B) ever
+/// misses a server, and `/readyz` never says renewals are late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_flood_never_starves_lease_renewals() {
+    const IDS: [&str; 8] = [
+        "fl-1", "fl-2", "fl-3", "fl-4", "fl-5", "fl-6", "fl-7", "fl-8",
+    ];
+    const PLACES: [&str; 4] = ["Tokyo", "Sydney", "Frankfurt", "Paris, FR"];
+    let etcd = Etcd::start(1).await;
+    let cfg = etcd_config(etcd.endpoints(), "/firstmile/test-flood");
+    let a = &Dir::new(cfg.clone());
+    let b = &Dir::new(cfg);
+    for (i, id) in IDS.iter().enumerate() {
+        let r = a.api.register(id, id, PLACES[i % PLACES.len()]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    }
+    let r = a.api.register("churn-1", "churn", "Tokyo").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let hb_churn = entry_server("churn-1", "Tokyo", a.api.clone(), "cam-churn");
+    let mut want: Vec<&str> = IDS.to_vec();
+    want.push("churn-1");
+    want.sort();
+    let want = &want;
+    until(
+        "both directors see the servers, ready",
+        move || async move {
+            all_see(vec![a, b], want).await
+                && a.readyz().await.1["status"] == "ready"
+                && b.readyz().await.1["status"] == "ready"
+        },
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    // Entry servers: heartbeats every 200 ms (leases of 1 s); a 404 means the lease ran out.
+    let beats: Vec<JoinHandle<()>> = IDS
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (via, stop, lost) = (a.api.clone(), stop.clone(), lost.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                while !stop.load(Ordering::Acquire) {
+                    tick.tick().await;
+                    let body =
+                        json!({"load": {"streams": 0, "mbps": 0.0, "cpu": 0.1}, "streams": []});
+                    let r = via.heartbeat(id, body).await;
+                    if r.status != StatusCode::OK {
+                        lost.lock()
+                            .unwrap()
+                            .push(format!("{id}: heartbeat {}", r.status));
+                        if r.status == StatusCode::NOT_FOUND {
+                            let _ = via.register(id, id, PLACES[i % PLACES.len()]).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // The flood: drains and undrains, and new streams, as fast as A answers.
+    let flood: Vec<JoinHandle<u64>> = (0..4)
+        .map(|w| {
+            let (via, stop) = (a.api.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let r = if w % 2 == 0 {
+                        let what = if n % 2 == 0 { "drain" } else { "undrain" };
+                        via.admin(
+                            Method::POST,
+                            &format!("/v1/admin/entry-servers/churn-1/{what}"),
+                        )
+                        .await
+                    } else {
+                        via.assign(
+                            "203.0.113.9",
+                            json!({"stream": format!("flood-{w}-{n}"), "location": "Tokyo"}),
+                        )
+                        .await
+                    };
+                    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+                    n += 1;
+                    // An in-process request never waits: let the other tasks run, as a
+                    // network would.
+                    tokio::task::yield_now().await;
+                }
+                n
+            })
+        })
+        .collect();
+    // Watch both views for five lease lifetimes.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        for (name, d) in [("A", a), ("B", b)] {
+            let ids = d.ids().await;
+            if ids != *want {
+                lost.lock().unwrap().push(format!("{name} saw {ids:?}"));
+            }
+        }
+        let (_, j) = a.readyz().await;
+        if j["status"] != "ready" {
+            lost.lock().unwrap().push(format!("A /readyz: {j}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Release);
+    let mut writes = 0;
+    for t in flood {
+        writes += t.await.expect("flood client");
+    }
+    for t in beats {
+        t.await.expect("entry server");
+    }
+    hb_churn.abort();
+    let lost = lost.lock().unwrap().clone();
+    assert!(lost.is_empty(), "leases ran out under the flood: {lost:#?}");
+    assert!(
+        writes >= 500,
+        "the flood made {writes} writes only: not a flood"
+    );
+    eprintln!("flood: {writes} drains, undrains and new streams in 5 s");
+}
+
 #[test]
 fn etcd_config_is_validated_and_the_example_loads() {
     let text = include_str!("../../../../examples/director-etcd.toml");
