@@ -999,8 +999,12 @@ async fn a_write_flood_never_starves_lease_renewals() {
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Acquire) {
-                    let r = if w % 2 == 0 {
-                        let what = if n % 2 == 0 { "drain" } else { "undrain" };
+                    let r = if w.is_multiple_of(2) {
+                        let what = if n.is_multiple_of(2) {
+                            "drain"
+                        } else {
+                            "undrain"
+                        };
                         via.admin(
                             Method::POST,
                             &format!("/v1/admin/entry-servers/churn-1/{what}"),
