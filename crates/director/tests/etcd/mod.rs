@@ -993,7 +993,7 @@ async fn a_write_flood_never_starves_lease_renewals() {
         })
         .collect();
     // The flood: drains and undrains, and new streams, as fast as A answers.
-    let flood: Vec<JoinHandle<u64>> = (0..4)
+    let flood: Vec<JoinHandle<u64>> = (0..4u32)
         .map(|w| {
             let (via, stop) = (a.api.clone(), stop.clone());
             tokio::spawn(async move {
