@@ -37,6 +37,11 @@ pub struct AskArgs {
     /// https:// director and tls:// entry servers.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Do not measure the round-trip time to the candidate entry servers before asking (by
+    /// default the device probes them for at most half a second and the director ranks probed
+    /// servers by what was measured).
+    #[arg(long)]
+    pub no_probe: bool,
 }
 
 impl AskArgs {
@@ -52,6 +57,39 @@ impl AskArgs {
     pub fn director(&self) -> Result<client::Director, Failure> {
         client::Director::with_ca_file(&self.director, self.ca_file.as_deref())
             .map_err(client_failure)
+    }
+
+    /// The request, with probe results unless `--no-probe` (see `client::probe`). What probing
+    /// did is said on stderr, so that stdout stays clean for pipes.
+    pub async fn probed_request(
+        &self,
+        director: &client::Director,
+        quiet: bool,
+    ) -> Result<AssignRequest, Failure> {
+        let mut req = self.request()?;
+        if self.no_probe {
+            return Ok(req);
+        }
+        let p = director
+            .probe(
+                self.location.as_deref(),
+                self.protocol()?,
+                client::PROBE_BUDGET,
+            )
+            .await;
+        if !quiet {
+            match &p.skipped {
+                Some(why) => eprintln!("probe: skipped ({why})"),
+                None => eprintln!(
+                    "probe: {} of {} entry servers answered in {} ms",
+                    p.results.len(),
+                    p.targets,
+                    p.took.as_millis()
+                ),
+            }
+        }
+        req.probes = p.results;
+        Ok(req)
     }
 
     pub fn request(&self) -> Result<AssignRequest, Failure> {
@@ -130,11 +168,12 @@ pub fn run(mut a: AssignArgs) -> Result<(), Failure> {
     if a.obs && a.ask.protocol.is_none() {
         a.ask.protocol = Some("rtmp".into());
     }
-    let req = a.ask.request()?;
     let director = a.ask.director()?;
-    let assignment = runtime()?
-        .block_on(director.assign(&req))
-        .map_err(client_failure)?;
+    let assignment = runtime()?.block_on(async {
+        // --ffmpeg and --obs probe on behalf of encoders that cannot.
+        let req = a.ask.probed_request(&director, a.json).await?;
+        director.assign(&req).await.map_err(client_failure)
+    })?;
     announce_key(&assignment);
     let key = assignment
         .stream_key
