@@ -604,10 +604,9 @@ async fn probing_times_the_targets_and_ends_by_the_budget() {
         ))
         .await
     };
-    let limited = serve(axum::Router::new().route(
-        "/v1/probe",
-        get(|| async { StatusCode::TOO_MANY_REQUESTS }),
-    ))
+    let limited = serve(
+        axum::Router::new().route("/v1/probe", get(|| async { StatusCode::TOO_MANY_REQUESTS })),
+    )
     .await;
     // Accepts connections and never answers.
     let silent_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -642,8 +641,17 @@ async fn probing_times_the_targets_and_ends_by_the_budget() {
     assert_eq!(p.results.len(), 1, "{:?}", p.results);
     assert_eq!(p.results[0].server_id.as_str(), "ok-1");
     assert_eq!(p.results[0].rtt_ms.len(), 5);
-    assert!(p.results[0].rtt_ms.iter().all(|r| *r > 0.0 && *r < 10_000.0));
-    assert_eq!(hits.load(Ordering::Relaxed), 6, "one set-up request and five timed");
+    assert!(
+        p.results[0]
+            .rtt_ms
+            .iter()
+            .all(|r| *r > 0.0 && *r < 10_000.0)
+    );
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        6,
+        "one set-up request and five timed"
+    );
     assert!(
         p.took >= budget && p.took < budget + Duration::from_millis(300),
         "the silent target holds the run until the budget, not longer: {:?}",
@@ -655,5 +663,11 @@ async fn probing_times_the_targets_and_ends_by_the_budget() {
     let d = Director::new(&format!("http://{none}")).expect("director");
     let p = d.probe(None, Protocol::Native, budget).await;
     assert!(p.results.is_empty());
-    assert!(p.skipped.as_deref().unwrap_or("").contains("no probe targets"), "{p:?}");
+    assert!(
+        p.skipped
+            .as_deref()
+            .unwrap_or("")
+            .contains("no probe targets"),
+        "{p:?}"
+    );
 }
