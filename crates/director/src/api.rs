@@ -876,6 +876,8 @@ async fn heartbeat_inner(
                 proto::api::ServerState::Ready => crate::registry::ServerState::Ready,
                 proto::api::ServerState::Draining => crate::registry::ServerState::Draining,
             },
+            // A server that says its disk is not ok is not assigned, whatever state it reports.
+            disk: hb.disk,
             streams,
         },
         Instant::now(),
@@ -990,7 +992,7 @@ fn server_record(r: crate::registry::ServerRecord) -> ServerRecord {
             crate::registry::ServerState::Ready => proto::api::ServerState::Ready,
             crate::registry::ServerState::Draining => proto::api::ServerState::Draining,
         },
-        disk: proto::api::DiskState::Ok,
+        disk: r.disk,
         health: match r.health {
             select::Health::Healthy => proto::api::Health::Healthy,
             select::Health::Unhealthy => proto::api::Health::Unhealthy,

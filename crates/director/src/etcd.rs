@@ -147,6 +147,8 @@ struct ServerDoc {
     registration: Registration,
     load: Load,
     state: ServerState,
+    #[serde(default)]
+    disk: proto::api::DiskState,
     /// Unix milliseconds of this write (for the load write interval).
     written_ms: u64,
 }
@@ -896,6 +898,7 @@ impl Shared {
                     registration: r.clone(),
                     load: Load::default(),
                     state: ServerState::Ready,
+                    disk: proto::api::DiskState::Ok,
                     written_ms: now_ms(),
                 };
                 let value = serde_json::to_vec(&doc).map_err(Failure::refused)?;
@@ -1004,11 +1007,14 @@ impl Shared {
             .filter(|k| !seen.contains(*k))
             .cloned()
             .collect();
-        let write_doc = hb.state != doc.state || (due && (hb.load != doc.load || seq_changed));
+        let write_doc = hb.state != doc.state
+            || hb.disk != doc.disk
+            || (due && (hb.load != doc.load || seq_changed));
         let mut ops = Vec::new();
         let new_doc = ServerDoc {
             load: hb.load,
             state: hb.state,
+            disk: hb.disk,
             written_ms: now,
             ..doc
         };
@@ -1221,6 +1227,7 @@ impl Shared {
             Heartbeat {
                 load: doc.load,
                 state: doc.state,
+                disk: doc.disk,
                 streams,
             },
             now,

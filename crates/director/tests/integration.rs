@@ -360,6 +360,28 @@ async fn drained_server_is_skipped_until_undrained() {
     let r = api.assign("192.0.2.1", json!({"location": "Paris"})).await;
     assert_eq!(primary(&r), "par-1");
 
+    // A server whose disk is full is skipped even if it says ready, and the list says why.
+    api.heartbeat("par-1", json!({"state": "ready", "disk": "full"}))
+        .await;
+    let r = api.assign("192.0.2.1", json!({"location": "Paris"})).await;
+    assert_ne!(primary(&r), "par-1");
+    let r = api.admin(Method::GET, "/v1/admin/entry-servers").await;
+    let par = r.json["entry_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "par-1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (par["disk"].as_str(), par["state"].as_str()),
+        (Some("full"), Some("ready"))
+    );
+    api.heartbeat("par-1", json!({"state": "ready", "disk": "ok"}))
+        .await;
+    let r = api.assign("192.0.2.1", json!({"location": "Paris"})).await;
+    assert_eq!(primary(&r), "par-1", "assigned again once its disk is ok");
+
     // A server that reports itself draining is skipped too.
     api.heartbeat("par-1", json!({"state": "draining"})).await;
     let r = api.assign("192.0.2.1", json!({"location": "Paris"})).await;
