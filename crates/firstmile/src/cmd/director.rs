@@ -160,6 +160,7 @@ async fn fake_fleet(d: Director, n: u32) {
                     cpu: 0.1,
                 },
                 state: director::registry::ServerState::Ready,
+                disk: proto::api::DiskState::Ok,
                 streams: Vec::new(),
             };
             let _ = d.registry().heartbeat(id, hb, now);
