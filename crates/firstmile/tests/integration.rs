@@ -105,12 +105,56 @@ fn sim_json_is_the_documented_shape_and_learned_is_not_worse() {
     let regret = |p: &str, k: &str| v["policies"][p][k]["mean"].as_f64().unwrap();
     assert_eq!(regret("oracle", "primary_regret_ms"), 0.0);
     assert!(regret("learned", "backup_regret_ms") < regret("nearest", "backup_regret_ms"));
-    // Human output names every policy.
-    let h = firstmile(&["sim", "--data", &shared_latency()]);
+    // Measured steering beats every estimate on the primary.
+    for p in ["probe", "history"] {
+        assert!(
+            regret(p, "primary_regret_ms") < regret("learned", "primary_regret_ms"),
+            "{p}: {v}"
+        );
+    }
+    assert_eq!(
+        (
+            &v["probe_targets"],
+            &v["probe_samples"],
+            &v["history_sessions"]
+        ),
+        (&5.into(), &5.into(), &5.into())
+    );
+    // Human output names every policy; the flags reach the simulation.
+    let h = firstmile(&[
+        "sim",
+        "--data",
+        &shared_latency(),
+        "--probe-targets",
+        "3",
+        "--probe-samples",
+        "7",
+        "--history-sessions",
+        "2",
+    ]);
     let text = stdout(&h);
-    for p in ["nearest", "estimate", "learned", "oracle"] {
+    for p in [
+        "nearest", "estimate", "learned", "probe", "history", "oracle",
+    ] {
         assert!(text.contains(p), "{text}");
     }
+    assert!(
+        text.contains(
+            "top 3 candidates per location, median of 7 samples; history: the session after 2"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn sim_with_impossible_probe_settings_exits_64_saying_what_is_accepted() {
+    let o = firstmile(&["sim", "--data", &shared_latency(), "--probe-samples", "0"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(
+        stderr(&o).contains("probe samples 0 must be 1 to 16"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
