@@ -61,7 +61,7 @@ run_wrk "nginx fixed JSON (1 worker)" "http://127.0.0.1:$NGINX_PORT/v1/assignmen
 
 for n in 100 10000; do
   RUST_LOG=warn "$BIN" director --listen "127.0.0.1:$DIR_PORT" --fake-fleet "$n" \
-    --set "auth.cluster_token=bench-cluster" --set "auth.admin_token=bench-admin" \
+    --set "auth.entry_key=bench-entry-key-0123456789abcdef0123" --set "auth.admin_token=bench-admin" \
     --set "tokens.signing_key_file=\"$work/director.key\"" \
     --set 'http.trusted_proxies=["127.0.0.0/8"]' \
     --set "http.rate_limit.per_second=1000000.0" --set "http.rate_limit.burst=1000000" &

@@ -551,6 +551,12 @@ impl StreamLog {
         self.shared.read().seek_time(pts)
     }
 
+    /// Whether a failure left the files in an unknown state: every write is refused; reopen
+    /// the log (recovery keeps what is durable).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
     fn check(&self) -> Result<(), LogError> {
         match &self.poisoned {
             None => Ok(()),

@@ -37,7 +37,7 @@ pub fn url_for(pick: &Pick, protocol: Protocol) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub struct Director {
     base: String,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Director {

@@ -53,11 +53,13 @@ pub mod core;
 pub mod director;
 pub mod error;
 pub mod play;
+pub mod probe;
 pub mod push;
 pub mod ring;
 
 pub use director::{AssignRequest, Assignment, Director, LocationInput, assign, url_for};
 pub use error::{ClientError, PlayError, PushError};
 pub use play::{PlayOptions, PlayStats, StartAt, play};
+pub use probe::{PROBE_BUDGET, Probed};
 pub use proto::api::Pick;
 pub use push::{PushConfig, PushProgress, PushSummary, Pusher};

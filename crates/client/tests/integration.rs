@@ -579,3 +579,95 @@ async fn play_waits_for_the_stream_then_copies_it_to_the_end() {
     .await
     .unwrap();
 }
+
+/// Probing: the targets the director names are timed at once, one connection each; a target
+/// that answers gives exactly the samples asked for (after one uncounted request that sets the
+/// connection up), one that never answers or is rate-limited is left out, and the whole run ends
+/// by the budget.
+#[tokio::test]
+async fn probing_times_the_targets_and_ends_by_the_budget() {
+    async fn serve(app: axum::Router) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, app).await });
+        addr
+    }
+    let hits = Arc::new(AtomicU32::new(0));
+    let ok = {
+        let hits = hits.clone();
+        serve(axum::Router::new().route(
+            "/v1/probe",
+            get(move || {
+                hits.fetch_add(1, Ordering::Relaxed);
+                async { StatusCode::NO_CONTENT }
+            }),
+        ))
+        .await
+    };
+    let limited = serve(
+        axum::Router::new().route("/v1/probe", get(|| async { StatusCode::TOO_MANY_REQUESTS })),
+    )
+    .await;
+    // Accepts connections and never answers.
+    let silent_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent = silent_l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent_l.accept().await {
+            held.push(s);
+        }
+    });
+    let targets = json!({
+        "samples": 5,
+        "targets": [
+            {"server_id": "ok-1", "pop": "ok", "url": format!("http://{ok}/v1/probe"), "for": ["primary"]},
+            {"server_id": "silent-1", "pop": "si", "url": format!("http://{silent}/v1/probe"), "for": ["primary"]},
+            {"server_id": "limited-1", "pop": "li", "url": format!("http://{limited}/v1/probe"), "for": ["backup"]},
+        ]
+    });
+    let director = serve(axum::Router::new().route(
+        "/v1/probe-targets",
+        get(move || {
+            let t = targets.clone();
+            async move { Json(t) }
+        }),
+    ))
+    .await;
+    let d = Director::new(&format!("http://{director}")).expect("director");
+    let budget = Duration::from_millis(400);
+    let p = d.probe(Some("Paris, FR"), Protocol::Native, budget).await;
+    assert_eq!(p.skipped, None);
+    assert_eq!(p.targets, 3);
+    assert_eq!(p.results.len(), 1, "{:?}", p.results);
+    assert_eq!(p.results[0].server_id.as_str(), "ok-1");
+    assert_eq!(p.results[0].rtt_ms.len(), 5);
+    assert!(
+        p.results[0]
+            .rtt_ms
+            .iter()
+            .all(|r| *r > 0.0 && *r < 10_000.0)
+    );
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        6,
+        "one set-up request and five timed"
+    );
+    assert!(
+        p.took >= budget && p.took < budget + Duration::from_millis(300),
+        "the silent target holds the run until the budget, not longer: {:?}",
+        p.took
+    );
+
+    // A director without probe targets: skipped, never an error.
+    let none = serve(axum::Router::new()).await;
+    let d = Director::new(&format!("http://{none}")).expect("director");
+    let p = d.probe(None, Protocol::Native, budget).await;
+    assert!(p.results.is_empty());
+    assert!(
+        p.skipped
+            .as_deref()
+            .unwrap_or("")
+            .contains("no probe targets"),
+        "{p:?}"
+    );
+}

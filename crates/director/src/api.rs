@@ -323,16 +323,34 @@ fn bearer_ok(headers: &HeaderMap, secret: &str) -> bool {
     bearer(headers).is_some_and(|t| constant_time_eq(t.as_bytes(), secret.as_bytes()))
 }
 
-fn require_cluster(d: &Director, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
-    if bearer_ok(headers, &d.config().auth.cluster_token) {
-        Ok(())
-    } else {
-        tracing::warn!(
-            call = what,
-            "entry-server call with a bad or missing cluster credential"
-        );
-        Err(ApiError::unauthorized("cluster credential"))
+/// The request carries the credential of entry server `id` itself (see `token::entry_credential`):
+/// a credential of another server is refused, so one leaked credential acts for one server only.
+fn require_entry(d: &Director, headers: &HeaderMap, id: &str, what: &str) -> Result<(), ApiError> {
+    match bearer(headers).and_then(|b| token::check_entry_credential(&d.config().auth.entry_key, b))
+    {
+        Some(s) if s.as_str() == id => Ok(()),
+        Some(s) => {
+            tracing::warn!(call = what, credential = %s, server = id, "entry-server call with another server's credential");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this credential belongs to entry server {s}, not {id}"),
+            ))
+        }
+        None => {
+            tracing::warn!(
+                call = what,
+                server = id,
+                "entry-server call with a bad or missing credential"
+            );
+            Err(ApiError::unauthorized("the entry server's own credential"))
+        }
     }
+}
+
+/// The entry server a request's credential proves, if any.
+fn entry_credential_id(d: &Director, headers: &HeaderMap) -> Option<ServerId> {
+    bearer(headers).and_then(|b| token::check_entry_credential(&d.config().auth.entry_key, b))
 }
 
 fn require_admin(d: &Director, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -673,7 +691,7 @@ fn check_number(field: &str, v: f64, min: f64, max: f64) -> Result<(), ApiError>
 /// An entry server joins the fleet (or re-registers).
 #[utoipa::path(post, path = "/v1/entry-servers", tag = "entry servers",
     request_body = Registration,
-    security(("cluster" = [])),
+    security(("entry_server" = [])),
     responses(
         (status = 200, body = Registered),
         (status = 401, body = ErrorBody),
@@ -685,8 +703,11 @@ async fn register(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Registered>, ApiError> {
-    require_cluster(&d, &headers, "register")?;
+    if entry_credential_id(&d, &headers).is_none() {
+        return Err(ApiError::unauthorized("the entry server's own credential"));
+    }
     let r: Registration = parse_json(&d, body)?;
+    require_entry(&d, &headers, r.id.as_str(), "register")?;
     if let Some(c) = &r.city {
         check_text("city", c, MAX_CITY_LEN)?;
     }
@@ -768,9 +789,12 @@ async fn register(
     d.registry().register(reg, Instant::now())?;
     tracing::info!(server = %r.id, "entry server registered");
     let hb = &d.config().heartbeat;
+    let (peer_token, peer_token_expires_at) = d.peer_token(&r.id);
     Ok(Json(Registered {
         heartbeat_interval_ms: hb.interval_ms,
         missed_heartbeats_allowed: hb.missed_allowed,
+        peer_token,
+        peer_token_expires_at,
     }))
 }
 
@@ -781,7 +805,7 @@ async fn register(
 #[utoipa::path(put, path = "/v1/entry-servers/{id}/heartbeat", tag = "entry servers",
     params(("id" = ServerId, Path, description = "The server")),
     request_body = Heartbeat,
-    security(("cluster" = [])),
+    security(("entry_server" = [])),
     responses(
         (status = 200, body = HeartbeatAnswer),
         (status = 401, body = ErrorBody),
@@ -794,7 +818,11 @@ async fn heartbeat(
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
-    if let Err(e) = require_cluster(&d, &headers, "heartbeat") {
+    let id = match &path {
+        Ok(Path(id)) => id.clone(),
+        Err(_) => String::new(),
+    };
+    if let Err(e) = require_entry(&d, &headers, &id, "heartbeat") {
         d.inner.metrics.heartbeat("unauthorized");
         return Err(e);
     }
@@ -848,6 +876,8 @@ async fn heartbeat_inner(
                 proto::api::ServerState::Ready => crate::registry::ServerState::Ready,
                 proto::api::ServerState::Draining => crate::registry::ServerState::Draining,
             },
+            // A server that says its disk is not ok is not assigned, whatever state it reports.
+            disk: hb.disk,
             streams,
         },
         Instant::now(),
@@ -862,13 +892,23 @@ async fn heartbeat_inner(
     if !ms.is_empty() {
         d.learn(id.as_str(), ms);
     }
-    Ok(Json(HeartbeatAnswer { superseded }))
+    let (peer_token, peer_token_expires_at) = if hb.want_peer_token {
+        let (t, e) = d.peer_token(&id);
+        (Some(t), Some(e))
+    } else {
+        (None, None)
+    };
+    Ok(Json(HeartbeatAnswer {
+        superseded,
+        peer_token,
+        peer_token_expires_at,
+    }))
 }
 
 /// An entry server leaves the fleet.
 #[utoipa::path(delete, path = "/v1/entry-servers/{id}", tag = "entry servers",
     params(("id" = ServerId, Path, description = "The server")),
-    security(("cluster" = [])),
+    security(("entry_server" = [])),
     responses(
         (status = 204, description = "Deregistered"),
         (status = 401, body = ErrorBody),
@@ -879,8 +919,8 @@ async fn deregister(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    require_cluster(&d, &headers, "deregister")?;
     let id: ServerId = path_id(path, "entry server")?;
+    require_entry(&d, &headers, id.as_str(), "deregister")?;
     d.registry().deregister(id.as_str())?;
     tracing::info!(server = %id, "entry server deregistered");
     Ok(StatusCode::NO_CONTENT)
@@ -891,7 +931,7 @@ async fn deregister(
 #[utoipa::path(post, path = "/v1/entry-servers/{id}/publishes", tag = "entry servers",
     params(("id" = ServerId, Path, description = "The entry server the encoder reached")),
     request_body = PublishRequest,
-    security(("cluster" = [])),
+    security(("entry_server" = [])),
     responses(
         (status = 200, body = PublishGrant),
         (status = 401, body = ErrorBody),
@@ -905,8 +945,8 @@ async fn publish(
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PublishGrant>, ApiError> {
-    require_cluster(&d, &headers, "publish")?;
     let id: ServerId = path_id(path, "entry server")?;
+    require_entry(&d, &headers, id.as_str(), "publish")?;
     if d.registry().server(id.as_str(), Instant::now()).is_none() {
         return Err(ApiError::not_found(format!(
             "entry server {id} is not registered: register first"
@@ -952,7 +992,7 @@ fn server_record(r: crate::registry::ServerRecord) -> ServerRecord {
             crate::registry::ServerState::Ready => proto::api::ServerState::Ready,
             crate::registry::ServerState::Draining => proto::api::ServerState::Draining,
         },
-        disk: proto::api::DiskState::Ok,
+        disk: r.disk,
         health: match r.health {
             select::Health::Healthy => proto::api::Health::Healthy,
             select::Health::Unhealthy => proto::api::Health::Unhealthy,
@@ -1188,6 +1228,10 @@ async fn readyz(State(d): State<Director>) -> Response {
         b.status = ReadinessStatus::NotReady;
         b.reason = Some("the fleet view has not been loaded from the shared registry yet".into());
         (StatusCode::SERVICE_UNAVAILABLE, Json(b)).into_response()
+    } else if !d.inner.streams.complete() {
+        b.status = ReadinessStatus::NotReady;
+        b.reason = Some("the stream documents have not been loaded from etcd yet".into());
+        (StatusCode::SERVICE_UNAVAILABLE, Json(b)).into_response()
     } else {
         if reg.degraded {
             b.status = ReadinessStatus::Degraded;
@@ -1209,6 +1253,13 @@ async fn metrics(State(d): State<Director>) -> Response {
         .registry_degraded
         .set(i64::from(status.degraded));
     d.inner.metrics.etcd_writes(status.writes);
+    d.inner
+        .metrics
+        .stream_conflicts(d.inner.streams.conflicts());
+    d.inner
+        .metrics
+        .streams_unwritten
+        .set(i64::try_from(d.inner.streams.unwritten()).unwrap_or(i64::MAX));
     (
         [(
             CONTENT_TYPE,
@@ -1259,7 +1310,7 @@ impl MakeRequestId for RequestIds {
     tags(
         (name = "devices", description = "What encoders and the firstmile client call"),
         (name = "viewers", description = "Where streams are, and playback tokens"),
-        (name = "entry servers", description = "Registration, heartbeats, key publishes (cluster credential)"),
+        (name = "entry servers", description = "Registration, heartbeats, key publishes (each server's own credential)"),
         (name = "admin", description = "Operators (admin token)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
@@ -1279,7 +1330,10 @@ impl Modify for Security {
                     .build(),
             )
         };
-        c.add_security_scheme("cluster", bearer("The cluster credential of entry servers"));
+        c.add_security_scheme(
+            "entry_server",
+            bearer("The entry server's own credential: <id>:<HMAC-SHA256(entry_key, id)>"),
+        );
         c.add_security_scheme("admin", bearer("The operators' admin token"));
         c.add_security_scheme("stream_key", bearer("The stream's key"));
         for (name, schema) in proto::api::schemas() {

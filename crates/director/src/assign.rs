@@ -206,6 +206,9 @@ impl Director {
             .inner
             .streams
             .modify(&stream, |doc| {
+                // A shared store calls this again after a lost compare-and-swap: only the last
+                // run's key was stored.
+                created_key = None;
                 let own = publish::check(mode, &stream, doc, key.as_ref(), fresh_key)?;
                 let mut d = match (own, doc) {
                     (Ownership::Existing, Some(d)) => d.clone(),

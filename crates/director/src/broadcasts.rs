@@ -468,6 +468,10 @@ impl Director {
     ) -> Vec<BroadcastRef> {
         let now = self.unix_now();
         let mut end = Vec::new();
+        if !self.inner.streams.complete() {
+            // Shared documents not loaded yet: an unknown stream may well exist.
+            return end;
+        }
         for r in reports {
             let Some(doc) = self.inner.streams.cached(&r.stream) else {
                 if r.live {

@@ -97,15 +97,26 @@ impl Default for DirectorConfig {
     }
 }
 
-/// Shared secrets. Both sides of each must be configured with the same value.
+/// Secrets. The director holds the entry key; each entry server holds only its own credential,
+/// derived from it (`firstmile keygen --entry ID`).
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Entry servers present this as `Authorization: Bearer <cluster_token>`.
-    pub cluster_token: String,
+    /// The key entry servers' credentials are derived from: an entry server presents
+    /// `Authorization: Bearer <id>:<HMAC-SHA256(entry_key, id)>`, which proves that id and no
+    /// other. At least 32 characters; never given to an entry server.
+    pub entry_key: String,
     /// Operators present this on `/v1/admin/...`.
     pub admin_token: String,
 }
+
+/// Secrets shipped in `examples/` (and their obvious shape): a director refuses to serve with
+/// them ([`DirectorConfig::check_secrets`]); `firstmile up` makes random ones.
+const EXAMPLE_SECRETS: &[&str] = &[
+    "change-me-entry-key-0123456789abcdef",
+    "change-me-admin-token",
+    "change-me",
+];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -179,7 +190,7 @@ pub struct HttpConfig {
     /// longest without sending a complete request; when none has, it is refused (HTTP: 503 with
     /// Retry-After; HTTPS: closed).
     pub max_connections: usize,
-    /// Connections from one address (IPv6: one /64) that have not sent the cluster or admin
+    /// Connections from one address (IPv6: one /64) that have not sent an entry-server or admin
     /// credential. Over it: refused the same way.
     pub max_connections_per_ip: usize,
     /// A new connection must finish its TLS handshake and send a complete first request head
@@ -655,10 +666,12 @@ impl DirectorConfig {
     /// Check ranges and cross-field rules (no I/O). [`DirectorConfig::load`] calls it; call it
     /// yourself on a config built in code.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.auth.cluster_token.trim().is_empty() {
+        if self.auth.entry_key.trim().chars().count() < 32 {
             return Err(key_err(
-                "auth.cluster_token",
-                "is required: the shared secret entry servers present (Authorization: Bearer)",
+                "auth.entry_key",
+                "is required, at least 32 characters: the key each entry server's own credential \
+                 is derived from (`firstmile keygen --entry ID --entry-key KEY` prints one); \
+                 it replaces the shared auth.cluster_token of earlier versions",
             ));
         }
         if self.auth.admin_token.trim().is_empty() {
@@ -668,10 +681,10 @@ impl DirectorConfig {
             ));
         }
         self.publish.validate()?;
-        if self.auth.admin_token == self.auth.cluster_token {
+        if self.auth.admin_token == self.auth.entry_key {
             return Err(key_err(
                 "auth.admin_token",
-                "must differ from auth.cluster_token",
+                "must differ from auth.entry_key",
             ));
         }
         if !(10..=7 * 86_400).contains(&self.tokens.ttl_s) {
@@ -757,6 +770,24 @@ impl DirectorConfig {
             .map_err(|m| key_err("default_place", m))
     }
 
+    /// Refuse the example secrets (and anything starting with `change-me`): a director that
+    /// serves with them can be driven by anyone who read the examples.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("auth.entry_key", &self.auth.entry_key),
+            ("auth.admin_token", &self.auth.admin_token),
+        ] {
+            if EXAMPLE_SECRETS.contains(&v.as_str()) || v.starts_with("change-me") {
+                return Err(key_err(
+                    key,
+                    "is the example's placeholder: set a secret of your own \
+                     (e.g. `openssl rand -hex 32`), in the environment rather than the file",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The effective configuration as TOML, secrets replaced by `"<redacted>"`.
     pub fn to_redacted_toml(&self) -> String {
         let mut c = self.clone();
@@ -765,7 +796,7 @@ impl DirectorConfig {
                 *s = "<redacted>".into();
             }
         };
-        redact(&mut c.auth.cluster_token);
+        redact(&mut c.auth.entry_key);
         redact(&mut c.auth.admin_token);
         if c.registry.etcd.password.is_some() {
             c.registry.etcd.password = Some("<redacted>".into());

@@ -15,11 +15,15 @@
 //! - writes what the trait's methods queued: they apply a change to the local view at once (the
 //!   director that took a registration sees it immediately) and hand the etcd write to the task
 //!   through a bounded channel, so they never block on etcd. Each write, however many requests
-//!   it takes, gives up after `registry.etcd.request_timeout_ms`;
+//!   it takes, gives up after `registry.etcd.request_timeout_ms`. Heartbeats (lease renewals)
+//!   have a lane of their own, written before anything else: the latest per server, so it never
+//!   grows past the fleet and never drops one; a renewal that failed is written first on the
+//!   next member. A renewal that waits longer than half a lease makes the director *degraded*
+//!   in `/readyz` ("lease renewals are late"), before any lease can run out;
 //! - when no member of the cluster can be reached, marks the director *degraded* and retries
 //!   with backoff (100 ms doubling to `registry.etcd.retry_max_ms`). Meanwhile the view stays as
 //!   it was plus the changes this director takes itself; registrations, deregistrations, drains
-//!   and assignments are kept (up to 10,000) and written when etcd returns. Heartbeats are not
+//!   are kept (up to 10,000) and written when etcd returns. Heartbeats are not
 //!   kept: the next one carries the same news.
 //!
 //! **Failover between members.** The task talks to one member at a time, starting with the first
@@ -46,7 +50,7 @@
 //! | `{prefix}/servers/{id}` | JSON: registration, load, state, `written_ms` | the server's |
 //! | `{prefix}/ingest/{id}/{stream}/{role}` | JSON: `next_seq`, `live` | the server's |
 //! | `{prefix}/drain/{id}` | `1` (operator drain) | none: survives re-registration |
-//! | `{prefix}/assignments/{stream}` | JSON: primary and backup picks, times | per director, `tokens.ttl_s` + 60 s, renewed each minute |
+//! | `{prefix}/streams/{id}` | JSON: the stream's document (key hash, broadcasts): [`crate::etcd_streams`], which loads and watches these keys itself (the registry's range ends before them) | none |
 //!
 //! **Liveness: the lease is authoritative.** Registration grants a lease of
 //! `ceil(heartbeat.interval_ms × heartbeat.missed_allowed)` seconds and puts the server's keys
@@ -72,7 +76,7 @@
 //! | server key (state) | ready ↔ draining | rare |
 //! | ingest keys | a stream starts, stops, goes live (next_seq rides with the load write) | one per change |
 //! | registration | lease grant + one transaction | rare |
-//! | assignment | one put (+ one lease grant per director per minute) | the assignment rate |
+//! | stream document | one compare-and-swap per go-live, continuation, end (not per assignment of an existing broadcast's path) | the go-live rate |
 //!
 //! so about 200 writes per second plus stream churn, whatever the number of directors.
 //!
@@ -101,7 +105,6 @@ use crate::registry::{
     Expiry, Heartbeat, IngestReport, MemoryRegistry, Registration, Registry, RegistryError,
     RegistryStatus, ServerRecord, ServerState, StreamReport, Versions,
 };
-use crate::state::AssignmentRecord;
 
 /// Changes kept while etcd is unreachable, at most (the oldest are dropped first).
 const MAX_PENDING: usize = 10_000;
@@ -110,8 +113,6 @@ const QUEUE: usize = 65_536;
 /// Operations per etcd transaction (etcd's default `--max-txn-ops` is 128).
 const TXN_OPS: usize = 128;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// The assignment lease is replaced this often (so it outlives every assignment by at most this).
-const ASSIGNMENT_LEASE_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the etcd registry cannot be built (configuration read at start-up).
 #[derive(Debug, thiserror::Error)]
@@ -128,19 +129,9 @@ pub enum EtcdError {
 #[derive(Debug, Clone)]
 enum Op {
     Register(Registration),
-    Beat {
-        id: String,
-        hb: Heartbeat,
-    },
+    Beat { id: String, hb: Heartbeat },
     Deregister(String),
-    Drain {
-        id: String,
-        drained: bool,
-    },
-    Assign {
-        stream: String,
-        rec: AssignmentRecord,
-    },
+    Drain { id: String, drained: bool },
 }
 
 impl Op {
@@ -156,6 +147,8 @@ struct ServerDoc {
     registration: Registration,
     load: Load,
     state: ServerState,
+    #[serde(default)]
+    disk: proto::api::DiskState,
     /// Unix milliseconds of this write (for the load write interval).
     written_ms: u64,
 }
@@ -180,7 +173,6 @@ struct View {
     /// server id → (stream, role) → report.
     reports: HashMap<String, HashMap<(String, Role), ReportDoc>>,
     drained: HashSet<String>,
-    assignments: HashMap<String, AssignmentRecord>,
 }
 
 /// Settings resolved from the configuration.
@@ -193,20 +185,12 @@ struct Settings {
     request_timeout: Duration,
     retry_max: Duration,
     lease_ttl_s: i64,
-    assignment_ttl_s: i64,
     load_write_ms: u64,
 }
 
 /// The requests that write keys (counted in `firstmile_director_etcd_writes_total`): what the
 /// write budget in the module docs bounds. Lease grants and renewals are not key writes.
-const WRITES: [&str; 6] = [
-    "register",
-    "deregister",
-    "drain",
-    "undrain",
-    "assignment",
-    "heartbeat",
-];
+const WRITES: [&str; 5] = ["register", "deregister", "drain", "undrain", "heartbeat"];
 
 #[derive(Debug)]
 struct Shared {
@@ -222,6 +206,18 @@ struct Shared {
     /// Servers registered through this director whose registration is not in etcd yet: a
     /// reload or a delete event must not drop them from the view meanwhile.
     unwritten: Mutex<HashSet<String>>,
+    /// The renewal lane: the latest heartbeat per server not written yet, and when the oldest
+    /// of them arrived. Written before anything else (see [`Shared::renewals_first`]).
+    beats: Mutex<Beats>,
+    beat_wake: tokio::sync::Notify,
+}
+
+/// Heartbeats waiting for etcd, one per server (a newer one replaces the older: it renews the
+/// same lease and carries newer load), in arrival order.
+#[derive(Debug, Default)]
+struct Beats {
+    latest: HashMap<String, (Heartbeat, Instant)>,
+    order: VecDeque<String>,
 }
 
 /// The etcd-backed registry (see the module docs). Its background task starts on first use
@@ -255,6 +251,47 @@ impl EtcdRegistry {
     /// anything binds), connects nothing yet.
     pub fn from_config(config: &DirectorConfig) -> Result<Self, EtcdError> {
         let e: &EtcdConfig = &config.registry.etcd;
+        let options = connect_options(e)?;
+        let hb = &config.heartbeat;
+        let ttl_ms = hb.interval_ms.saturating_mul(u64::from(hb.missed_allowed));
+        let cfg = Settings {
+            endpoints: e.endpoints.clone(),
+            root: format!("{}/", e.prefix),
+            options,
+            request_timeout: Duration::from_millis(e.request_timeout_ms),
+            retry_max: Duration::from_millis(e.retry_max_ms),
+            lease_ttl_s: i64::try_from(ttl_ms.div_ceil(1000).max(1)).unwrap_or(i64::MAX),
+            load_write_ms: e.load_write_interval_ms,
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let r = Self {
+            shared: Arc::new(Shared {
+                local: MemoryRegistry::new(config.limits.max_servers),
+                view: Mutex::new(View::default()),
+                cfg,
+                synced: AtomicBool::new(false),
+                degraded: AtomicBool::new(false),
+                detail: Mutex::new(Some("not connected to etcd yet".into())),
+                dropped: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
+                unwritten: Mutex::new(HashSet::new()),
+                beats: Mutex::new(Beats::default()),
+                beat_wake: tokio::sync::Notify::new(),
+            }),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            started: AtomicBool::new(false),
+            task: Mutex::new(None),
+        };
+        r.ensure_started();
+        Ok(r)
+    }
+}
+
+/// The client options of `registry.etcd` (timeouts, credentials, TLS files read now, so a missing
+/// file fails before anything binds). Shared by the registry and the stream store.
+pub(crate) fn connect_options(e: &EtcdConfig) -> Result<ConnectOptions, EtcdError> {
+    {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_millis(e.connect_timeout_ms))
             .with_keep_alive(
@@ -278,41 +315,11 @@ impl EtcdRegistry {
             }
             options = options.with_tls(tls);
         }
-        let hb = &config.heartbeat;
-        let ttl_ms = hb.interval_ms.saturating_mul(u64::from(hb.missed_allowed));
-        let cfg = Settings {
-            endpoints: e.endpoints.clone(),
-            root: format!("{}/", e.prefix),
-            options,
-            request_timeout: Duration::from_millis(e.request_timeout_ms),
-            retry_max: Duration::from_millis(e.retry_max_ms),
-            lease_ttl_s: i64::try_from(ttl_ms.div_ceil(1000).max(1)).unwrap_or(i64::MAX),
-            assignment_ttl_s: i64::try_from(config.tokens.ttl_s.saturating_add(60))
-                .unwrap_or(i64::MAX),
-            load_write_ms: e.load_write_interval_ms,
-        };
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let r = Self {
-            shared: Arc::new(Shared {
-                local: MemoryRegistry::new(config.limits.max_servers),
-                view: Mutex::new(View::default()),
-                cfg,
-                synced: AtomicBool::new(false),
-                degraded: AtomicBool::new(false),
-                detail: Mutex::new(Some("not connected to etcd yet".into())),
-                dropped: AtomicU64::new(0),
-                writes: AtomicU64::new(0),
-                unwritten: Mutex::new(HashSet::new()),
-            }),
-            tx,
-            rx: Mutex::new(Some(rx)),
-            started: AtomicBool::new(false),
-            task: Mutex::new(None),
-        };
-        r.ensure_started();
-        Ok(r)
+        Ok(options)
     }
+}
 
+impl EtcdRegistry {
     /// Start the background task if it is not running and a tokio runtime is at hand.
     fn ensure_started(&self) {
         if self.started.load(Ordering::Acquire) {
@@ -373,10 +380,8 @@ impl Registry for EtcdRegistry {
 
     fn heartbeat(&self, id: &str, hb: Heartbeat, now: Instant) -> Result<(), RegistryError> {
         self.shared.local.heartbeat(id, hb.clone(), now)?;
-        self.send(Op::Beat {
-            id: id.to_string(),
-            hb,
-        });
+        self.ensure_started();
+        self.shared.queue_beat(id, hb, now);
         Ok(())
     }
 
@@ -422,35 +427,30 @@ impl Registry for EtcdRegistry {
         self.ensure_started();
         let s = &self.shared;
         let synced = s.synced.load(Ordering::Acquire);
-        let degraded = s.degraded.load(Ordering::Acquire);
+        let mut degraded = s.degraded.load(Ordering::Acquire);
+        let mut detail = if synced && !degraded {
+            None
+        } else {
+            s.detail.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        };
+        // Reachable, but renewals wait longer than half a lease: servers are about to expire.
+        let lag = s.renewal_lag(Instant::now());
+        let half = Duration::from_secs(u64::try_from(s.cfg.lease_ttl_s).unwrap_or(1)) / 2;
+        if !degraded && lag > half {
+            degraded = true;
+            detail = Some(format!(
+                "lease renewals are late: the oldest heartbeat waits for etcd since {} ms (leases last {} s)",
+                lag.as_millis(),
+                s.cfg.lease_ttl_s
+            ));
+        }
         RegistryStatus {
             backend: "etcd",
             synced,
             degraded,
-            detail: if synced && !degraded {
-                None
-            } else {
-                s.detail.lock().unwrap_or_else(|p| p.into_inner()).clone()
-            },
+            detail,
             writes: s.writes.load(Ordering::Relaxed),
         }
-    }
-
-    fn remember_assignment(&self, stream: &str, rec: &AssignmentRecord) {
-        self.send(Op::Assign {
-            stream: stream.to_string(),
-            rec: rec.clone(),
-        });
-    }
-
-    fn assignment(&self, stream: &str) -> Option<AssignmentRecord> {
-        self.shared
-            .view
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .assignments
-            .get(stream)
-            .cloned()
     }
 }
 
@@ -472,14 +472,12 @@ struct Carry {
     pending: VecDeque<Op>,
     /// The revision the view is current to, when the watch can resume after it (no reload).
     resume: Option<i64>,
-    /// (lease id, granted at) used for assignments (leases are cluster-wide).
-    assignment_lease: Option<(i64, Instant)>,
     backoff: Duration,
 }
 
 /// Why a request to etcd failed, which decides what happens next.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// The member did not answer, or cannot serve now (no leader, unavailable, timed out):
     /// another member may, so the session fails over.
     Member(String),
@@ -489,7 +487,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn of(what: &str, e: &etcd_client::Error) -> Self {
+    pub(crate) fn of(what: &str, e: &etcd_client::Error) -> Self {
         // gRPC status codes: INVALID_ARGUMENT 3, NOT_FOUND 5, ALREADY_EXISTS 6,
         // PERMISSION_DENIED 7, FAILED_PRECONDITION 9, OUT_OF_RANGE 11.
         let refused = match e {
@@ -523,6 +521,70 @@ impl std::fmt::Display for Failure {
 type EtcdResult<T> = Result<T, Failure>;
 
 impl Shared {
+    fn queue_beat(&self, id: &str, hb: Heartbeat, now: Instant) {
+        let mut b = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        match b.latest.get_mut(id) {
+            // Keep the first arrival time: the lease has waited since then.
+            Some(e) => e.0 = hb,
+            None => {
+                b.latest.insert(id.to_string(), (hb, now));
+                b.order.push_back(id.to_string());
+            }
+        }
+        drop(b);
+        self.beat_wake.notify_one();
+    }
+
+    /// How long the oldest heartbeat not written yet has waited.
+    fn renewal_lag(&self, now: Instant) -> Duration {
+        let b = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        b.order
+            .front()
+            .and_then(|id| b.latest.get(id))
+            .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at))
+    }
+
+    fn next_beat(&self) -> Option<(String, Heartbeat, Instant)> {
+        let mut b = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(id) = b.order.pop_front() {
+            if let Some((hb, at)) = b.latest.remove(&id) {
+                return Some((id, hb, at));
+            }
+        }
+        None
+    }
+
+    /// A heartbeat whose write failed goes back to the front (unless a newer one came).
+    fn requeue_beat(&self, id: String, hb: Heartbeat, at: Instant) {
+        let mut b = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = b.latest.get_mut(&id) {
+            e.1 = e.1.min(at);
+            return;
+        }
+        b.latest.insert(id.clone(), (hb, at));
+        b.order.push_front(id);
+    }
+
+    /// Write every waiting heartbeat (lease renewals) before any other change: a burst of
+    /// registrations or drains never makes a lease run out. Err: the member failed (the
+    /// heartbeat is back at the front, written first on the next member).
+    async fn renewals_first(&self, client: &mut Client) -> Result<(), String> {
+        while let Some((id, hb, at)) = self.next_beat() {
+            let op = Op::Beat { id, hb };
+            match self.write(client, &op).await {
+                Ok(()) => {}
+                Err(Failure::Refused(e)) => self.refused(&op, &e),
+                Err(Failure::Member(e)) => {
+                    if let Op::Beat { id, hb } = op {
+                        self.requeue_beat(id, hb, at);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -578,7 +640,6 @@ impl Shared {
         let mut carry = Carry {
             pending: VecDeque::new(),
             resume: None,
-            assignment_lease: None,
             backoff: MIN_BACKOFF,
         };
         loop {
@@ -645,8 +706,11 @@ impl Shared {
             Ok(c) => c,
             Err(e) => return Ended::Failed(e.to_string()),
         };
+        if let Err(e) = self.renewals_first(&mut client).await {
+            return Ended::Failed(e);
+        }
         while let Some(op) = carry.pending.pop_front() {
-            match self.write(&mut client, carry, &op).await {
+            match self.write(&mut client, &op).await {
                 Ok(()) => {}
                 Err(Failure::Refused(e)) => self.refused(&op, &e),
                 Err(Failure::Member(e)) => {
@@ -679,7 +743,10 @@ impl Shared {
                 let got = self
                     .timed(
                         "load",
-                        client.get(root.as_bytes(), Some(GetOptions::new().with_prefix())),
+                        client.get(
+                            root.as_bytes(),
+                            Some(GetOptions::new().with_range(self.fleet_end())),
+                        ),
                     )
                     .await;
                 let mut got = match got {
@@ -699,7 +766,7 @@ impl Shared {
                     root.as_bytes(),
                     Some(
                         WatchOptions::new()
-                            .with_prefix()
+                            .with_range(self.fleet_end())
                             .with_start_revision(rev + 1),
                     ),
                 ),
@@ -729,8 +796,18 @@ impl Shared {
             revision = rev,
             "etcd fleet view current; watching"
         );
+        if let Err(e) = self.renewals_first(&mut client).await {
+            return Ended::Lost(e);
+        }
         loop {
             tokio::select! {
+                // Lease renewals first, always: other writes wait behind them, never the reverse.
+                biased;
+                _ = self.beat_wake.notified() => {
+                    if let Err(e) = self.renewals_first(&mut client).await {
+                        return Ended::Lost(e);
+                    }
+                }
                 msg = watch.message() => match msg {
                     Ok(Some(resp)) => {
                         if resp.canceled() || resp.compact_revision() > 0 {
@@ -743,12 +820,11 @@ impl Shared {
                 },
                 op = rx.recv() => match op {
                     None => return Ended::Closed,
-                    Some(op) => match self.write(&mut client, carry, &op).await {
+                    Some(op) => match self.write(&mut client, &op).await {
                         Ok(()) => {}
                         Err(Failure::Refused(e)) => self.refused(&op, &e),
                         Err(Failure::Member(e)) => {
-                            // Retried first on the next member (a heartbeat too: it renews a
-                            // lease that should not run out during the failover).
+                            // Retried first on the next member (after the waiting renewals).
                             carry.pending.push_front(op);
                             return Ended::Lost(e);
                         }
@@ -776,14 +852,9 @@ impl Shared {
     }
 
     /// Write one change, within one request timeout however many requests it takes.
-    async fn write(&self, client: &mut Client, carry: &mut Carry, op: &Op) -> EtcdResult<()> {
+    async fn write(&self, client: &mut Client, op: &Op) -> EtcdResult<()> {
         let timeout = self.cfg.request_timeout;
-        match tokio::time::timeout(
-            timeout,
-            self.execute(client, &mut carry.assignment_lease, op),
-        )
-        .await
-        {
+        match tokio::time::timeout(timeout, self.execute(client, op)).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Member(format!(
                 "write: no answer within {timeout:?}"
@@ -802,17 +873,18 @@ impl Shared {
         }
     }
 
+    /// The end of the fleet's key range: `{prefix}/streams/` and after belong to the stream
+    /// store ([`crate::etcd_streams`]), which loads and watches its own keys.
+    fn fleet_end(&self) -> String {
+        format!("{}{}", self.cfg.root, crate::etcd_streams::KIND)
+    }
+
     fn key(&self, kind: &str, rest: &str) -> String {
         format!("{}{kind}/{rest}", self.cfg.root)
     }
 
     /// Write one change to etcd, and into the view (the watch echo then changes nothing).
-    async fn execute(
-        &self,
-        client: &mut Client,
-        assignment_lease: &mut Option<(i64, Instant)>,
-        op: &Op,
-    ) -> EtcdResult<()> {
+    async fn execute(&self, client: &mut Client, op: &Op) -> EtcdResult<()> {
         match op {
             Op::Register(r) => {
                 let lease = self
@@ -826,6 +898,7 @@ impl Shared {
                     registration: r.clone(),
                     load: Load::default(),
                     state: ServerState::Ready,
+                    disk: proto::api::DiskState::Ok,
                     written_ms: now_ms(),
                 };
                 let value = serde_json::to_vec(&doc).map_err(Failure::refused)?;
@@ -870,46 +943,6 @@ impl Shared {
                 } else {
                     self.timed("undrain", client.delete(key, None)).await?;
                     self.lock_view().drained.remove(id);
-                }
-            }
-            Op::Assign { stream, rec } => {
-                let value = serde_json::to_vec(rec).map_err(Failure::refused)?;
-                // Twice at most: the second time with a new lease, if the first one is gone
-                // (etcd restored from a snapshot).
-                let mut again = true;
-                loop {
-                    let lease = match *assignment_lease {
-                        Some((l, at)) if at.elapsed() < ASSIGNMENT_LEASE_EVERY => l,
-                        _ => {
-                            let l = self
-                                .timed(
-                                    "lease grant",
-                                    client.lease_grant(self.cfg.assignment_ttl_s, None),
-                                )
-                                .await?
-                                .id();
-                            *assignment_lease = Some((l, Instant::now()));
-                            l
-                        }
-                    };
-                    let put = self
-                        .timed(
-                            "assignment",
-                            client.put(
-                                self.key("assignments", stream),
-                                value.clone(),
-                                Some(PutOptions::new().with_lease(lease)),
-                            ),
-                        )
-                        .await;
-                    match put {
-                        Ok(_) => break,
-                        Err(Failure::Refused(_)) if again => {
-                            *assignment_lease = None;
-                            again = false;
-                        }
-                        Err(e) => return Err(e),
-                    }
                 }
             }
         }
@@ -974,11 +1007,14 @@ impl Shared {
             .filter(|k| !seen.contains(*k))
             .cloned()
             .collect();
-        let write_doc = hb.state != doc.state || (due && (hb.load != doc.load || seq_changed));
+        let write_doc = hb.state != doc.state
+            || hb.disk != doc.disk
+            || (due && (hb.load != doc.load || seq_changed));
         let mut ops = Vec::new();
         let new_doc = ServerDoc {
             load: hb.load,
             state: hb.state,
+            disk: hb.disk,
             written_ms: now,
             ..doc
         };
@@ -1054,11 +1090,7 @@ impl Shared {
             self.apply_server(&id, now);
         }
         let v = self.lock_view();
-        tracing::info!(
-            servers = v.servers.len(),
-            assignments = v.assignments.len(),
-            "etcd fleet view loaded"
-        );
+        tracing::info!(servers = v.servers.len(), "etcd fleet view loaded");
     }
 
     /// Apply one key's change to the view; note which servers need re-applying locally.
@@ -1144,20 +1176,6 @@ impl Shared {
                 }
                 touched.insert(rest.to_string());
             }
-            "assignments" => {
-                if put {
-                    match serde_json::from_slice::<AssignmentRecord>(kv.value()) {
-                        Ok(a) => {
-                            v.assignments.insert(rest.to_string(), a);
-                        }
-                        Err(e) => {
-                            tracing::warn!(key, error = %e, "bad assignment in etcd: skipped")
-                        }
-                    }
-                } else {
-                    v.assignments.remove(rest);
-                }
-            }
             _ => {}
         }
     }
@@ -1209,6 +1227,7 @@ impl Shared {
             Heartbeat {
                 load: doc.load,
                 state: doc.state,
+                disk: doc.disk,
                 streams,
             },
             now,

@@ -17,6 +17,7 @@
 //! - [`config`]: the configuration and its layering;
 //! - [`registry`]: the entry-server registry behind a trait ([`Registry`], [`MemoryRegistry`]);
 //! - [`etcd`]: the registry shared by several directors on etcd ([`EtcdRegistry`]);
+//! - [`etcd_streams`]: the stream documents shared by them (owners, broadcasts);
 //! - [`state`]: the fleet snapshot (lock-free reads), learned corrections, remembered
 //!   assignments, heartbeat expiry;
 //! - [`api`]: the HTTP handlers, input validation, client-IP rules;
@@ -33,6 +34,7 @@ pub mod clientip;
 pub mod config;
 pub mod convert;
 pub mod etcd;
+pub mod etcd_streams;
 pub mod metrics;
 pub mod publish;
 pub mod ratelimit;
@@ -58,7 +60,7 @@ const DESCRIPTOR_HEADROOM: u64 = 512;
 /// requests finish before it returns.
 ///
 /// The listener is a `plumbing::listen` gate with the `http.*` caps and timeouts: a connection
-/// whose requests carry the cluster or the admin credential stops counting against its
+/// whose requests carry the an entry server's or the admin credential stops counting against its
 /// address's cap, so entry servers behind one NAT are not refused, and kept-alive heartbeat
 /// connections are never evicted. Peers in `http.trusted_proxies` are not counted per address.
 /// The soft open-file limit is raised to fit the cap (a warning says when it cannot be).
@@ -92,10 +94,17 @@ pub async fn run(
         idle_timeout: Duration::from_millis(h.idle_timeout_ms),
         max_header_bytes: h.max_header_bytes,
         tls: tls.clone(),
-        authenticate: Some(http::bearer_authenticator(vec![
-            cfg.auth.cluster_token.clone(),
-            cfg.auth.admin_token.clone(),
-        ])),
+        authenticate: Some({
+            let admin = http::bearer_authenticator(vec![cfg.auth.admin_token.clone()]);
+            let entry_key = cfg.auth.entry_key.clone();
+            std::sync::Arc::new(move |h: &axum::http::HeaderMap| {
+                admin(h)
+                    || h.get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .is_some_and(|b| token::check_entry_credential(&entry_key, b).is_some())
+            })
+        }),
     };
     let addr = gate.local_addr()?;
     tracing::info!(

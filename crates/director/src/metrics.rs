@@ -12,6 +12,9 @@
 //!   and answers come from the last snapshot, else 0 (always 0 in memory);
 //! - `firstmile_director_etcd_writes_total`: key writes this director made to etcd (puts and
 //!   transactions; lease renewals are not writes), to check the write budget;
+//! - `firstmile_director_stream_conflicts_total`: stream changes made while etcd was unreachable
+//!   and dropped because another director changed the same stream meanwhile (etcd's version
+//!   wins); `firstmile_director_streams_unwritten`: such changes waiting for etcd now;
 //! - the HTTP(S) listener (`plumbing::listen`, read at each scrape):
 //!   `firstmile_director_connections` (open now), `..._connections_refused_total{reason}`
 //!   (`full`, `per_ip`), `..._connections_evicted_total` (closed while opening to make room),
@@ -43,6 +46,9 @@ pub struct Metrics {
     pub registry_degraded: Gauge,
     etcd_writes: Counter,
     etcd_writes_seen: std::sync::atomic::AtomicU64,
+    stream_conflicts: Counter,
+    stream_conflicts_seen: std::sync::atomic::AtomicU64,
+    pub streams_unwritten: Gauge,
     /// Counters of the HTTP(S) listener, kept by its gate.
     pub http_listener: Arc<ListenStats>,
 }
@@ -108,6 +114,18 @@ impl Metrics {
         let measurements = Family::<Labels, Counter>::default();
         let registry_degraded = Gauge::default();
         let etcd_writes = Counter::default();
+        let stream_conflicts = Counter::default();
+        let streams_unwritten = Gauge::default();
+        registry.register(
+            "stream_conflicts",
+            "Stream changes made while etcd was unreachable, dropped for another director's",
+            stream_conflicts.clone(),
+        );
+        registry.register(
+            "streams_unwritten",
+            "Stream changes kept locally, waiting for etcd",
+            streams_unwritten.clone(),
+        );
         let http_listener = Arc::new(ListenStats::default());
         registry.register_collector(Box::new(ListenerCollector(http_listener.clone())));
         registry.register(
@@ -151,6 +169,9 @@ impl Metrics {
             registry_degraded,
             etcd_writes,
             etcd_writes_seen: Default::default(),
+            stream_conflicts,
+            stream_conflicts_seen: Default::default(),
+            streams_unwritten,
             registry,
             assignments,
             selection_seconds,
@@ -174,6 +195,16 @@ impl Metrics {
             .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
         if total > seen {
             self.etcd_writes.inc_by(total - seen);
+        }
+    }
+
+    /// Bring the stream conflict counter up to the store's count.
+    pub fn stream_conflicts(&self, total: u64) {
+        let seen = self
+            .stream_conflicts_seen
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+        if total > seen {
+            self.stream_conflicts.inc_by(total - seen);
         }
     }
 

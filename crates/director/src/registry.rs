@@ -67,6 +67,8 @@ pub struct StreamReport {
 pub struct Heartbeat {
     pub load: Load,
     pub state: ServerState,
+    /// Its log storage (a server with a full or failing disk reports itself draining too).
+    pub disk: proto::api::DiskState,
     pub streams: Vec<StreamReport>,
 }
 
@@ -77,6 +79,7 @@ pub struct ServerRecord {
     pub registration: Registration,
     pub load: Load,
     pub state: ServerState,
+    pub disk: proto::api::DiskState,
     pub health: Health,
     /// Operator drain (admin API), separate from the server's own state and from health.
     pub admin_drained: bool,
@@ -92,7 +95,9 @@ pub struct ServerRecord {
 impl ServerRecord {
     /// Whether the selection should treat it as draining.
     pub fn draining(&self) -> bool {
-        self.admin_drained || self.state == ServerState::Draining
+        self.admin_drained
+            || self.state == ServerState::Draining
+            || self.disk != proto::api::DiskState::Ok
     }
 
     /// The selection's view.
@@ -198,13 +203,6 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
             writes: 0,
         }
     }
-    /// Share an assignment with other directors (a shared store does; memory has no one to
-    /// tell: the director remembers its own assignments itself).
-    fn remember_assignment(&self, _stream: &str, _rec: &crate::state::AssignmentRecord) {}
-    /// An assignment another director made and shared.
-    fn assignment(&self, _stream: &str) -> Option<crate::state::AssignmentRecord> {
-        None
-    }
 }
 
 #[derive(Debug, Default)]
@@ -288,6 +286,7 @@ impl Registry for MemoryRegistry {
                 registration: r,
                 load: Load::default(),
                 state: ServerState::Ready,
+                disk: proto::api::DiskState::Ok,
                 health: Health::Healthy,
                 // An operator's drain survives the server re-registering.
                 admin_drained,
@@ -307,9 +306,11 @@ impl Registry for MemoryRegistry {
         let Some(rec) = g.servers.get_mut(id) else {
             return Err(RegistryError::NotFound(id.to_string()));
         };
-        let structural = rec.health != Health::Healthy || rec.state != hb.state;
+        let structural =
+            rec.health != Health::Healthy || rec.state != hb.state || rec.disk != hb.disk;
         rec.health = Health::Healthy;
         rec.state = hb.state;
+        rec.disk = hb.disk;
         rec.load = hb.load;
         rec.last_heartbeat = now;
         rec.heartbeats += 1;

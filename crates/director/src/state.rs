@@ -26,12 +26,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use geo::Location;
 use geo::ip::IpLocator;
-use proto::Role;
 use select::{Corrections, Fleet, Health, Measurement, Params};
 use tokio::time::Instant;
 
 use crate::config::{DirectorConfig, RegistryBackend};
 use crate::etcd::EtcdRegistry;
+use crate::etcd_streams::EtcdStreams;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::registry::{MemoryRegistry, Registry};
@@ -101,32 +101,6 @@ impl Snapshot {
             structure_version: 0,
             load_version: 0,
             healthy: 0,
-        }
-    }
-}
-
-/// What the director remembered of an assignment it made (kept for the etcd registry's
-/// `assignments` keys until they are replaced by the shared stream records).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AssignmentRecord {
-    pub primary: PickRecord,
-    pub backup: Option<PickRecord>,
-    pub assigned_at: u64,
-    pub expires_at: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PickRecord {
-    pub server_id: String,
-    /// The location the pick was scored from: where measurements of this path are attributed.
-    pub basis: Location,
-}
-
-impl AssignmentRecord {
-    pub fn pick(&self, role: Role) -> Option<&PickRecord> {
-        match role {
-            Role::Primary => Some(&self.primary),
-            Role::Backup => self.backup.as_ref(),
         }
     }
 }
@@ -237,7 +211,12 @@ impl Director {
                 learned_master: Mutex::new(Corrections::new()),
                 learned: ArcSwap::from_pointee(Corrections::new()),
                 learned_dirty: AtomicBool::new(false),
-                streams: StreamStore::Memory(MemoryStreams::new(config.limits.max_tracked_streams)),
+                streams: match config.registry.backend {
+                    RegistryBackend::Memory => {
+                        StreamStore::Memory(MemoryStreams::new(config.limits.max_tracked_streams))
+                    }
+                    RegistryBackend::Etcd => StreamStore::Etcd(EtcdStreams::from_config(&config)?),
+                },
                 live_seen: Mutex::new(HashMap::new()),
                 ending: Mutex::new(HashMap::new()),
                 streams_swept: AtomicU64::new(0),
@@ -308,6 +287,19 @@ impl Director {
 
     pub fn config(&self) -> &DirectorConfig {
         &self.inner.config
+    }
+
+    /// A peer token for entry server `id` (see `token::PeerClaims`): 15 minutes.
+    pub fn peer_token(&self, id: &proto::ServerId) -> (String, u64) {
+        let now = self.unix_now();
+        let exp = now + 900;
+        let t = self.inner.key.sign_peer(&token::PeerClaims {
+            scp: token::Scope::Peer,
+            server: id.clone(),
+            iat: now,
+            exp,
+        });
+        (t, exp)
     }
 
     /// The public key entry servers verify tokens with.

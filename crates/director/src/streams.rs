@@ -610,6 +610,7 @@ impl MemoryStreams {
 #[derive(Debug)]
 pub enum StreamStore {
     Memory(MemoryStreams),
+    Etcd(crate::etcd_streams::EtcdStreams),
 }
 
 impl StreamStore {
@@ -617,6 +618,7 @@ impl StreamStore {
     pub async fn get(&self, id: &StreamId) -> Result<Option<StreamDoc>, StoreError> {
         match self {
             StreamStore::Memory(m) => Ok(m.get(id)),
+            StreamStore::Etcd(e) => e.get(id),
         }
     }
 
@@ -625,6 +627,7 @@ impl StreamStore {
     pub fn cached(&self, id: &StreamId) -> Option<StreamDoc> {
         match self {
             StreamStore::Memory(m) => m.get(id),
+            StreamStore::Etcd(e) => e.cached(id),
         }
     }
 
@@ -637,6 +640,7 @@ impl StreamStore {
     ) -> Result<Result<R, E>, StoreError> {
         match self {
             StreamStore::Memory(m) => m.modify(id, f),
+            StreamStore::Etcd(e) => e.modify(id, f).await,
         }
     }
 
@@ -647,6 +651,7 @@ impl StreamStore {
     ) -> Result<Vec<StreamDoc>, StoreError> {
         match self {
             StreamStore::Memory(m) => Ok(m.list(after, limit)),
+            StreamStore::Etcd(e) => e.list(after, limit),
         }
     }
 
@@ -654,6 +659,7 @@ impl StreamStore {
     pub fn open(&self) -> Vec<StreamId> {
         match self {
             StreamStore::Memory(m) => m.open(),
+            StreamStore::Etcd(e) => e.matching(|d| d.active().is_some()),
         }
     }
 
@@ -661,12 +667,40 @@ impl StreamStore {
     pub fn matching(&self, f: impl Fn(&StreamDoc) -> bool) -> Vec<StreamId> {
         match self {
             StreamStore::Memory(m) => m.matching(f),
+            StreamStore::Etcd(e) => e.matching(f),
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
             StreamStore::Memory(m) => m.len(),
+            StreamStore::Etcd(e) => e.len(),
+        }
+    }
+
+    /// This director holds every document there is (in memory always; on etcd once loaded): a
+    /// stream it does not know does not exist, and reports can be judged against it.
+    pub fn complete(&self) -> bool {
+        match self {
+            StreamStore::Memory(_) => true,
+            StreamStore::Etcd(e) => e.loaded(),
+        }
+    }
+
+    /// Changes dropped because another director changed the stream while this one could not
+    /// reach etcd (0 in memory).
+    pub fn conflicts(&self) -> u64 {
+        match self {
+            StreamStore::Memory(_) => 0,
+            StreamStore::Etcd(e) => e.conflicts(),
+        }
+    }
+
+    /// Changes kept locally, not written to the shared store yet (0 in memory).
+    pub fn unwritten(&self) -> usize {
+        match self {
+            StreamStore::Memory(_) => 0,
+            StreamStore::Etcd(e) => e.unwritten(),
         }
     }
 

@@ -24,11 +24,20 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 mod etcd;
+mod listeners;
 mod openapi;
 mod streams;
-mod listeners;
 
-const CLUSTER: &str = "cluster-secret-0123456789";
+const ENTRY_KEY: &str = "entry-key-0123456789abcdef0123456789";
+
+/// Entry server `id`'s own credential (HMAC of its id under the director's entry key).
+/// An id that is not a valid server id gets a well-formed but unearned credential.
+fn cred(id: &str) -> String {
+    match id.parse() {
+        Ok(id) => token::entry_credential(ENTRY_KEY, &id),
+        Err(_) => format!("{id}:{}", "0".repeat(64)),
+    }
+}
 const ADMIN: &str = "admin-secret-0123456789";
 const T0: u64 = 1_700_000_000;
 
@@ -72,7 +81,7 @@ fn mmdb() -> Vec<u8> {
 
 fn config() -> DirectorConfig {
     let mut c = DirectorConfig::default();
-    c.auth.cluster_token = CLUSTER.into();
+    c.auth.entry_key = ENTRY_KEY.into();
     c.auth.admin_token = ADMIN.into();
     c.http.rate_limit.per_second = 10_000.0;
     c.http.rate_limit.burst = 10_000;
@@ -170,7 +179,7 @@ impl Api {
             Method::POST,
             "/v1/entry-servers",
             None,
-            &[("authorization", &format!("Bearer {CLUSTER}"))],
+            &[("authorization", &format!("Bearer {}", cred(id)))],
             Some(body.to_string()),
         )
         .await
@@ -181,7 +190,7 @@ impl Api {
             Method::PUT,
             &format!("/v1/entry-servers/{id}/heartbeat"),
             None,
-            &[("authorization", &format!("Bearer {CLUSTER}"))],
+            &[("authorization", &format!("Bearer {}", cred(id)))],
             Some(body.to_string()),
         )
         .await
@@ -350,6 +359,28 @@ async fn drained_server_is_skipped_until_undrained() {
     assert_eq!(r.status, StatusCode::OK);
     let r = api.assign("192.0.2.1", json!({"location": "Paris"})).await;
     assert_eq!(primary(&r), "par-1");
+
+    // A server whose disk is full is skipped even if it says ready, and the list says why.
+    api.heartbeat("par-1", json!({"state": "ready", "disk": "full"}))
+        .await;
+    let r = api.assign("192.0.2.1", json!({"location": "Paris"})).await;
+    assert_ne!(primary(&r), "par-1");
+    let r = api.admin(Method::GET, "/v1/admin/entry-servers").await;
+    let par = r.json["entry_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "par-1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (par["disk"].as_str(), par["state"].as_str()),
+        (Some("full"), Some("ready"))
+    );
+    api.heartbeat("par-1", json!({"state": "ready", "disk": "ok"}))
+        .await;
+    let r = api.assign("192.0.2.1", json!({"location": "Paris"})).await;
+    assert_eq!(primary(&r), "par-1", "assigned again once its disk is ok");
 
     // A server that reports itself draining is skipped too.
     api.heartbeat("par-1", json!({"state": "draining"})).await;
@@ -547,9 +578,10 @@ async fn bad_input_names_the_field() {
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 
     // Registration validation.
+    // No credential can exist for an id that is not valid: authentication refuses it first.
     let r = api.register("bad id!", "x", "Paris").await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(r.json["field"], "id");
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json["code"], "unauthorized");
     let r = api.register("ok-1", "x", "Qwzxvbnm Pltk").await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.json["field"], "location");
@@ -587,13 +619,48 @@ async fn entry_server_credentials_and_unknown_ids() {
             .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
-    // The admin token is not the cluster credential.
+    // The admin token is not an entry server's credential.
     let r = api
         .req(
             Method::DELETE,
             "/v1/entry-servers/fra-1",
             None,
             &[("authorization", &format!("Bearer {ADMIN}"))],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // One server's credential (leaked) cannot heartbeat for, deregister, publish for or
+    // re-register another server: 403, nothing changes.
+    let other = format!("Bearer {}", cred("par-1"));
+    for (m, path, body) in [
+        (Method::PUT, "/v1/entry-servers/fra-1/heartbeat", Some(json!({"state": "draining"}).to_string())),
+        (Method::DELETE, "/v1/entry-servers/fra-1", None),
+        (
+            Method::POST,
+            "/v1/entry-servers/fra-1/publishes",
+            Some(json!({"stream": "s", "key": "abcdefghijklmnop", "client_ip": "192.0.2.1", "protocol": "rtmp"}).to_string()),
+        ),
+        (
+            Method::POST,
+            "/v1/entry-servers",
+            Some(json!({"id": "fra-1", "pop": "evil", "location": "Sydney", "capacity": {"streams": 1, "mbps": 1}, "urls": {"native": "tcp://evil.example:1"}}).to_string()),
+        ),
+    ] {
+        let r = api
+            .req(m.clone(), path, None, &[("authorization", other.as_str())], body)
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{m} {path}: {}", r.json);
+        assert!(r.json["error"].as_str().unwrap().contains("par-1"), "{}", r.json);
+    }
+    // A credential made with another entry key, or relabelled: 401.
+    let forged = cred("par-1").replacen("par-1", "fra-1", 1);
+    let r = api
+        .req(
+            Method::DELETE,
+            "/v1/entry-servers/fra-1",
+            None,
+            &[("authorization", &format!("Bearer {forged}"))],
             None,
         )
         .await;
@@ -608,6 +675,32 @@ async fn entry_server_credentials_and_unknown_ids() {
     }
     assert_eq!(before, after);
 
+    // Registration hands the server a peer token naming it, which any entry server verifies with
+    // the public key alone and which is neither an ingest nor a playback token; a heartbeat
+    // asking for a fresh one gets one, others do not carry it.
+    let vk = api.d.public_key();
+    let now = T0 + 1;
+    let r = api.register("lon-1", "lon", "London").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let peer = r.json["peer_token"].as_str().unwrap().to_string();
+    let claims = vk.verify_peer(&peer, now).unwrap();
+    assert_eq!(claims.server.as_str(), "lon-1");
+    assert!(claims.exp > now && claims.exp <= now + 3600, "{claims:?}");
+    assert_eq!(r.json["peer_token_expires_at"], claims.exp);
+    assert!(vk.verify(&peer, now).is_err() && vk.verify_play(&peer, now).is_err());
+    let r = api.heartbeat("lon-1", json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert!(
+        r.json.get("peer_token").is_none_or(Value::is_null),
+        "{}",
+        r.json
+    );
+    let r = api
+        .heartbeat("lon-1", json!({"want_peer_token": true}))
+        .await;
+    let fresh = r.json["peer_token"].as_str().expect("a fresh peer token");
+    assert_eq!(vk.verify_peer(fresh, now).unwrap().server.as_str(), "lon-1");
+
     let r = api.heartbeat("nope-1", json!({})).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // Deregister, then heartbeats are 404 (the server registers again).
@@ -616,7 +709,7 @@ async fn entry_server_credentials_and_unknown_ids() {
             Method::DELETE,
             "/v1/entry-servers/fra-1",
             None,
-            &[("authorization", &format!("Bearer {CLUSTER}"))],
+            &[("authorization", &format!("Bearer {}", cred("fra-1")))],
             None,
         )
         .await;
@@ -847,10 +940,10 @@ async fn over_a_real_socket() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The shared test support runs the director on its own runtime and re-raises its panics.
     let mut cfg = config();
-    cfg.auth.cluster_token = testkit::CLUSTER.into();
+    cfg.auth.entry_key = testkit::ENTRY_KEY.into();
     let td = testkit::TestDirector::start(cfg);
     let addr = td.addr;
-    const CLUSTER: &str = testkit::CLUSTER;
+    let cred = testkit::credential("fra-1");
 
     async fn http(addr: SocketAddr, req: String) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -868,7 +961,7 @@ async fn over_a_real_socket() {
     let out = http(
         addr,
         format!(
-            "POST /v1/entry-servers HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLUSTER}\r\n\
+            "POST /v1/entry-servers HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {cred}\r\n\
              content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reg}",
             reg.len()
         ),
@@ -902,7 +995,7 @@ fn config_layers_defaults_file_env_flags() {
         listen = "127.0.0.1:7100"
         default_place = "Paris"
         [auth]
-        cluster_token = "file-cluster"
+        entry_key = "file-entry-key-0123456789abcdef-0123"
         admin_token = "file-admin"
         [heartbeat]
         interval_ms = 2000
@@ -947,13 +1040,16 @@ fn config_layers_defaults_file_env_flags() {
     // The redacted print hides secrets and reloads.
     let printed = c.to_redacted_toml();
     assert!(
-        !printed.contains("file-cluster") && printed.contains("<redacted>"),
+        !printed.contains("file-entry-key") && printed.contains("<redacted>"),
         "{printed}"
     );
     let reloaded = DirectorConfig::load(
         Some(&printed),
         Vec::new(),
-        &["auth.admin_token=other".into()],
+        &[
+            "auth.admin_token=other".into(),
+            "auth.entry_key=another-entry-key-of-32-characters".into(),
+        ],
     );
     assert!(reloaded.is_ok(), "{reloaded:?}");
 
@@ -963,10 +1059,19 @@ fn config_layers_defaults_file_env_flags() {
             .unwrap_err()
             .to_string()
     };
-    let ok_auth = "[auth]\ncluster_token = \"a\"\nadmin_token = \"b\"\n";
+    let ok_auth =
+        "[auth]\nentry_key = \"an-entry-key-of-at-least-32-chars!\"\nadmin_token = \"b\"\n";
     assert!(bad("listen = 5", vec![]).contains("listen"));
     assert!(bad(&format!("{ok_auth}colour = 1"), vec![]).contains("colour"));
-    assert!(bad("", vec![]).contains("auth.cluster_token"));
+    assert!(bad("", vec![]).contains("auth.entry_key"));
+    let short = bad(
+        "[auth]\nentry_key = \"short\"\nadmin_token = \"b\"\n",
+        vec![],
+    );
+    assert!(
+        short.contains("auth.entry_key") && short.contains("32"),
+        "{short}"
+    );
     assert!(
         bad(&format!("{ok_auth}[heartbeat]\nmissed_allowed = 0"), vec![])
             .contains("missed_allowed")
@@ -1088,7 +1193,7 @@ proptest! {
         method in prop_oneof![Just(Method::GET), Just(Method::POST), Just(Method::PUT), Just(Method::DELETE), Just(Method::PATCH)],
         path in arb_path(),
         body in arb_body(),
-        auth in prop_oneof![Just(None), Just(Some(CLUSTER)), Just(Some(ADMIN)), Just(Some("x"))],
+        auth in prop_oneof![Just(None), Just(Some(cred("fra-1"))), Just(Some(ADMIN.to_string())), Just(Some("x".to_string()))],
         xff in prop_oneof![Just(None), ".{0,40}".prop_map(Some), Just(Some("198.51.100.1, 10.0.0.1".to_string()))],
         peer in prop_oneof![Just("10.0.0.1"), Just("192.0.2.1"), Just("::1")],
     ) {

@@ -292,7 +292,7 @@ pub async fn authorize_key(
     let resp = node
         .http
         .post(&url)
-        .bearer_auth(&node.cfg.cluster_secret)
+        .bearer_auth(&node.cfg.credential)
         .json(&req)
         .timeout(Duration::from_secs(5))
         .send()

@@ -125,8 +125,7 @@ impl Hls {
 
 impl Muxer {
     fn touch(&self) {
-        self.used_ms
-            .store(crate::hub::mono_ms(), Ordering::Relaxed);
+        self.used_ms.store(crate::hub::mono_ms(), Ordering::Relaxed);
     }
 
     fn idle_for(&self) -> u64 {
@@ -150,7 +149,10 @@ impl Muxer {
             if let Some(r) = self.with(&mut ready) {
                 return Some(r);
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return None;
             }
             self.touch();

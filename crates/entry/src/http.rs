@@ -9,7 +9,7 @@
 //! | `GET /live/{id}.flv?…` | HTTP-FLV of an RTMP-ingested stream (any node: relays if needed) |
 //! | `GET /v1/streams/{id}/chunks?broadcast=&from=` | DATA frames then END (relay feed; sequence numbers kept) |
 //! | `GET /v1/streams/{id}/flv-head?broadcast=` | a broadcast's cached onMetaData + codec configuration tags |
-//! | `GET /v1/streams` | the broadcasts held here (cluster credential) |
+//! | `GET /v1/streams` | the broadcasts held here (own credential or peer token) |
 //! | `GET /v1/ingest` | WebSocket ingest (native frames, one per binary message) |
 //! | `POST`/`PUT /v1/streams/{id}/push?token=` or `?key=` | HTTP push: the body's bytes become a broadcast's chunks |
 //! | `GET /v1/probe` | 204 at once: devices time it to measure their RTT to this server |
@@ -33,7 +33,7 @@
 //! **Private streams** (the director's flag, carried in the ingest token's claims and its stream
 //! info): every playback endpoint needs `?token=<playback token>` (or `Authorization: Bearer`);
 //! without one, or with an expired one, `401` — and no relay pull is started. Relay feeds
-//! (`chunks`, `flv-head`) of a private broadcast take a playback token or the cluster credential.
+//! (`chunks`, `flv-head`) of a private broadcast take a playback token, a peer token or the server's own credential.
 
 use crate::core::{self, IngestError};
 use crate::hub::{SlowViewer, Stream};
@@ -53,7 +53,7 @@ use proto::api::{
 };
 use proto::{BroadcastId, StreamId, StreamKey};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -106,12 +106,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn is_cluster(node: &Node, headers: &HeaderMap) -> bool {
-    let s = node.cfg.cluster_secret.as_bytes();
-    !s.is_empty()
-        && bearer(headers).is_some_and(|t| {
-            t.len() == s.len() && t.bytes().zip(s).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
-        })
+/// The request comes from this server's operator (its own credential) or another entry server
+/// of the fleet (a peer token the director signed).
+fn is_peer(node: &Node, headers: &HeaderMap) -> bool {
+    bearer(headers).is_some_and(|t| node.trusts_bearer(t))
 }
 
 /// A playback token for `stream`, from `?token=` or the bearer.
@@ -156,8 +154,9 @@ async fn resolve(
     id: &StreamId,
     q: &ViewQuery,
     headers: &HeaderMap,
+    client: IpAddr,
 ) -> Result<Arc<Stream>, Response> {
-    resolve_with(node, id, q, headers, None).await
+    resolve_with(node, id, q, headers, client, None).await
 }
 
 /// [`resolve`], with where a relay created for this viewer starts (`relay_from`, default: the
@@ -168,6 +167,7 @@ async fn resolve_with(
     id: &StreamId,
     q: &ViewQuery,
     headers: &HeaderMap,
+    client: IpAddr,
     relay_from: Option<&str>,
 ) -> Result<Arc<Stream>, Response> {
     let from_s = q.from.as_deref().unwrap_or("live");
@@ -256,8 +256,15 @@ async fn resolve_with(
                 e.next_seq > 0 || e.ended.is_some() || s.first_seq() > 0
             });
             if has_data || local_has_data {
-                match crate::relay::ensure(node, id.as_str(), &b, private, relay_from.unwrap_or(from_s))
-                    .await
+                match crate::relay::ensure(
+                    node,
+                    id.as_str(),
+                    &b,
+                    private,
+                    relay_from.unwrap_or(from_s),
+                    Some(client),
+                )
+                .await
                 {
                     // A live viewer does not get a broadcast that has ended here (the director
                     // may not have heard of its END yet): it waits for the next one.
@@ -270,6 +277,31 @@ async fn resolve_with(
                         }
                     }
                     Err(RelayError::NoUpstream(_)) => {}
+                    Err(e @ RelayError::Capacity) => {
+                        node.metrics.relays_refused.fetch_add(1, Ordering::Relaxed);
+                        let mut r = error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "relay_capacity",
+                            e.to_string(),
+                        );
+                        r.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                        return Err(r);
+                    }
+                    Err(e @ RelayError::TooMany(_)) => {
+                        node.metrics.relays_refused.fetch_add(1, Ordering::Relaxed);
+                        let RelayError::TooMany(wait) = e else {
+                            unreachable!()
+                        };
+                        let mut r = error(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too_many_relays",
+                            e.to_string(),
+                        );
+                        r.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                        return Err(r);
+                    }
                     Err(e @ RelayError::Director(_)) => {
                         return Err(error(
                             StatusCode::BAD_GATEWAY,
@@ -319,6 +351,7 @@ async fn open(
     id: &str,
     q: &ViewQuery,
     headers: &HeaderMap,
+    client: IpAddr,
 ) -> Result<Cursor, Response> {
     let id = StreamId::parse(id)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_stream", e.to_string()))?;
@@ -328,7 +361,7 @@ async fn open(
         .unwrap_or("live")
         .parse()
         .map_err(|e: String| error(StatusCode::BAD_REQUEST, "bad_from", e))?;
-    let stream = resolve(node, &id, q, headers).await?;
+    let stream = resolve(node, &id, q, headers, client).await?;
     if !stream.is_ingest() {
         // A catch-up viewer on a relay: fetch what the relay started after.
         let want = match from {
@@ -337,7 +370,7 @@ async fn open(
             _ => None,
         };
         if let Some(w) = want {
-            crate::relay::backfill(node, &stream, w).await;
+            crate::relay::backfill(node, &stream, w, Some(client)).await;
         }
     }
     let cursor = Cursor::new(
@@ -399,8 +432,9 @@ async fn live(
     Path(id): Path<String>,
     Query(q): Query<ViewQuery>,
     headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    let cursor = match open(&node, &id, &q, &headers).await {
+    let cursor = match open(&node, &id, &q, &headers, peer.ip()).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -450,7 +484,7 @@ pub struct ChunksQuery {
     broadcast: Option<String>,
     /// Where to start (as for viewers).
     from: Option<String>,
-    /// A playback token (private broadcasts, unless the cluster credential is sent).
+    /// A playback token (private broadcasts, unless a peer token or own credential is sent).
     token: Option<String>,
 }
 
@@ -489,7 +523,7 @@ async fn held(
             format!("stream {sid} (that broadcast) is not ingested here"),
         ));
     };
-    if stream.is_private() && !is_cluster(node, headers) {
+    if stream.is_private() && !is_peer(node, headers) {
         let q = ViewQuery {
             token: token.map(str::to_string),
             ..Default::default()
@@ -594,9 +628,10 @@ async fn live_ws(
     Path(id): Path<String>,
     Query(q): Query<ViewQuery>,
     headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let mut cursor = match open(&node, &id, &q, &headers).await {
+    let mut cursor = match open(&node, &id, &q, &headers, peer.ip()).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -634,12 +669,12 @@ async fn ws_ingest(
         })
 }
 
-/// The broadcasts held here (operators and peers: the cluster credential).
+/// The broadcasts held here (operators and peers: own credential or a peer token).
 #[utoipa::path(get, path = "/v1/streams", tag = "operations",
-    security(("cluster" = [])),
+    security(("peer" = [])),
     responses((status = 200, body = EntryStreams), (status = 401, body = ErrorBody)))]
 async fn list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
-    if !is_cluster(&node, &headers) {
+    if !is_peer(&node, &headers) {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -730,7 +765,15 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
          # TYPE firstmile_entry_viewers_cut_total counter\nfirstmile_entry_viewers_cut_total {}\n\
          # TYPE firstmile_entry_relay_upstream_failures_total counter\nfirstmile_entry_relay_upstream_failures_total {}\n\
          # TYPE firstmile_entry_draining gauge\nfirstmile_entry_draining {}\n\
-         # TYPE firstmile_entry_storage_ok gauge\nfirstmile_entry_storage_ok {}\n{}",
+         # TYPE firstmile_entry_storage_ok gauge\nfirstmile_entry_storage_ok {}\n\
+         # TYPE firstmile_entry_relays_refused_total counter\nfirstmile_entry_relays_refused_total {}\n\
+         # TYPE firstmile_entry_heartbeat_bytes gauge\nfirstmile_entry_heartbeat_bytes {}\n\
+         # TYPE firstmile_entry_storage_checks_total counter\nfirstmile_entry_storage_checks_total {}\n\
+         # TYPE firstmile_entry_disk_free_bytes gauge\nfirstmile_entry_disk_free_bytes {}\n\
+         # TYPE firstmile_entry_log_bytes gauge\nfirstmile_entry_log_bytes {}\n\
+         # TYPE firstmile_entry_broadcasts_on_disk gauge\nfirstmile_entry_broadcasts_on_disk {}\n\
+         # TYPE firstmile_entry_retention_deleted_total counter\nfirstmile_entry_retention_deleted_total {}\n\
+         # TYPE firstmile_entry_retention_deleted_bytes_total counter\nfirstmile_entry_retention_deleted_bytes_total {}\n{}",
         g(&m.sessions),
         ingest,
         relay,
@@ -745,6 +788,14 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         g(&m.relay_upstream_failures),
         u8::from(node.draining.load(Ordering::SeqCst)),
         u8::from(node.storage_problem().is_none()),
+        g(&m.relays_refused),
+        g(&m.heartbeat_bytes),
+        g(&m.storage_checks),
+        g(&m.disk_free_bytes),
+        g(&m.log_bytes),
+        g(&m.broadcasts_on_disk),
+        g(&m.retention_deleted),
+        g(&m.retention_deleted_bytes),
         m.listeners.prometheus_text(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -755,7 +806,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 pub struct HeadQuery {
     /// The broadcast (default: the newest one ingested here).
     broadcast: Option<String>,
-    /// A playback token (private broadcasts, unless the cluster credential is sent).
+    /// A playback token (private broadcasts, unless a peer token or own credential is sent).
     token: Option<String>,
 }
 
@@ -843,6 +894,7 @@ async fn http_flv(
     Path(file): Path<String>,
     Query(q): Query<ViewQuery>,
     headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     let Some(id) = file.strip_suffix(".flv") else {
         return error(
@@ -851,7 +903,7 @@ async fn http_flv(
             "HTTP-FLV is at /live/<stream>.flv",
         );
     };
-    let cursor = match open(&node, id, &q, &headers).await {
+    let cursor = match open(&node, id, &q, &headers, peer.ip()).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -951,7 +1003,7 @@ pub const PUSH_CHUNK: usize = 188 * 174;
     params(("id" = StreamId, Path, description = "The stream"), PushQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "Any bytes (MPEG-TS from ffmpeg, ...)"),
     responses(
-        (status = 200, description = "The push ended; the broadcast with it", content_type = "application/json"),
+        (status = 200, description = "The push ended; the broadcast with it", body = proto::api::PushResult),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
     ))]
@@ -1077,10 +1129,16 @@ async fn push_body(node: Arc<Node>, session: core::Session, id: String, body: Bo
     };
     drop(session);
     match result {
-        Ok(()) => axum::Json(serde_json::json!({
-            "stream": id, "broadcast": stream.broadcast, "bytes": total, "final_seq": final_seq
-        }))
-        .into_response(),
+        Ok(()) => match id.parse() {
+            Ok(stream_id) => axum::Json(proto::api::PushResult {
+                stream: stream_id,
+                broadcast: stream.broadcast.clone(),
+                bytes: total,
+                final_seq,
+            })
+            .into_response(),
+            Err(e) => ingest_error(&IngestError::Protocol(format!("stream id: {e}"))),
+        },
         Err(e) => ingest_error(&IngestError::Protocol(format!("push interrupted: {e}"))),
     }
 }
@@ -1096,7 +1154,7 @@ async fn probe(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    let ok = node.probe_limiter.check(peer.ip());
+    let ok = node.probe_limiter.check(peer.ip()).is_ok();
     let mut r = if ok {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -1189,19 +1247,17 @@ fn with_cors(mut r: Response) -> Response {
     r
 }
 
+#[allow(clippy::result_large_err)]
 fn hls_directive(name: &str, v: Option<&str>) -> Result<Option<u64>, Response> {
     match v {
         None => Ok(None),
-        Some(v) => v
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| {
-                hls_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_directive",
-                    format!("{name}={v:?}: a decimal integer is expected"),
-                )
-            }),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            hls_error(
+                StatusCode::BAD_REQUEST,
+                "bad_directive",
+                format!("{name}={v:?}: a decimal integer is expected"),
+            )
+        }),
     }
 }
 
@@ -1217,6 +1273,7 @@ async fn hls_playlist(
     id: String,
     q: HlsQuery,
     headers: HeaderMap,
+    client: IpAddr,
     flavor: ::hls::Flavor,
 ) -> Response {
     // Delta updates are not offered (no CAN-SKIP-UNTIL): `_HLS_skip` is ignored (§6.2.5.1).
@@ -1245,7 +1302,16 @@ async fn hls_playlist(
         broadcast: q.broadcast.clone(),
         token: q.token.clone(),
     };
-    let stream = match resolve_with(&node, &sid, &vq, &headers, Some(&hls_history(&node))).await {
+    let stream = match resolve_with(
+        &node,
+        &sid,
+        &vq,
+        &headers,
+        client,
+        Some(&hls_history(&node)),
+    )
+    .await
+    {
         Ok(s) => s,
         Err(r) => return with_cors(r),
     };
@@ -1258,7 +1324,9 @@ async fn hls_playlist(
         return hls_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "not_flv",
-            format!("stream {id} is not an RTMP (FLV) stream: HLS needs one; use /v1/streams/{id}/live"),
+            format!(
+                "stream {id} is not an RTMP (FLV) stream: HLS needs one; use /v1/streams/{id}/live"
+            ),
         );
     }
     let m = hls.get_or_start(&node, &stream);
@@ -1267,10 +1335,11 @@ async fn hls_playlist(
     let td = cfg.target_duration_s();
     // The first playlist of a broadcast waits for its first part (the not-live-yet rule).
     let first = tokio::time::Instant::now() + Duration::from_millis(node.cfg.viewer_wait_ms);
-    if m
-        .wait_for(first, |p| p.filter(|p| p.has_media() || p.is_ended()).map(|_| ()))
-        .await
-        .is_none()
+    if m.wait_for(first, |p| {
+        p.filter(|p| p.has_media() || p.is_ended()).map(|_| ())
+    })
+    .await
+    .is_none()
     {
         return with_cors(not_live(&id));
     }
@@ -1338,9 +1407,19 @@ async fn hls_index(
     axum::Extension(hls): axum::Extension<Arc<crate::hls::Hls>>,
     Path(id): Path<String>,
     Query(q): Query<HlsQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    hls_playlist(node, hls, id, q, headers, ::hls::Flavor::LowLatency).await
+    hls_playlist(
+        node,
+        hls,
+        id,
+        q,
+        headers,
+        peer.ip(),
+        ::hls::Flavor::LowLatency,
+    )
+    .await
 }
 
 /// The plain HLS media playlist (RFC 8216: whole segments only) of the same segments, for
@@ -1358,9 +1437,10 @@ async fn hls_classic(
     axum::Extension(hls): axum::Extension<Arc<crate::hls::Hls>>,
     Path(id): Path<String>,
     Query(q): Query<HlsQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    hls_playlist(node, hls, id, q, headers, ::hls::Flavor::Classic).await
+    hls_playlist(node, hls, id, q, headers, peer.ip(), ::hls::Flavor::Classic).await
 }
 
 /// An HLS resource of a broadcast: `init-<id>.mp4` (CMAF header), `<msn>.m4s` (segment),
@@ -1384,6 +1464,7 @@ async fn hls_media(
     axum::Extension(hls): axum::Extension<Arc<crate::hls::Hls>>,
     Path((id, broadcast, file)): Path<(String, String, String)>,
     Query(q): Query<HlsMediaQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
     let sid = match StreamId::parse(&id) {
@@ -1416,7 +1497,16 @@ async fn hls_media(
             m
         }
         // Asked here first (a CDN, a player that moved): package the broadcast here too.
-        None => match resolve_with(&node, &sid, &vq, &headers, Some(&hls_history(&node))).await {
+        None => match resolve_with(
+            &node,
+            &sid,
+            &vq,
+            &headers,
+            peer.ip(),
+            Some(&hls_history(&node)),
+        )
+        .await
+        {
             Ok(s) => hls.get_or_start(&node, &s),
             Err(r) => return with_cors(r),
         },
@@ -1495,11 +1585,20 @@ async fn playback_path(
         None => None,
         Some(Ok(b)) => Some(b),
         Some(Err(e)) => {
-            return with_cors(error(StatusCode::BAD_REQUEST, "bad_broadcast", e.to_string()));
+            return with_cors(error(
+                StatusCode::BAD_REQUEST,
+                "bad_broadcast",
+                e.to_string(),
+            ));
         }
     };
-    let info = crate::relay::info(&node, sid.as_str(), explicit.as_ref()).await.ok();
-    let b = explicit.or_else(|| info.as_ref().and_then(|i| i.broadcast.as_ref().map(|b| b.id.clone())));
+    let info = crate::relay::info(&node, sid.as_str(), explicit.as_ref())
+        .await
+        .ok();
+    let b = explicit.or_else(|| {
+        info.as_ref()
+            .and_then(|i| i.broadcast.as_ref().map(|b| b.id.clone()))
+    });
     let stream = match &b {
         Some(b) => node.hub.get(sid.as_str(), b),
         None => node.hub.latest_ingest(sid.as_str()),
@@ -1594,13 +1693,19 @@ async fn index_page(State(node): State<Arc<Node>>) -> Response {
             names.insert(s.name.clone(), s.is_ingest());
         }
     }
-    let id = core::server_id(&node).map(|s| s.to_string()).unwrap_or_default();
+    let id = core::server_id(&node)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
     let mut list = String::new();
     for (n, ingest) in &names {
         let n = html_escape(n);
         list.push_str(&format!(
             "<li><a href=\"/watch/{n}\">{n}</a> ({})</li>\n",
-            if *ingest { "ingested here" } else { "relayed here" }
+            if *ingest {
+                "ingested here"
+            } else {
+                "relayed here"
+            }
         ));
     }
     if list.is_empty() {
@@ -1660,7 +1765,10 @@ async fn watch_form(Query(q): Query<WatchQuery>) -> Response {
     }
     (
         StatusCode::SEE_OTHER,
-        [(header::LOCATION, HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/")))],
+        [(
+            header::LOCATION,
+            HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/")),
+        )],
     )
         .into_response()
 }
@@ -1706,7 +1814,10 @@ async fn web_asset(Path(asset): Path<String>) -> Response {
             include_bytes!("../web/player.js"),
             "text/javascript; charset=utf-8",
         ),
-        "style.css" => (include_bytes!("../web/style.css"), "text/css; charset=utf-8"),
+        "style.css" => (
+            include_bytes!("../web/style.css"),
+            "text/css; charset=utf-8",
+        ),
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -1750,11 +1861,15 @@ impl utoipa::Modify for Security {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let c = api.components.get_or_insert_with(Default::default);
         c.add_security_scheme(
-            "cluster",
+            "peer",
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The cluster credential".to_string()))
+                    .description(Some(
+                        "A peer token the director signed (scp \"peer\"), or this server's own \
+                         credential"
+                            .to_string(),
+                    ))
                     .build(),
             ),
         );

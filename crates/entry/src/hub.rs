@@ -113,6 +113,8 @@ pub struct Stream {
     pub superseded: std::sync::atomic::AtomicBool,
     /// [`mono_ms`] of the last publish, session start or end: idle broadcasts are released.
     pub active_ms: std::sync::atomic::AtomicU64,
+    /// Ingest: a heartbeat answered 2xx carried this broadcast's end (it is not reported again).
+    pub end_reported: std::sync::atomic::AtomicBool,
 }
 
 /// Why a read failed.
@@ -161,6 +163,7 @@ impl Stream {
             private: Default::default(),
             superseded: Default::default(),
             active_ms: std::sync::atomic::AtomicU64::new(mono_ms()),
+            end_reported: Default::default(),
         })
     }
 
@@ -227,8 +230,10 @@ impl Stream {
         };
         let mut added = 0;
         for c in chunks.into_iter().rev() {
-            let expected = front - added as u64;
-            if c.seq + 1 != expected || t.bytes + c.payload.len() > self.tail_max_bytes {
+            let expected = front.saturating_sub(added as u64);
+            if c.seq.checked_add(1) != Some(expected)
+                || t.bytes + c.payload.len() > self.tail_max_bytes
+            {
                 break;
             }
             t.bytes += c.payload.len();

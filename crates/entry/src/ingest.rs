@@ -207,6 +207,15 @@ pub async fn serve<T: FrameIo>(mut io: T, node: Arc<Node>, peer: Option<IpAddr>)
             return refuse(&mut io, ErrorCode::Protocol, "no HELLO within 10 s").await;
         }
     };
+    if let Some(r) = hello.resume_from
+        && r > proto::MAX_SEQ
+    {
+        let e = IngestError::Protocol(format!(
+            "resume_from {r} is beyond the largest sequence number ({})",
+            proto::MAX_SEQ
+        ));
+        return refuse(&mut io, e.native_code(), e.to_string()).await;
+    }
     let token = String::from_utf8_lossy(&hello.token).into_owned();
     let admitted = core::admit(
         &node,

@@ -28,6 +28,7 @@ pub mod node;
 pub mod rejoin;
 pub mod relay;
 pub mod rtmp;
+pub mod storage;
 pub mod tcpinfo;
 pub mod viewer;
 
@@ -256,6 +257,7 @@ impl Entry {
             message: e.to_string(),
         };
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| logs_err(&e))?;
+        storage::clean_trash(&cfg.data_dir);
         let node = Node {
             hub: Default::default(),
             verifier,
@@ -278,7 +280,14 @@ impl Entry {
             storage: Default::default(),
             superseded: Default::default(),
             info_cache: Default::default(),
-            probe_limiter: Default::default(),
+            peer_token: Default::default(),
+            probe_limiter: node::ClientLimiter::probes(),
+            relay_limiter: node::ClientLimiter::new(
+                f64::from(cfg.relay_starts_per_ip_per_min) / 60.0,
+                f64::from(cfg.relay_starts_per_ip_per_min),
+            ),
+            backfills: tokio::sync::Semaphore::new(cfg.max_backfills),
+            report_turn: Default::default(),
             log_config,
             cfg,
         };
@@ -362,7 +371,7 @@ impl Entry {
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let link = tokio::spawn(link::run(node.clone(), stop_rx.clone()));
-        let retention = tokio::spawn(retention(node.clone(), stop_rx.clone()));
+        let retention = tokio::spawn(storage::run(node.clone(), stop_rx.clone()));
 
         let limits = listener_limits(&node.cfg);
         let stats = &node.metrics.listeners;
@@ -428,9 +437,15 @@ impl Entry {
             idle_timeout: Duration::from_millis(node.cfg.http_idle_timeout_ms),
             max_header_bytes: node.cfg.http_max_header_bytes,
             tls: None,
-            authenticate: Some(plumbing::listen::http::bearer_authenticator(vec![
-                node.cfg.cluster_secret.clone(),
-            ])),
+            authenticate: Some({
+                let n = node.clone();
+                std::sync::Arc::new(move |h: &axum::http::HeaderMap| {
+                    h.get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .is_some_and(|b| n.trusts_bearer(b.trim()))
+                })
+            }),
         };
         let server = tokio::spawn(plumbing::listen::http::serve(
             http_gate,
@@ -531,19 +546,48 @@ pub async fn open_from_disk(
     Some(s)
 }
 
+/// Ended broadcasts whose end the director has not heard yet that a server keeps in memory (it
+/// is unreachable); beyond, the oldest are released anyway (the director then ends them as
+/// gone after `publish.publisher_gone_s`).
+pub const MAX_UNREPORTED_ENDS: usize = 1_000;
+
 /// Broadcasts with no publisher and no reader for `release_after_s` (ended, or their publisher
 /// gone) are released: out of the hub, their files closed. One that comes back (a device
-/// resuming, a viewer of a past broadcast) is opened from disk again.
+/// resuming, a viewer of a past broadcast) is opened from disk again. An ended broadcast waits
+/// until a heartbeat has told the director of its end (see [`MAX_UNREPORTED_ENDS`]).
 pub fn release_idle(node: &Node) -> usize {
     let after = node.cfg.release_after_s.saturating_mul(1000);
     let now = hub::mono_ms();
     let mut n = 0;
-    for s in node.hub.ingested() {
+    let ingested = node.hub.ingested();
+    let mut unreported: Vec<(u64, &Arc<hub::Stream>)> = ingested
+        .iter()
+        .filter(|s| s.edge().ended.is_some() && !s.end_reported.load(Ordering::SeqCst))
+        .map(|s| (s.active_ms.load(Ordering::Relaxed), s))
+        .collect();
+    let overflow: std::collections::HashSet<*const hub::Stream> =
+        if node.cfg.director.is_some() && unreported.len() > MAX_UNREPORTED_ENDS {
+            unreported.sort_by_key(|(at, _)| *at);
+            let extra = unreported.len() - MAX_UNREPORTED_ENDS;
+            unreported[..extra]
+                .iter()
+                .map(|(_, s)| Arc::as_ptr(s))
+                .collect()
+        } else {
+            Default::default()
+        };
+    drop(unreported);
+    for s in ingested {
         // The hub's reference and this loop's: nobody else (no session, viewer or relay feed).
         let unused = Arc::strong_count(&s) <= 2;
         let idle = now.saturating_sub(s.active_ms.load(Ordering::Relaxed)) >= after;
+        let told = node.cfg.director.is_none()
+            || s.edge().ended.is_none()
+            || s.end_reported.load(Ordering::SeqCst)
+            || overflow.contains(&Arc::as_ptr(&s));
         if unused
             && idle
+            && told
             && s.live_sessions.load(Ordering::SeqCst) == 0
             && node.hub.remove_ingest(&s)
         {
@@ -555,33 +599,4 @@ pub fn release_idle(node: &Node) -> usize {
         tracing::debug!(released = n, "idle broadcasts released");
     }
     n
-}
-
-async fn retention(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    let mut rounds = 0u64;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        rounds += 1;
-        let n2 = node.clone();
-        let _ = tokio::task::spawn_blocking(move || release_idle(&n2)).await;
-        if !rounds.is_multiple_of(6) {
-            continue;
-        }
-        for s in node.hub.ingested() {
-            let s2 = s.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let hub::Source::Ingest(log) = &s2.source {
-                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Err(e) = log.enforce_retention(std::time::SystemTime::now()) {
-                        tracing::warn!(stream = %s2.name, error = %e, "retention failed");
-                    }
-                }
-            })
-            .await;
-        }
-    }
 }

@@ -70,7 +70,7 @@ pub async fn register(node: &Node) -> Result<Duration, String> {
     let resp = node
         .http
         .post(&url)
-        .bearer_auth(&node.cfg.cluster_secret)
+        .bearer_auth(&node.cfg.credential)
         .json(&register_body(node)?)
         .timeout(Duration::from_secs(5))
         .send()
@@ -89,24 +89,46 @@ pub async fn register(node: &Node) -> Result<Duration, String> {
         .json()
         .await
         .map_err(|e| format!("{url}: the answer: {e}"))?;
+    *node.peer_token.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((r.peer_token, r.peer_token_expires_at));
     Ok(Duration::from_millis(
         r.heartbeat_interval_ms.clamp(50, 60_000),
     ))
 }
 
-/// How long an ended broadcast is still reported (so every director sees its END).
-pub const REPORT_ENDED_FOR: Duration = Duration::from_secs(60);
-/// At most this many broadcasts per heartbeat (live ones first): the body's size does not grow
-/// with history.
-pub const MAX_REPORTS: usize = 2_000;
+/// Live broadcasts per heartbeat. A server with more reports them in turns (a window that moves
+/// every beat), so each is reported every `ceil(live / MAX_LIVE_REPORTS)` beats — well within
+/// the director's `publisher_gone_s` — and the body stays under the director's 64 KiB limit.
+pub const MAX_LIVE_REPORTS: usize = 120;
+/// Ended broadcasts per heartbeat, oldest first; each is reported until a heartbeat carrying it
+/// is answered 2xx, then never again.
+pub const MAX_ENDED_REPORTS: usize = 64;
+/// Broadcasts whose publisher left without ending them are still reported (not live) while
+/// they changed within [`REPORT_IDLE_FOR`] — so viewers elsewhere still find them while the
+/// device reconnects — at most this many per heartbeat, newest first.
+pub const MAX_IDLE_REPORTS: usize = 32;
+/// See [`MAX_IDLE_REPORTS`].
+pub const REPORT_IDLE_FOR: Duration = Duration::from_secs(60);
+/// Path samples per heartbeat: the newest (older ones taken with them are dropped; samples are
+/// a learning signal, not a record).
+pub const MAX_MEASUREMENTS: usize = 32;
 
-/// The heartbeat: load, state, disk, the broadcasts that are live or changed recently (live
-/// first, then those ended within [`REPORT_ENDED_FOR`]), and the path samples.
-pub fn heartbeat_body(node: &Node, cpu: f64, mbps: f64) -> Heartbeat {
+/// A heartbeat and the ended broadcasts it reports (marked reported once it is answered 2xx).
+#[derive(Debug)]
+pub struct HeartbeatBody {
+    pub body: Heartbeat,
+    pub ended: Vec<Arc<crate::hub::Stream>>,
+}
+
+/// The heartbeat: load, state, disk, the broadcasts that are live (at most
+/// [`MAX_LIVE_REPORTS`], in turns) and those that ended and were not reported yet (at most
+/// [`MAX_ENDED_REPORTS`]), and at most [`MAX_MEASUREMENTS`] path samples. Its size does not grow
+/// with history: it is bounded whatever the number of broadcasts this server ever ingested.
+pub fn heartbeat_body(node: &Node, cpu: f64, mbps: f64) -> HeartbeatBody {
     let now_ms = crate::hub::mono_ms();
-    let recent = REPORT_ENDED_FOR.as_millis() as u64;
     let mut live = Vec::new();
     let mut ended = Vec::new();
+    let mut idle = Vec::new();
     for s in node.hub.ingested() {
         let Some(role) = *s.role.lock().unwrap_or_else(|e| e.into_inner()) else {
             continue;
@@ -114,7 +136,6 @@ pub fn heartbeat_body(node: &Node, cpu: f64, mbps: f64) -> Heartbeat {
         let Ok(stream) = s.name.parse() else { continue };
         let edge = s.edge();
         let is_live = s.live_sessions.load(Ordering::SeqCst) > 0 && edge.ended.is_none();
-        let changed = now_ms.saturating_sub(s.active_ms.load(Ordering::Relaxed)) < recent;
         let r = StreamReport {
             stream,
             broadcast: s.broadcast.clone(),
@@ -125,15 +146,39 @@ pub fn heartbeat_body(node: &Node, cpu: f64, mbps: f64) -> Heartbeat {
         };
         if is_live {
             live.push(r);
-        } else if changed {
-            ended.push(r);
+        } else if edge.ended.is_some() {
+            if !s.end_reported.load(Ordering::SeqCst) {
+                ended.push((s.active_ms.load(Ordering::Relaxed), r, s.clone()));
+            }
+        } else {
+            let at = s.active_ms.load(Ordering::Relaxed);
+            if now_ms.saturating_sub(at) < REPORT_IDLE_FOR.as_millis() as u64 {
+                idle.push((at, r));
+            }
         }
     }
     let load_streams = u32::try_from(live.len()).unwrap_or(u32::MAX);
-    live.extend(ended);
-    live.truncate(MAX_REPORTS);
-    let measurements = node
-        .take_samples()
+    if live.len() > MAX_LIVE_REPORTS {
+        // Stable order, then a window that moves by MAX_LIVE_REPORTS every beat.
+        live.sort_by(|a, b| (&a.stream, &a.broadcast).cmp(&(&b.stream, &b.broadcast)));
+        let turn = node.report_turn.fetch_add(1, Ordering::Relaxed);
+        let start = (turn.wrapping_mul(MAX_LIVE_REPORTS)) % live.len();
+        live.rotate_left(start);
+        live.truncate(MAX_LIVE_REPORTS);
+    }
+    idle.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    live.extend(idle.into_iter().take(MAX_IDLE_REPORTS).map(|(_, r)| r));
+    ended.sort_by_key(|(at, _, _)| *at);
+    ended.truncate(MAX_ENDED_REPORTS);
+    let mut reported = Vec::with_capacity(ended.len());
+    for (_, r, s) in ended {
+        live.push(r);
+        reported.push(s);
+    }
+    let mut samples = node.take_samples();
+    let newest = samples.split_off(samples.len().saturating_sub(MAX_MEASUREMENTS));
+    drop(samples);
+    let measurements = newest
         .into_iter()
         .filter(|m| m.info.rtt_ms > 0.0)
         .filter_map(|m| {
@@ -154,7 +199,7 @@ pub fn heartbeat_body(node: &Node, cpu: f64, mbps: f64) -> Heartbeat {
         Some(w) if w.starts_with("disk full") => DiskState::Full,
         Some(_) => DiskState::Failing,
     };
-    Heartbeat {
+    let body = Heartbeat {
         load: Load {
             streams: load_streams,
             mbps,
@@ -168,6 +213,17 @@ pub fn heartbeat_body(node: &Node, cpu: f64, mbps: f64) -> Heartbeat {
         disk,
         streams: live,
         measurements,
+        // A fresh peer token when the one held expires within 5 minutes.
+        want_peer_token: node
+            .peer_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|(_, exp)| *exp < node.now_unix() + 300),
+    };
+    HeartbeatBody {
+        body,
+        ended: reported,
     }
 }
 
@@ -186,20 +242,32 @@ pub async fn heartbeat(node: &Node, cpu: f64, mbps: f64) -> Result<Beat, String>
     ) else {
         return Err("no director configured".into());
     };
+    let beat = heartbeat_body(node, cpu, mbps);
+    let json = serde_json::to_vec(&beat.body).map_err(|e| format!("heartbeat body: {e}"))?;
+    node.metrics
+        .heartbeat_bytes
+        .store(json.len() as u64, Ordering::Relaxed);
     let resp = node
         .http
         .put(&url)
-        .bearer_auth(&node.cfg.cluster_secret)
-        .json(&heartbeat_body(node, cpu, mbps))
+        .bearer_auth(&node.cfg.credential)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(json)
         .timeout(Duration::from_secs(5))
         .send()
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     match resp.status() {
         s if s.is_success() => {
+            for s in &beat.ended {
+                s.end_reported.store(true, Ordering::SeqCst);
+            }
             if let Ok(a) = resp.json::<HeartbeatAnswer>().await {
                 for b in a.superseded {
                     end_superseded(node, &b);
+                }
+                if let (Some(t), Some(e)) = (a.peer_token, a.peer_token_expires_at) {
+                    *node.peer_token.lock().unwrap_or_else(|e| e.into_inner()) = Some((t, e));
                 }
             }
             Ok(Beat::Ok)
@@ -231,7 +299,7 @@ pub async fn deregister(node: &Node) {
         let _ = node
             .http
             .delete(&url)
-            .bearer_auth(&node.cfg.cluster_secret)
+            .bearer_auth(&node.cfg.credential)
             .timeout(Duration::from_secs(3))
             .send()
             .await;

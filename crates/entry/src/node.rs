@@ -41,8 +41,10 @@ pub struct EntryConfig {
     /// Extra CA certificates (PEM file) trusted for an `https://` director, besides the public
     /// web roots (a private CA or a self-signed director).
     pub director_ca_file: Option<PathBuf>,
-    /// Cluster credential shared with the director.
-    pub cluster_secret: String,
+    /// This server's own credential toward the director, `<id>:<64 hex digits>`
+    /// (HMAC-SHA256 of the id under the director's `auth.entry_key`: it proves this id and no
+    /// other). Prefer the environment: `FIRSTMILE_ENTRY_CREDENTIAL`.
+    pub credential: String,
     /// The director's token public key (PEM, inline or a path).
     pub token_public_key: String,
     /// Directory of the chunk logs.
@@ -52,10 +54,35 @@ pub struct EntryConfig {
     /// of the server process, not of the machine).
     #[serde(with = "fsync_serde")]
     pub fsync: FsyncPolicy,
-    /// Delete log segments older than this many seconds (0 = keep).
+    /// Retention by age (0 = keep): a broadcast whose newest data is older than this many
+    /// seconds and that nobody uses is deleted entirely; a long broadcast in use loses its
+    /// segments older than this (never its active one).
     pub retention_secs: u64,
-    /// Keep at most this many bytes per stream log (0 = no limit).
+    /// Keep at most this many bytes per broadcast log (0 = no limit): its oldest segments go.
     pub retention_bytes: u64,
+    /// Total bytes of every log on this server (0 = no budget): over it, the broadcasts nobody
+    /// uses are deleted, oldest first, until it fits.
+    pub disk_budget_bytes: u64,
+    /// Free space the log filesystem must keep. Below it the server takes no new broadcast
+    /// (readiness 503, heartbeat `disk: full`), retention deletes unused broadcasts, oldest
+    /// first, to get it back, and broadcasts are taken again once it is back.
+    pub min_free_bytes: u64,
+    /// How often the storage is checked (free space, and a small write and fsync that must
+    /// succeed) and retention runs; a server that could not store recovers by itself when a
+    /// check passes.
+    pub storage_check_ms: u64,
+    /// How often retention runs while the storage is fine (at every storage check while it is
+    /// short of space).
+    pub retention_interval_ms: u64,
+    /// Relayed broadcasts this node pulls at once (viewers of a stream it does not hold); over
+    /// it, a viewer of another stream gets 503 with Retry-After.
+    pub max_relays: usize,
+    /// Relay pulls and backfills one client address (IPv6: its /64) may start per minute (a
+    /// burst of as many); viewers joining a relay already running cost nothing. Over it: 429.
+    pub relay_starts_per_ip_per_min: u32,
+    /// Backfills (a relay fetching older chunks for a catch-up viewer) running at once; over it,
+    /// the viewer starts at the relay's oldest chunk instead.
+    pub max_backfills: usize,
     /// Concurrent ingest streams this server takes.
     pub capacity_streams: u32,
     /// Ingress bandwidth in Mbit/s.
@@ -98,7 +125,7 @@ pub struct EntryConfig {
     // Listener caps and timeouts (`plumbing::listen`; README "Limits and timeouts of the
     // listeners"). Per-address caps count connections that have not authenticated (a WELCOME
     // sent, an RTMP publish accepted); on HTTP, requests with `Authorization: Bearer
-    // <cluster_secret>`.
+    // <credential>` (its own) or a valid peer token.
     /// HTTP connections open at once (viewers, relays, WebSocket ingest, push).
     pub http_max_connections: usize,
     /// HTTP connections from one address (IPv6: one /64). Viewers behind one NAT and relaying
@@ -138,12 +165,19 @@ impl Default for EntryConfig {
             advertise: None,
             director: None,
             director_ca_file: None,
-            cluster_secret: String::new(),
+            credential: String::new(),
             token_public_key: String::new(),
             data_dir: PathBuf::from("firstmile-data"),
             fsync: FsyncPolicy::Interval(Duration::from_millis(20)),
             retention_secs: 24 * 3600,
             retention_bytes: 0,
+            disk_budget_bytes: 0,
+            min_free_bytes: 256 << 20,
+            storage_check_ms: 2000,
+            retention_interval_ms: 30_000,
+            max_relays: 1000,
+            relay_starts_per_ip_per_min: 120,
+            max_backfills: 16,
             capacity_streams: 100,
             capacity_mbps: 1000.0,
             ack_interval_ms: 20,
@@ -266,8 +300,22 @@ impl EntryConfig {
                 "required: the director's token public key, PEM inline or a path to it",
             );
         }
-        if self.director.is_some() && self.cluster_secret.is_empty() {
-            return bad("cluster_secret", "required when a director is configured");
+        if self.director.is_some() && self.credential.is_empty() {
+            return bad(
+                "credential",
+                "required when a director is configured: this server's own credential, \
+                 <id>:<64 hex digits> (`firstmile keygen --entry ID --entry-key KEY` on the \
+                 director's side prints it)",
+            );
+        }
+        if self.director.is_some() && !self.credential.starts_with(&format!("{}:", self.id)) {
+            return bad(
+                "credential",
+                &format!(
+                    "is not entry server {}'s credential (it starts with the server's id)",
+                    self.id
+                ),
+            );
         }
         if let Some(d) = &self.director
             && !(d.starts_with("http://") || d.starts_with("https://"))
@@ -320,6 +368,27 @@ impl EntryConfig {
         }
         if !(1..=3600).contains(&self.hls_idle_s) {
             return bad("hls_idle_s", "1 to 3600");
+        }
+        if !(100..=60_000).contains(&self.storage_check_ms) {
+            return bad("storage_check_ms", "100 to 60000");
+        }
+        if !(100..=3_600_000).contains(&self.retention_interval_ms) {
+            return bad("retention_interval_ms", "100 to 3600000");
+        }
+        if self.disk_budget_bytes != 0 && self.disk_budget_bytes < 16 << 20 {
+            return bad(
+                "disk_budget_bytes",
+                "0 (no budget) or at least 16777216 (16 MiB)",
+            );
+        }
+        if !(1..=1_000_000).contains(&self.max_relays) {
+            return bad("max_relays", "1 to 1000000");
+        }
+        if !(1..=1_000_000).contains(&self.relay_starts_per_ip_per_min) {
+            return bad("relay_starts_per_ip_per_min", "1 to 1000000");
+        }
+        if !(1..=10_000).contains(&self.max_backfills) {
+            return bad("max_backfills", "1 to 10000");
         }
         for (max, per_ip, key) in [
             (
@@ -382,6 +451,21 @@ pub struct Metrics {
     pub viewers_skipped: AtomicU64,
     pub viewers_cut: AtomicU64,
     pub relay_upstream_failures: AtomicU64,
+    /// Viewers refused a relay or backfill by `max_relays` or the per-address limit.
+    pub relays_refused: AtomicU64,
+    /// Bytes of the last heartbeat's body.
+    pub heartbeat_bytes: AtomicU64,
+    /// Storage checks run (passed or not).
+    pub storage_checks: AtomicU64,
+    /// Free bytes of the log filesystem at the last storage check.
+    pub disk_free_bytes: AtomicU64,
+    /// Bytes of every log on disk at the last retention pass.
+    pub log_bytes: AtomicU64,
+    /// Broadcast logs on disk at the last retention pass.
+    pub broadcasts_on_disk: AtomicU64,
+    /// Broadcasts retention deleted, and their bytes.
+    pub retention_deleted: AtomicU64,
+    pub retention_deleted_bytes: AtomicU64,
     /// Counters of the listeners, kept by their gates.
     pub listeners: ListenerStats,
 }
@@ -441,9 +525,17 @@ pub struct Node {
     /// Why the log storage cannot take new broadcasts (disk full, failing writes), if so.
     pub storage: Mutex<Option<String>>,
     /// Per-client rate limit of `GET /v1/probe`.
-    pub probe_limiter: ProbeLimiter,
+    pub probe_limiter: ClientLimiter,
+    /// Relay pulls and backfills started per client address.
+    pub relay_limiter: ClientLimiter,
+    /// Which window of live broadcasts the next heartbeat reports (see `link::MAX_LIVE_REPORTS`).
+    pub report_turn: std::sync::atomic::AtomicUsize,
+    /// Backfills running now (at most `max_backfills`).
+    pub backfills: tokio::sync::Semaphore,
     /// The director's recent answers about streams: (stream, broadcast asked) → (when, answer).
     pub info_cache: Mutex<InfoCache>,
+    /// The peer token the director gave this server (for other entry servers), and its expiry.
+    pub peer_token: Mutex<Option<(String, u64)>>,
     /// Broadcasts the director said to end (superseded, revoked) → when told ([`crate::hub::mono_ms`]).
     pub superseded: Mutex<std::collections::HashMap<crate::hub::Key, u64>>,
 }
@@ -483,6 +575,27 @@ impl Node {
 
     pub fn urls(&self) -> Urls {
         self.urls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// What to present to another entry server (`Authorization: Bearer`): the peer token the
+    /// director gave this server (empty without a director).
+    pub fn peer_bearer(&self) -> String {
+        self.peer_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(t, _)| t.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether a request's bearer is this server's own credential (its operator) or a peer
+    /// token the director signed (another entry server of the fleet).
+    pub fn trusts_bearer(&self, bearer: &str) -> bool {
+        let own = self.cfg.credential.as_bytes();
+        let is_own = !own.is_empty()
+            && bearer.len() == own.len()
+            && bearer.bytes().zip(own).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+        is_own || self.verifier.verify_peer(bearer, self.now_unix()).is_ok()
     }
 
     /// Why new broadcasts cannot be stored now, if so.
@@ -538,35 +651,49 @@ impl Node {
 pub type InfoCache =
     std::collections::HashMap<(String, Option<String>), (u64, proto::api::StreamInfo)>;
 
-/// A per-address token bucket for probes: `PER_SECOND` a second, bursts of `BURST`. Bounded:
-/// at most `MAX_CLIENTS` addresses are tracked (beyond, the table starts over; an attacker
-/// cycling addresses gets at most a fresh burst each).
-#[derive(Debug, Default)]
-pub struct ProbeLimiter {
+/// A per-address token bucket (IPv4 by address, IPv6 by /64): `per_second` a second, bursts of
+/// `burst`. Bounded: at most [`ClientLimiter::MAX_CLIENTS`] addresses are tracked (beyond, the
+/// table starts over; an attacker cycling addresses gets at most a fresh burst each).
+#[derive(Debug)]
+pub struct ClientLimiter {
+    per_second: f64,
+    burst: f64,
     clients: Mutex<std::collections::HashMap<IpAddr, (f64, u64)>>,
 }
 
-impl ProbeLimiter {
-    const PER_SECOND: f64 = 20.0;
-    const BURST: f64 = 40.0;
-    const MAX_CLIENTS: usize = 100_000;
+impl ClientLimiter {
+    pub const MAX_CLIENTS: usize = 100_000;
 
-    /// Whether `ip` may probe now.
-    pub fn check(&self, ip: IpAddr) -> bool {
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        Self {
+            per_second,
+            burst: burst.max(1.0),
+            clients: Default::default(),
+        }
+    }
+
+    /// Probes: 20 a second, bursts of 40.
+    pub fn probes() -> Self {
+        Self::new(20.0, 40.0)
+    }
+
+    /// Whether `ip` may go ahead now; if not, the seconds until it may.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        let ip = plumbing::listen::ip_key(ip);
         let now = crate::hub::mono_ms();
         let mut g = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if g.len() >= Self::MAX_CLIENTS && !g.contains_key(&ip) {
             g.clear();
         }
-        let (tokens, at) = g.entry(ip).or_insert((Self::BURST, now));
+        let (tokens, at) = g.entry(ip).or_insert((self.burst, now));
         let elapsed = now.saturating_sub(*at) as f64 / 1000.0;
-        *tokens = (*tokens + elapsed * Self::PER_SECOND).min(Self::BURST);
+        *tokens = (*tokens + elapsed * self.per_second).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
         }
     }
 }
@@ -593,12 +720,19 @@ mod tests {
 
     #[test]
     fn probes_are_rate_limited_per_address() {
-        let l = ProbeLimiter::default();
+        let l = ClientLimiter::probes();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let allowed = (0..100).filter(|_| l.check(a)).count();
+        let allowed = (0..100).filter(|_| l.check(a).is_ok()).count();
         assert!((40..=42).contains(&allowed), "{allowed}");
-        assert!(l.check(b), "another address is not affected");
+        assert!(l.check(b).is_ok(), "another address is not affected");
+        // IPv6 is counted by /64: another address in the prefix shares the bucket.
+        let l = ClientLimiter::new(1.0 / 60.0, 2.0);
+        let c: IpAddr = "2001:db8::1".parse().unwrap();
+        let d: IpAddr = "2001:db8::2".parse().unwrap();
+        assert!(l.check(c).is_ok() && l.check(d).is_ok());
+        let wait = l.check(c).unwrap_err();
+        assert!((1..=60).contains(&wait), "{wait}");
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl Rejoin {
         let list = match node
             .http
             .get(&url)
-            .bearer_auth(&node.cfg.cluster_secret)
+            .bearer_auth(node.peer_bearer())
             .timeout(STALL)
             .send()
             .await

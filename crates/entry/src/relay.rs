@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use proto::api::StreamInfo;
 use proto::{BroadcastId, Decoder, Frame};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +35,10 @@ pub enum RelayError {
     NotLive(String),
     #[error("director unreachable: {0}")]
     Director(String),
+    #[error("this node relays as many streams as it may (max_relays): try another node or later")]
+    Capacity,
+    #[error("too many relays started from this address: retry in {0} s")]
+    TooMany(u64),
 }
 
 /// What the director says of a stream: its current broadcast (or the one asked for), its
@@ -117,9 +122,24 @@ async fn upstreams(
 
 /// Fetch chunks `[from, stream.first_seq())` from an upstream and put them before the relay's
 /// tail, so a catch-up viewer on this node gets them. Best effort, bounded by the tail size.
-pub async fn backfill(node: &Arc<Node>, stream: &Arc<Stream>, from: u64) {
+///
+/// Bounded: at most `max_backfills` at once on the node, and each counts against the client's
+/// relay starts (`client`: the viewer's address); over either, nothing is fetched.
+pub async fn backfill(node: &Arc<Node>, stream: &Arc<Stream>, from: u64, client: Option<IpAddr>) {
     let first = stream.first_seq();
     if from >= first || stream.is_ingest() {
+        return;
+    }
+    let Ok(_slot) = node.backfills.try_acquire() else {
+        node.metrics.relays_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(stream = %stream.name, "backfill skipped: max_backfills running");
+        return;
+    };
+    if let Some(ip) = client
+        && node.relay_limiter.check(ip).is_err()
+    {
+        node.metrics.relays_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(stream = %stream.name, %ip, "backfill skipped: the client's relay starts are used up");
         return;
     }
     let Ok(ups) = upstreams(node, &stream.name, &stream.broadcast).await else {
@@ -135,7 +155,7 @@ pub async fn backfill(node: &Arc<Node>, stream: &Arc<Stream>, from: u64) {
         let Ok(resp) = node
             .http
             .get(&url)
-            .bearer_auth(&node.cfg.cluster_secret)
+            .bearer_auth(node.peer_bearer())
             .send()
             .await
         else {
@@ -175,7 +195,10 @@ pub async fn backfill(node: &Arc<Node>, stream: &Arc<Stream>, from: u64) {
             }
         }
         // Only a run that reaches the relay front is usable.
-        if got.last().is_some_and(|c| c.seq + 1 == first) {
+        if got
+            .last()
+            .is_some_and(|c| c.seq.checked_add(1) == Some(first))
+        {
             let n = stream.prepend(got);
             tracing::debug!(stream = %stream.name, from, added = n, "backfilled relay");
             return;
@@ -198,7 +221,7 @@ pub async fn fetch_flv_head(node: &Arc<Node>, stream: &Arc<Stream>) {
         let Ok(resp) = node
             .http
             .get(&url)
-            .bearer_auth(&node.cfg.cluster_secret)
+            .bearer_auth(node.peer_bearer())
             .timeout(Duration::from_secs(3))
             .send()
             .await
@@ -269,12 +292,17 @@ impl Merge {
 /// The broadcast, relayed if it is not held here. `initial_from` is where the relay starts when
 /// it is created (the first viewer's `from`). Relays pull only from the ingest servers the
 /// director recorded for this broadcast.
+///
+/// Starting a relay is bounded: at most `max_relays` on the node ([`RelayError::Capacity`])
+/// and `relay_starts_per_ip_per_min` per client address (`client`, the viewer's;
+/// [`RelayError::TooMany`]). Joining a relay that runs costs nothing.
 pub async fn ensure(
     node: &Arc<Node>,
     name: &str,
     broadcast: &BroadcastId,
     private: bool,
     initial_from: &str,
+    client: Option<IpAddr>,
 ) -> Result<Arc<Stream>, RelayError> {
     if let Some(s) = node.hub.get(name, broadcast) {
         return Ok(s);
@@ -286,6 +314,14 @@ pub async fn ensure(
     let ups = upstreams(node, name, broadcast).await?;
     if ups.is_empty() {
         return Err(RelayError::NoUpstream(name.into()));
+    }
+    if node.hub.get(name, broadcast).is_none() {
+        if node.hub.counts().1 >= node.cfg.max_relays {
+            return Err(RelayError::Capacity);
+        }
+        if let Some(ip) = client {
+            node.relay_limiter.check(ip).map_err(RelayError::TooMany)?;
+        }
     }
     let (s, created) = node.hub.relay_or_insert_with(name, broadcast, || {
         Stream::new(
@@ -416,7 +452,7 @@ async fn pull_once(node: &Node, merge: &Merge, url: &str) -> Result<(), String> 
     let resp = node
         .http
         .get(url)
-        .bearer_auth(&node.cfg.cluster_secret)
+        .bearer_auth(node.peer_bearer())
         .send()
         .await
         .map_err(|e| e.to_string())?;

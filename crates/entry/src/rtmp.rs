@@ -444,7 +444,7 @@ impl Publishing {
                     crate::rejoin::PeerEvent::Gone(_) => break,
                 }
             }
-            clean = peer_end.is_some_and(|f| self.stream.edge().next_seq == f + 1);
+            clean = peer_end.is_some_and(|f| Some(self.stream.edge().next_seq) == f.checked_add(1));
         }
         self.rejoin = None;
         self.show_rejoin();
@@ -1028,7 +1028,7 @@ async fn peer_holding(
         let v: proto::api::EntryStreams = node
             .http
             .get(&list)
-            .bearer_auth(&node.cfg.cluster_secret)
+            .bearer_auth(node.peer_bearer())
             .timeout(PEER_TIMEOUT)
             .send()
             .await

@@ -186,8 +186,9 @@ impl Cursor {
                 },
                 Err(ReadError::Log(e)) => return Err(Stop::Failed(e.to_string())),
             }
+            // Caught up with an ended broadcast (also one ended empty, at `u64::MAX`).
             if let Some(f) = edge.ended
-                && self.next > f
+                && (self.next > f || (self.next >= edge.next_seq && f == u64::MAX))
             {
                 return Err(Stop::Ended);
             }

@@ -12,14 +12,16 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod bounds;
+mod listeners;
 mod openapi;
 mod ownership;
-mod listeners;
 mod rtmp;
+mod storage;
 mod tls;
 mod ws;
 
-use testkit::{CLUSTER, bind, entry_config};
+use testkit::{bind, entry_config};
 
 /// A director and an entry server, as `testkit` runs them (their panics re-raised in the test).
 type Director = testkit::TestDirector;
@@ -40,7 +42,7 @@ async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
 async fn get_streams(http: impl std::fmt::Display) -> reqwest::Result<reqwest::Response> {
     http_client()
         .get(format!("http://{http}/v1/streams"))
-        .bearer_auth(CLUSTER)
+        .bearer_auth(testkit::peer_token())
         .send()
         .await
 }
@@ -690,6 +692,81 @@ async fn unknown_streams_and_bad_ids() {
     let e = read_live(s.http, "nobody", "live").await.unwrap_err();
     assert!(e.starts_with("404"), "{e}");
     let e = read_live(s.http, "..%2Fetc", "live").await.unwrap_err();
+    assert!(e.starts_with("400"), "{e}");
+}
+
+/// Hostile values in the protocol's integer fields get a clean answer, never an overflow or a
+/// hang: a resume point beyond 2^62, END of an empty stream at `u64::MAX` (viewers then end
+/// instead of waiting forever), and huge `from` values for viewers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_overflow_values_get_a_clean_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = entry_config("ovf-1", "ovf", "Paris", dir.path(), None);
+    cfg.viewer_wait_ms = 200;
+    let s = Server::start(cfg, "127.0.0.10");
+    let addr = s.native.to_string();
+    let key = testkit::key();
+    let tok = |stream: &str| token_for(&key, stream, "ovf-1", Role::Primary, far_future());
+    // resume_from at u64::MAX: refused, the server goes on.
+    let mut p = Path::connect(&addr).await.unwrap();
+    let f = p
+        .hello("ovf", Role::Primary, &tok("ovf"), Some(u64::MAX))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&f, Frame::Error(e) if e.code == ErrorCode::Protocol && e.message.contains("2^62") || e.message.contains("largest")),
+        "{f:?}"
+    );
+    // END of an empty stream at u64::MAX: accepted, and a viewer gets the end at once.
+    let mut p = Path::connect(&addr).await.unwrap();
+    assert!(matches!(
+        p.hello("empty", Role::Primary, &tok("empty"), None)
+            .await
+            .unwrap(),
+        Frame::Welcome(_)
+    ));
+    p.send(&Frame::End {
+        final_seq: u64::MAX,
+    })
+    .await
+    .unwrap();
+    p.until_ack(u64::MAX).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), read_live(s.http, "empty", "start"))
+        .await
+        .expect("the viewer of an empty ended stream must not hang");
+    assert_eq!(got.unwrap(), Vec::<u8>::new());
+    // A stream with data, and viewers asking for absurd starting points.
+    let chunks = source(20);
+    assert_eq!(
+        push(
+            addr.clone(),
+            "some".into(),
+            Role::Primary,
+            tok("some"),
+            chunks.clone(),
+            20,
+            true
+        )
+        .await,
+        Ok(0)
+    );
+    for from in [
+        format!("-{}s", u64::MAX),
+        format!("time:{}", i64::MIN),
+        format!("time:{}", i64::MAX),
+        u64::MAX.to_string(),
+    ] {
+        let r = tokio::time::timeout(Duration::from_secs(10), read_live(s.http, "some", &from))
+            .await
+            .unwrap_or_else(|_| panic!("from={from} hung"));
+        match r {
+            Ok(b) => assert!(b.len() <= concat(&chunks).len(), "from={from}"),
+            Err(e) => assert!(e.starts_with("4"), "from={from}: {e}"),
+        }
+    }
+    let e = read_live(s.http, "some", &format!("-{}0s", u64::MAX))
+        .await
+        .unwrap_err();
     assert!(e.starts_with("400"), "{e}");
 }
 

@@ -105,12 +105,56 @@ fn sim_json_is_the_documented_shape_and_learned_is_not_worse() {
     let regret = |p: &str, k: &str| v["policies"][p][k]["mean"].as_f64().unwrap();
     assert_eq!(regret("oracle", "primary_regret_ms"), 0.0);
     assert!(regret("learned", "backup_regret_ms") < regret("nearest", "backup_regret_ms"));
-    // Human output names every policy.
-    let h = firstmile(&["sim", "--data", &shared_latency()]);
+    // Measured steering beats every estimate on the primary.
+    for p in ["probe", "history"] {
+        assert!(
+            regret(p, "primary_regret_ms") < regret("learned", "primary_regret_ms"),
+            "{p}: {v}"
+        );
+    }
+    assert_eq!(
+        (
+            &v["probe_targets"],
+            &v["probe_samples"],
+            &v["history_sessions"]
+        ),
+        (&5.into(), &5.into(), &5.into())
+    );
+    // Human output names every policy; the flags reach the simulation.
+    let h = firstmile(&[
+        "sim",
+        "--data",
+        &shared_latency(),
+        "--probe-targets",
+        "3",
+        "--probe-samples",
+        "7",
+        "--history-sessions",
+        "2",
+    ]);
     let text = stdout(&h);
-    for p in ["nearest", "estimate", "learned", "oracle"] {
+    for p in [
+        "nearest", "estimate", "learned", "probe", "history", "oracle",
+    ] {
         assert!(text.contains(p), "{text}");
     }
+    assert!(
+        text.contains(
+            "top 3 candidates per location, median of 7 samples; history: the session after 2"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn sim_with_impossible_probe_settings_exits_64_saying_what_is_accepted() {
+    let o = firstmile(&["sim", "--data", &shared_latency(), "--probe-samples", "0"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(
+        stderr(&o).contains("probe samples 0 must be 1 to 16"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -388,7 +432,7 @@ fn keygen_check_config_and_a_director_that_serves() {
         "--set".to_string(),
         format!("tokens.signing_key_file={:?}", key.to_str().unwrap()),
         "--set".into(),
-        "auth.cluster_token=\"c1\"".into(),
+        "auth.entry_key=\"tls-test-entry-key-0123456789abcdef\"".into(),
         "--set".into(),
         "auth.admin_token=\"a1\"".into(),
         "--set".into(),
@@ -484,7 +528,7 @@ fn a_director_over_https_serves_entry_servers_and_devices() {
         "--set".into(),
         format!("tokens.signing_key_file={}", q(&p("director.key"))),
         "--set".into(),
-        "auth.cluster_token=\"c1\"".into(),
+        "auth.entry_key=\"tls-test-entry-key-0123456789abcdef\"".into(),
         "--set".into(),
         "auth.admin_token=\"a1\"".into(),
         "--set".into(),
@@ -500,7 +544,18 @@ fn a_director_over_https_serves_entry_servers_and_devices() {
         .to_string();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
-    // An entry server registers over HTTPS, trusting the director's certificate.
+    // An entry server registers over HTTPS, trusting the director's certificate, with its own
+    // credential as `firstmile keygen --entry` derives it.
+    let o = firstmile(&[
+        "keygen",
+        "--entry",
+        "e1",
+        "--entry-key",
+        "tls-test-entry-key-0123456789abcdef",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let credential = stdout(&o).trim().to_string();
+    assert!(credential.starts_with("e1:"), "{credential}");
     let (_entry, line) = spawn_ready(&[
         "entry".into(),
         "--id".into(),
@@ -520,7 +575,7 @@ fn a_director_over_https_serves_entry_servers_and_devices() {
         "--token-public-key".into(),
         p("director.pub"),
         "--set".into(),
-        "cluster_secret=\"c1\"".into(),
+        format!("credential={credential:?}"),
         "--set".into(),
         format!("director_ca_file={}", q(&p("cert.pem"))),
     ]);
@@ -582,7 +637,7 @@ fn bad_configuration_exits_64_before_binding() {
         "--listen",
         &addr,
         "--set",
-        "auth.cluster_token=\"x\"",
+        "auth.entry_key=\"0123456789abcdef0123456789abcdef\"",
     ]);
     assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
     assert!(
@@ -590,6 +645,11 @@ fn bad_configuration_exits_64_before_binding() {
         "{}",
         stderr(&o)
     );
+    // The secrets of the shipped example are refused: a copied example must not go live.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/director.toml");
+    let o = firstmile(&["director", "--config", example, "--listen", &addr]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("example"), "{}", stderr(&o));
     let o = firstmile(&[
         "entry",
         "--id",
@@ -855,4 +915,208 @@ fn a_stream_belongs_to_its_publisher_and_goes_live_again_with_its_key() {
         got == want,
         "the follower's bytes are not the owner's two broadcasts"
     );
+    // What a streamer types into OBS: `--obs` alone means RTMP, and the key stays in the
+    // Stream Key field (OBS keeps it day after day).
+    let o = firstmile(&[
+        "assign",
+        "--director",
+        &up.director,
+        "--location",
+        "Paris, FR",
+        "--stream",
+        "live1",
+        "--key",
+        &key,
+        "--obs",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("Server:     rtmp://"), "{text}");
+    assert!(
+        text.contains(&format!("Stream Key: live1?key={key}")),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// `firstmile up --wan`: the network inside a wide-area test bed (needs root; skipped, loudly,
+// where the machine cannot host one).
+
+/// `firstmile up --wan` as a child; stopped with SIGINT (it tears the bed down) if still running.
+struct WanUp {
+    child: Child,
+    director: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for WanUp {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The shipped steering bed: the director and each entry server run in their own host; a device
+/// in Paris is given the nearest server (London: no evidence yet says it is badly routed), its
+/// push crosses the bed to both servers, and a viewer in New York plays it through a relay.
+/// Ctrl-C stops everything and removes the bed.
+#[test]
+fn up_wan_runs_the_network_in_a_bed() {
+    if let Err(e) = wanbed::check_support() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED up_wan_runs_the_network_in_a_bed: {e}"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("u{}", std::process::id());
+    let bed_text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../wanbed/beds/steering.toml"
+    ))
+    .unwrap()
+    .replace("prefix = \"fm\"", &format!("prefix = \"{prefix}\""));
+    assert!(bed_text.contains(&prefix));
+    let bed_file = dir.path().join("bed.toml");
+    std::fs::write(&bed_file, bed_text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firstmile"))
+        .args(["up", "--wan"])
+        .arg(&bed_file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut director, mut entries) = (String::new(), Vec::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.first() {
+            Some(&"director") => director = f[1].to_string(),
+            Some(&"entry") => entries.push(f[1].to_string()),
+            Some(&"Ctrl-C") => break,
+            _ => {}
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let mut up = WanUp {
+        child,
+        director,
+        _dir: dir,
+    };
+    assert!(
+        up.director.starts_with("http://10.77.0.1:"),
+        "{}",
+        up.director
+    );
+    assert_eq!(entries, ["fra-1", "lon-1", "nyc-1"]);
+    let in_host = |host: &str| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &format!("{prefix}-{host}")])
+            .arg(env!("CARGO_BIN_EXE_firstmile"));
+        c
+    };
+
+    let stream = "wan-e2e";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut key: Option<String> = None;
+    let a = loop {
+        let mut c = in_host("dev");
+        c.args([
+            "assign",
+            "--director",
+            &up.director,
+            "--location",
+            "Paris, FR",
+        ])
+        .args(["--stream", stream, "--json"]);
+        if let Some(k) = &key {
+            c.args(["--key", k]);
+        }
+        let o = c.output().unwrap();
+        if o.status.success() {
+            if key.is_none() {
+                key = printed_key(&stderr(&o));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            if !v["backup"].is_null() {
+                break v;
+            }
+        }
+        assert!(Instant::now() < deadline, "no assignment: {}", stderr(&o));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(a["primary"]["server_id"], "lon-1", "{a}");
+    assert_eq!(a["backup"]["server_id"], "fra-1", "{a}");
+    assert!(
+        a["primary"]["url"].as_str().unwrap().contains("10.77.0.3"),
+        "the pick advertises its bed address: {a}"
+    );
+
+    let source = pseudo_random(1 << 20);
+    let mut push = in_host("dev")
+        .args([
+            "push",
+            "--director",
+            &up.director,
+            "--location",
+            "Paris, FR",
+        ])
+        .args(["--stream", stream, "--quiet", "--json-summary", "-"])
+        .args(["--key", key.as_deref().unwrap_or_default()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    push.stdin.take().unwrap().write_all(&source).unwrap();
+    let pushed = push.wait_with_output().unwrap();
+    assert!(pushed.status.success(), "push: {}", stderr(&pushed));
+    let played = in_host("viewer")
+        .args(["play", "--director", &up.director, "--location", "New York"])
+        .args(["--from", "start", "--wait", "30s", stream])
+        .output()
+        .unwrap();
+    assert!(played.status.success(), "play: {}", stderr(&played));
+    assert!(
+        played.stdout == source,
+        "the viewer's bytes differ from the source"
+    );
+
+    // Ctrl-C: everything stops and the bed is gone.
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &up.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = up.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "up --wan did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    for host in ["director", "fra-1", "dev"] {
+        let ns = format!("/run/netns/{prefix}-{host}");
+        assert!(!std::path::Path::new(&ns).exists(), "{ns} left behind");
+    }
 }

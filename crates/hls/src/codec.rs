@@ -137,7 +137,13 @@ fn parse_video(b: &Bytes, pts_us: i64) -> Result<Tag, CodecError> {
                 if b.len() < 8 {
                     return Err(short("enhanced coded frame", b.len()));
                 }
-                Ok(frame(Track::Video, pts_us, si24(&b[5..8]), key, b.slice(8..)))
+                Ok(frame(
+                    Track::Video,
+                    pts_us,
+                    si24(&b[5..8]),
+                    key,
+                    b.slice(8..),
+                ))
             }
             3 => Ok(frame(Track::Video, pts_us, 0, key, b.slice(5..))),
             _ => Ok(Tag::Other),
@@ -153,7 +159,13 @@ fn parse_video(b: &Bytes, pts_us: i64) -> Result<Tag, CodecError> {
     }
     match b[1] {
         0 => config(codec, b.slice(5..)).map(Tag::Video),
-        1 => Ok(frame(Track::Video, pts_us, si24(&b[2..5]), key, b.slice(5..))),
+        1 => Ok(frame(
+            Track::Video,
+            pts_us,
+            si24(&b[2..5]),
+            key,
+            b.slice(5..),
+        )),
         _ => Ok(Tag::Other),
     }
 }
@@ -355,12 +367,16 @@ fn hevc_size(r: &[u8]) -> Result<(u16, u16), CodecError> {
     let arrays = r[22];
     let mut pos = 23;
     for _ in 0..arrays {
-        let hdr = r.get(pos..pos + 3).ok_or_else(|| cfg_err("hvcC truncated"))?;
+        let hdr = r
+            .get(pos..pos + 3)
+            .ok_or_else(|| cfg_err("hvcC truncated"))?;
         let nal_type = hdr[0] & 0x3f;
         let count = u16::from_be_bytes([hdr[1], hdr[2]]);
         pos += 3;
         for _ in 0..count {
-            let l = r.get(pos..pos + 2).ok_or_else(|| cfg_err("hvcC truncated"))?;
+            let l = r
+                .get(pos..pos + 2)
+                .ok_or_else(|| cfg_err("hvcC truncated"))?;
             let len = usize::from(u16::from_be_bytes([l[0], l[1]]));
             let nal = r
                 .get(pos + 2..pos + 2 + len)
@@ -522,7 +538,10 @@ pub(crate) mod tests {
         let Tag::Frame(f) = parse_tag(VIDEO, &k, 40_000).unwrap() else {
             panic!()
         };
-        assert_eq!((f.key, f.dts_us, f.cts_us, f.data.len()), (true, 40_000, 80_000, 6));
+        assert_eq!(
+            (f.key, f.dts_us, f.cts_us, f.data.len()),
+            (true, 40_000, 80_000, 6)
+        );
         // A negative composition offset (SI24).
         let p = Bytes::from_static(&[0x27, 1, 0xff, 0xff, 0xd8, 0, 0, 0, 1, 0x41]);
         let Tag::Frame(f) = parse_tag(VIDEO, &p, 0).unwrap() else {
@@ -530,14 +549,14 @@ pub(crate) mod tests {
         };
         assert_eq!((f.key, f.cts_us), (false, -40_000));
         // AAC: AudioSpecificConfig 0x12 0x10 = LC, 44.1 kHz, stereo; then a raw frame.
-        let Tag::Audio(a) = parse_tag(AUDIO, &Bytes::from_static(&[0xaf, 0, 0x12, 0x10]), 0)
-            .unwrap()
+        let Tag::Audio(a) =
+            parse_tag(AUDIO, &Bytes::from_static(&[0xaf, 0, 0x12, 0x10]), 0).unwrap()
         else {
             panic!()
         };
         assert_eq!((a.object_type, a.sample_rate, a.channels), (2, 44100, 2));
-        let Tag::Frame(f) = parse_tag(AUDIO, &Bytes::from_static(&[0xaf, 1, 0x21, 0x1b]), 23_000)
-            .unwrap()
+        let Tag::Frame(f) =
+            parse_tag(AUDIO, &Bytes::from_static(&[0xaf, 1, 0x21, 0x1b]), 23_000).unwrap()
         else {
             panic!()
         };

@@ -191,7 +191,12 @@ fn trak(
             },
             hdlr: Hdlr {
                 handler: handler.into(),
-                name: if video { "firstmile video" } else { "firstmile audio" }.into(),
+                name: if video {
+                    "firstmile video"
+                } else {
+                    "firstmile audio"
+                }
+                .into(),
             },
             minf: Minf {
                 vmhd: video.then(Vmhd::default),
@@ -282,7 +287,8 @@ pub fn fragment(sequence: u32, runs: &[Run]) -> Result<Bytes, MuxError> {
     let mut offsets = Vec::with_capacity(runs.len());
     let mut at = probe.len() + 8;
     for r in &runs {
-        offsets.push(i32::try_from(at).map_err(|_| MuxError::Encode("fragment over 2 GiB".into()))?);
+        offsets
+            .push(i32::try_from(at).map_err(|_| MuxError::Encode("fragment over 2 GiB".into()))?);
         at += r.samples.iter().map(|s| s.data.len()).sum::<usize>();
     }
     let mdat_len = at - probe.len();

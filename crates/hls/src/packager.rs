@@ -608,7 +608,11 @@ impl Packager {
             // The previous segment ends with its last frame, the gaps fill the rest.
             let end = self.segments.back().map_or(at, |s| {
                 let media_end = s.start_us
-                    + s.parts.iter().map(|p| p.duration_us).sum::<i64>().min(at - s.start_us);
+                    + s.parts
+                        .iter()
+                        .map(|p| p.duration_us)
+                        .sum::<i64>()
+                        .min(at - s.start_us);
                 media_end.min(at)
             });
             let each = ((at - end) / gaps as i64).max(1);
@@ -631,16 +635,16 @@ impl Packager {
         }
         let tracks = self.tracks_now();
         let mut discontinuity = false;
-        if self.in_use.as_ref() != Some(&tracks) {
-            if let Ok(bytes) = fmp4::init_segment(&tracks) {
-                let id = fnv(&bytes);
-                discontinuity = self.init.is_some();
-                self.init = Some((id, bytes.clone()));
-                if !self.inits.iter().any(|(i, _)| *i == id) {
-                    self.inits.push((id, bytes));
-                }
-                self.in_use = Some(tracks);
+        if self.in_use.as_ref() != Some(&tracks)
+            && let Ok(bytes) = fmp4::init_segment(&tracks)
+        {
+            let id = fnv(&bytes);
+            discontinuity = self.init.is_some();
+            self.init = Some((id, bytes.clone()));
+            if !self.inits.iter().any(|(i, _)| *i == id) {
+                self.inits.push((id, bytes));
             }
+            self.in_use = Some(tracks);
         }
         let Some((init, _)) = &self.init else {
             return;

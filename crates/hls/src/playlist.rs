@@ -75,11 +75,7 @@ pub fn render(p: &Packager, flavor: Flavor, uri: &dyn Fn(&str) -> String) -> Opt
         .or(open.map(|o| o.msn))
         .unwrap_or(0);
     let dsn = p.discontinuities_dropped()
-        + all
-            .iter()
-            .take(first)
-            .filter(|s| s.discontinuity)
-            .count() as u64;
+        + all.iter().take(first).filter(|s| s.discontinuity).count() as u64;
 
     let mut out = String::with_capacity(2048);
     out.push_str("#EXTM3U\n#EXT-X-VERSION:6\n");
@@ -154,7 +150,12 @@ pub fn render(p: &Packager, flavor: Flavor, uri: &dyn Fn(&str) -> String) -> Opt
     Some(out)
 }
 
-fn part_line(out: &mut String, msn: u64, part: &crate::packager::Part, uri: &dyn Fn(&str) -> String) {
+fn part_line(
+    out: &mut String,
+    msn: u64,
+    part: &crate::packager::Part,
+    uri: &dyn Fn(&str) -> String,
+) {
     let _ = writeln!(
         out,
         "#EXT-X-PART:DURATION={},URI=\"{}\"{}",
@@ -179,7 +180,10 @@ pub enum Resource {
 
 /// Parse a resource name (`init-0a1b2c3d.mp4`, `12.m4s`, `12.3.m4s`, `12.gap.m4s`).
 pub fn parse_resource(name: &str) -> Option<Resource> {
-    if let Some(hex) = name.strip_prefix("init-").and_then(|n| n.strip_suffix(".mp4")) {
+    if let Some(hex) = name
+        .strip_prefix("init-")
+        .and_then(|n| n.strip_suffix(".mp4"))
+    {
         if hex.len() != 8 {
             return None;
         }

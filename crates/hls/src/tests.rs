@@ -63,10 +63,17 @@ fn segments_start_on_keyframes_numbered_by_window_and_parts_fit_the_target() {
     let msns: Vec<u64> = segs.iter().map(|s| s.msn).collect();
     assert_eq!(msns, vec![0, 1, 2, 3, 4]);
     for s in &segs {
-        assert_eq!(s.start_us, s.msn as i64 * 2_000_000, "starts at its window's keyframe");
+        assert_eq!(
+            s.start_us,
+            s.msn as i64 * 2_000_000,
+            "starts at its window's keyframe"
+        );
         assert!(s.independent);
         assert_eq!(s.duration_us, 2_000_000);
-        assert_eq!(s.parts.iter().map(|p| p.duration_us).sum::<i64>(), s.duration_us);
+        assert_eq!(
+            s.parts.iter().map(|p| p.duration_us).sum::<i64>(),
+            s.duration_us
+        );
         let n = s.parts.len();
         for (i, part) in s.parts.iter().enumerate() {
             assert!(part.duration_us <= 500_000, "{part:?}");
@@ -99,7 +106,11 @@ fn a_node_that_starts_later_numbers_and_muxes_the_same_segments() {
     assert_eq!(first_b, 2, "the first window b saw from its start");
     for s in b.segments() {
         let same = a.segments().iter().find(|x| x.msn == s.msn).unwrap();
-        assert_eq!(same.bytes, s.bytes, "segment {} differs between nodes", s.msn);
+        assert_eq!(
+            same.bytes, s.bytes,
+            "segment {} differs between nodes",
+            s.msn
+        );
         assert_eq!(same.parts.len(), s.parts.len());
     }
     let (oa, ob) = (a.open().unwrap(), b.open().unwrap());
@@ -116,11 +127,20 @@ fn long_gops_keep_the_numbering_gap_free_and_segments_short() {
     let msns: Vec<u64> = p.segments().iter().map(|s| s.msn).collect();
     assert_eq!(msns, (0..=6).collect::<Vec<_>>());
     for s in p.segments() {
-        assert!(s.duration_us < 4_000_000, "{} lasts {}", s.msn, s.duration_us);
+        assert!(
+            s.duration_us < 4_000_000,
+            "{} lasts {}",
+            s.msn,
+            s.duration_us
+        );
         assert_eq!(s.independent, s.msn % 2 == 0, "segment {}", s.msn);
         assert!(!s.gap);
     }
-    assert_eq!(p.segments()[1].start_us, 3_960_000, "the last frame of window 1");
+    assert_eq!(
+        p.segments()[1].start_us,
+        3_960_000,
+        "the last frame of window 1"
+    );
 }
 
 #[test]
@@ -215,11 +235,17 @@ fn the_playlists_carry_what_ll_hls_and_plain_players_need() {
         .unwrap();
     assert_eq!(seq, 6);
     assert_eq!(ll.matches("#EXTINF:").count(), 6);
-    assert!(!ll.contains("\"b1/6.0.m4s"), "parts older than 3 TD are left out");
+    assert!(
+        !ll.contains("\"b1/6.0.m4s"),
+        "parts older than 3 TD are left out"
+    );
     assert!(ll.contains("\"b1/9.0.m4s?token=T\""));
     let plain = render(&p, Flavor::Classic, &uri).unwrap();
     assert!(!plain.contains("#EXT-X-PART") && !plain.contains("PRELOAD-HINT"));
-    assert!(plain.contains("#EXTINF:2.00000,\nb1/11.m4s?token=T\n"), "{plain}");
+    assert!(
+        plain.contains("#EXTINF:2.00000,\nb1/11.m4s?token=T\n"),
+        "{plain}"
+    );
     // Memory: at most twice the window of segments is kept.
     assert!(p.segments().len() <= 12);
     p.finish();
@@ -237,8 +263,18 @@ fn resource_names_parse_strictly() {
         Some(Resource::Init(0x0a1b2c3d))
     );
     for bad in [
-        "", "m4s", ".m4s", "-1.m4s", "1..m4s", "a.m4s", "1.2.3.m4s", "../1.m4s", "init-.mp4",
-        "init-xyz.mp4", "99999999999999999999.m4s", "1.m4s.m4s",
+        "",
+        "m4s",
+        ".m4s",
+        "-1.m4s",
+        "1..m4s",
+        "a.m4s",
+        "1.2.3.m4s",
+        "../1.m4s",
+        "init-.mp4",
+        "init-xyz.mp4",
+        "99999999999999999999.m4s",
+        "1.m4s.m4s",
     ] {
         assert_eq!(parse_resource(bad), None, "{bad:?}");
     }

@@ -291,6 +291,10 @@ impl FromStr for Protocol {
     }
 }
 
+/// The largest sequence number a broadcast may reach (2^62): a resume point or a chunk beyond
+/// it is refused, so no arithmetic on sequence numbers from the network can overflow.
+pub const MAX_SEQ: u64 = 1 << 62;
+
 /// The longest entry-server id, POP name or broadcast id accepted anywhere, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 

@@ -24,7 +24,7 @@ pub use frame::{
     HEADER_LEN, Hello, Limits, MAGIC, MAX_ERROR_MESSAGE, MAX_SERVER_ID, VERSION, Welcome, encode,
 };
 pub use ids::{
-    BroadcastId, MAX_NAME_LEN, MAX_STREAM_ID_LEN, NAME_ACCEPTED, NameError, ParseProtocolError,
-    ParseRoleError, PopId, Protocol, Role, ServerId, StreamId, StreamIdError,
+    BroadcastId, MAX_NAME_LEN, MAX_SEQ, MAX_STREAM_ID_LEN, NAME_ACCEPTED, NameError,
+    ParseProtocolError, ParseRoleError, PopId, Protocol, Role, ServerId, StreamId, StreamIdError,
 };
 pub use key::{KEY_ACCEPTED, StreamKey, StreamKeyError};

@@ -417,6 +417,7 @@ mod contract {
             EntryStreams,
             EntryReadiness,
             PlaybackPath,
+            PushResult,
         );
         let mut checked = 0;
         for (name, schema) in schemas() {

@@ -84,6 +84,12 @@ pub struct Params {
     pub learn_prior_weight: f64,
     /// Learned corrections: age at which a measurement counts half, in seconds.
     pub learn_half_life_s: f64,
+    /// Measured RTTs beside estimates: the most that is added to an unmeasured candidate's
+    /// estimate for the client's access link (see [`crate::choose`], "Measured RTTs").
+    pub access_excess_cap_ms: f64,
+    /// Measured candidates a ranking needs before their least excess over the model is added
+    /// to the unmeasured ones (same section).
+    pub access_excess_min_measured: usize,
 }
 
 impl Default for Params {
@@ -101,6 +107,8 @@ impl Default for Params {
             learn_reach: 0.5,
             learn_prior_weight: 3.0,
             learn_half_life_s: 7.0 * 86_400.0,
+            access_excess_cap_ms: 30.0,
+            access_excess_min_measured: 4,
         }
     }
 }
@@ -144,6 +152,38 @@ impl Params {
         bitrate_kbps: u32,
         correction: Option<&Correction>,
     ) -> Estimate {
+        self.estimate_inner(from, server, bitrate_kbps, correction, None)
+    }
+
+    /// The estimate with a measured RTT (`rtt_ms`, backed by `evidence` samples or sessions) in
+    /// place of the modelled one: loss, throughput and score follow from it as they would from
+    /// the model's. Used for probed servers and for history (see [`crate::choose`]).
+    pub fn with_rtt(
+        &self,
+        from: &Location,
+        server: &EntryServer,
+        bitrate_kbps: u32,
+        correction: Option<&Correction>,
+        rtt_ms: f64,
+        evidence: f64,
+    ) -> Estimate {
+        self.estimate_inner(
+            from,
+            server,
+            bitrate_kbps,
+            correction,
+            Some((rtt_ms, evidence)),
+        )
+    }
+
+    fn estimate_inner(
+        &self,
+        from: &Location,
+        server: &EntryServer,
+        bitrate_kbps: u32,
+        correction: Option<&Correction>,
+        measured: Option<(f64, f64)>,
+    ) -> Estimate {
         let distance_km = from.distance_km(&server.location);
         let mut rtt_ms = self.rtt.rtt_ms(distance_km);
         let mut loss = self.loss_base + self.loss_per_1000km * distance_km / 1000.0;
@@ -157,6 +197,12 @@ impl Params {
             }
             path_mbps = c.throughput_mbps;
             evidence = c.evidence;
+        }
+        if let Some((measured_ms, n)) = measured {
+            // What the client's own path measured; the fibre bound is the model's, not the
+            // measurement's (the location it would apply to may be wrong).
+            rtt_ms = measured_ms.max(0.01);
+            evidence = n;
         }
         let loss = loss.clamp(0.0, 1.0);
         let mathis = mathis_mbps(rtt_ms, loss);

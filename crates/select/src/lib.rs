@@ -14,7 +14,12 @@
 //!   score that folds in load.
 //! - [`learned`]: corrections learned from measured sessions ([`Corrections`]), weighted by
 //!   evidence, distance and age.
-//! - [`choose`]: candidates, primary, backup, and the explanation of each pick.
+//! - [`history`]: per client network (prefix, ASN) and POP, the RTT real sessions and probes
+//!   measured ([`History`]), bounded and shareable.
+//! - [`probe`]: which servers a device should probe ([`probe_targets`]) and what its probes say
+//!   ([`Probes`]: the median per server, after checking hostile input).
+//! - [`choose`]: candidates, primary, backup, and the explanation of each pick, with measured
+//!   RTTs (probes, history) in place of estimates where they exist ([`select_with`], [`Evidence`]).
 //! - [`sim`]: replay of measured latency data to compare selection policies (`firstmile sim`).
 //!
 //! What this crate is not: it does no I/O, reads no clock and no environment, and has no global
@@ -22,11 +27,20 @@
 
 pub mod choose;
 pub mod estimate;
+pub mod history;
 pub mod learned;
+pub mod probe;
 pub mod server;
 pub mod sim;
 
-pub use choose::{Basis, BasisKind, Pick, Request, SelectError, Selection, rank, select};
+pub use choose::{
+    Basis, BasisKind, ESTIMATED, Evidence, Pick, Ranked, Request, RttSource, RttSourceKind,
+    RunnerUp, SelectError, Selection, rank, rank_with, select, select_with,
+};
 pub use estimate::{Estimate, Params, RttModel};
+pub use history::{
+    ClientNetwork, History, HistoryError, HistoryParams, Learned, NetworkView, Prefix,
+};
 pub use learned::{Corrections, Measurement};
+pub use probe::{ProbeError, ProbeTarget, Probed, Probes, probe_targets};
 pub use server::{Capacity, EntryServer, Fleet, Health, Load, Protocol};

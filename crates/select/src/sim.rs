@@ -10,15 +10,32 @@
 //!
 //! Policies: `nearest` (great-circle nearest POP, as GeoDNS does; backup = second nearest),
 //! `estimate` (the selection with the prior alone), `learned` (prior + corrections from the
-//! training clients), `oracle` (the measured best; regret 0 by definition, a sanity check).
-//! The primary's *regret* is its measured RTT minus the best POP's; the backup's is its RTT minus
-//! the best POP other than the primary's. The RTT of a pair is `avg_ms`.
+//! training clients), `probe` (learned, and the device probes the top `probe_targets`
+//! candidates by that estimate with `probe_samples` samples each; the selection ranks probed
+//! servers by the median), `history` (learned, and each evaluated city is a client network whose
+//! sessions arrive one a day; each session's primary and backup report a smoothed RTT into the
+//! network's history; the figure is the session after `history_sessions` of them), `oracle`
+//! (the measured best; regret 0 by definition, a sanity check). The primary's *regret* is its
+//! measured RTT minus the best POP's; the backup's is its RTT minus the best POP other than the
+//! primary's. The RTT of a pair is `avg_ms` (both directions averaged).
+//!
+//! # Samples
+//! The data set has per-pair statistics, not samples: `min_ms`, `avg_ms`, `max_ms` and
+//! `mdev_ms` (ping's standard deviation), per direction. A probe sample or a session's smoothed
+//! RTT is drawn from one direction chosen at random, normal around its `avg_ms` with its
+//! `mdev_ms`, clamped to its `[min_ms, max_ms]`. A session's smoothed RTT is drawn like a single
+//! probe sample, which is noisier than a real SRTT (an average over the whole session): the
+//! figures err on the pessimistic side. Files without those columns give samples equal to
+//! `avg_ms`. Draws come from a SplitMix64 stream seeded by the seed, the city and the policy, so
+//! each policy sees the same draws whatever else runs.
 //!
 //! Pure: the caller reads the files and passes their text.
 
-use crate::choose::{Request, select};
+use crate::choose::{Evidence, Request, select, select_with};
 use crate::estimate::Params;
+use crate::history::{ClientNetwork, History, HistoryParams, Prefix};
 use crate::learned::{Corrections, Measurement};
+use crate::probe::{Probes, probe_targets};
 use crate::server::{Capacity, EntryServer, Fleet, Health, Load, Protocol};
 use geo::Location;
 use serde::Serialize;
@@ -32,12 +49,24 @@ pub struct City {
     pub location: Location,
 }
 
+/// What one directed pair's pings measured, in ms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PairStats {
+    pub min: f64,
+    pub avg: f64,
+    pub max: f64,
+    /// Standard deviation (ping's `mdev`).
+    pub mdev: f64,
+}
+
 /// Parsed input.
 #[derive(Clone, Debug, Default)]
 pub struct Dataset {
     pub cities: BTreeMap<String, City>,
     /// (source, destination) → avg RTT in ms.
     pub rtt: HashMap<(String, String), f64>,
+    /// (source, destination) → min / avg / max / mdev; without those columns, all `avg`.
+    pub stats: HashMap<(String, String), PairStats>,
 }
 
 /// Bad input data.
@@ -64,6 +93,20 @@ pub enum SimError {
     TrainFraction(f64),
     #[error("no client city has measurements to every POP, so nothing can be evaluated")]
     NoClients,
+    #[error(
+        "probe samples {0} must be 1 to {max}",
+        max = crate::probe::MAX_PROBE_SAMPLES
+    )]
+    ProbeSamples(u32),
+    #[error(
+        "probe targets {0} must be 1 to {max} (per location)",
+        max = crate::probe::MAX_PROBED_SERVERS / 2
+    )]
+    ProbeTargets(usize),
+    #[error("history sessions {0} must be at most 1000")]
+    HistorySessions(u32),
+    #[error("{0}")]
+    History(#[from] crate::history::HistoryError),
 }
 
 /// Split one CSV line, honouring double quotes.
@@ -184,6 +227,11 @@ impl Dataset {
             t.column("destination")?,
             t.column("avg_ms")?,
         );
+        let (cmin, cmax, cdev) = (
+            t.column("min_ms").ok(),
+            t.column("max_ms").ok(),
+            t.column("mdev_ms").ok(),
+        );
         for (line, text) in t.rows {
             let f = split_csv(text);
             let s = field(t.file, line, &f, cs)?.to_string();
@@ -196,6 +244,27 @@ impl Dataset {
                     reason: format!("avg_ms {rtt} must be positive"),
                 });
             }
+            let opt = |c: Option<usize>, what: &str, default: f64| match c {
+                Some(i) => number(t.file, line, what, field(t.file, line, &f, i)?),
+                None => Ok(default),
+            };
+            let st = PairStats {
+                min: opt(cmin, "min_ms", rtt)?,
+                avg: rtt,
+                max: opt(cmax, "max_ms", rtt)?,
+                mdev: opt(cdev, "mdev_ms", 0.0)?,
+            };
+            if !(st.min > 0.0 && st.min <= st.avg && st.avg <= st.max && st.mdev >= 0.0) {
+                return Err(SimError::Parse {
+                    file: t.file,
+                    line,
+                    reason: format!(
+                        "expected 0 < min_ms <= avg_ms <= max_ms and mdev_ms >= 0, got {} / {} / {} / {}",
+                        st.min, st.avg, st.max, st.mdev
+                    ),
+                });
+            }
+            ds.stats.insert((s.clone(), d.clone()), st);
             ds.rtt.insert((s, d), rtt);
         }
         Ok(ds)
@@ -222,6 +291,30 @@ pub struct SimConfig {
     pub train_fraction: f64,
     pub seed: u64,
     pub params: Params,
+    /// `probe`: candidates probed per location (K).
+    pub probe_targets: usize,
+    /// `probe`: samples per probed server (N).
+    pub probe_samples: u32,
+    /// `history`: sessions of a network before the one evaluated (S).
+    pub history_sessions: u32,
+    /// `history`: the history's parameters.
+    pub history: HistoryParams,
+}
+
+impl SimConfig {
+    /// The documented defaults (K = 5, N = 5, S = 5) for these POPs and seed.
+    pub fn new(pops: Vec<String>, seed: u64) -> Self {
+        Self {
+            pops,
+            train_fraction: 0.5,
+            seed,
+            params: Params::default(),
+            probe_targets: crate::probe::DEFAULT_PROBE_TARGETS,
+            probe_samples: crate::probe::DEFAULT_PROBE_SAMPLES,
+            history_sessions: 5,
+            history: HistoryParams::default(),
+        }
+    }
 }
 
 /// Distribution of regrets in ms.
@@ -247,6 +340,12 @@ pub struct Report {
     pub clients: usize,
     pub train_clients: usize,
     pub pops: usize,
+    /// `probe`: candidates probed per location.
+    pub probe_targets: usize,
+    /// `probe`: samples per probed server.
+    pub probe_samples: u32,
+    /// `history`: sessions before the evaluated one.
+    pub history_sessions: u32,
     pub policies: BTreeMap<String, PolicyReport>,
 }
 
@@ -257,7 +356,9 @@ impl Report {
 }
 
 /// Policy names, in report order.
-pub const POLICIES: [&str; 4] = ["nearest", "estimate", "learned", "oracle"];
+pub const POLICIES: [&str; 6] = [
+    "nearest", "estimate", "learned", "probe", "history", "oracle",
+];
 
 fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -265,6 +366,44 @@ fn splitmix64(state: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// A seeded stream of uniform and normal draws (SplitMix64, Box–Muller).
+struct Draws(u64);
+
+impl Draws {
+    fn new(parts: &[u64]) -> Self {
+        let mut st = 0x5EED_F1E5_7A11_u64;
+        for p in parts {
+            st ^= *p;
+            st = splitmix64(&mut st);
+        }
+        Draws(st)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((splitmix64(&mut self.0) >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// One RTT sample of a pair (see the module docs).
+    fn rtt(&mut self, dirs: &[PairStats]) -> f64 {
+        let i = ((self.uniform() * dirs.len() as f64).ceil() as usize).clamp(1, dirs.len()) - 1;
+        let d = dirs[i];
+        (d.avg + d.mdev * self.normal()).clamp(d.min, d.max)
+    }
+}
+
+fn name_hash(s: &str) -> u64 {
+    // FNV-1a: a stable hash of a city id (std's hasher is not stable across releases).
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Fisher–Yates with a seeded SplitMix64: the same seed gives the same split everywhere.
@@ -301,11 +440,33 @@ fn stats(mut v: Vec<f64>) -> Stats {
 /// The simulated time: measurements and decisions all happen "now".
 const SIM_NOW: u64 = 1_600_000_000;
 
+/// One session a day for the `history` policy.
+const SESSION_INTERVAL_S: u64 = 86_400;
+
+/// A client city with its measured row to every POP.
+struct Client<'a> {
+    city: &'a City,
+    /// POP → RTT (avg of both directions).
+    row: BTreeMap<&'a str, f64>,
+    /// POP → the measured directions' statistics.
+    stats: BTreeMap<&'a str, Vec<PairStats>>,
+}
+
 /// Run the simulation.
 pub fn run(ds: &Dataset, cfg: &SimConfig) -> Result<Report, SimError> {
     if !(0.0..1.0).contains(&cfg.train_fraction) {
         return Err(SimError::TrainFraction(cfg.train_fraction));
     }
+    if !(1..=crate::probe::MAX_PROBE_SAMPLES as u32).contains(&cfg.probe_samples) {
+        return Err(SimError::ProbeSamples(cfg.probe_samples));
+    }
+    if !(1..=crate::probe::MAX_PROBED_SERVERS / 2).contains(&cfg.probe_targets) {
+        return Err(SimError::ProbeTargets(cfg.probe_targets));
+    }
+    if cfg.history_sessions > 1000 {
+        return Err(SimError::HistorySessions(cfg.history_sessions));
+    }
+    cfg.history.check()?;
     let mut seen = std::collections::BTreeSet::new();
     for p in &cfg.pops {
         if !ds.cities.contains_key(p) {
@@ -342,7 +503,7 @@ pub fn run(ds: &Dataset, cfg: &SimConfig) -> Result<Report, SimError> {
     let fleet = Fleet::new(servers);
 
     // Clients: every non-POP city measured to every POP, with its RTT row.
-    let mut clients: Vec<(&City, BTreeMap<&str, f64>)> = ds
+    let mut clients: Vec<Client<'_>> = ds
         .cities
         .values()
         .filter(|c| !seen.contains(&c.id))
@@ -352,7 +513,22 @@ pub fn run(ds: &Dataset, cfg: &SimConfig) -> Result<Report, SimError> {
                 .iter()
                 .map(|p| ds.pair_rtt(&c.id, p).map(|r| (p.as_str(), r)))
                 .collect();
-            row.map(|r| (c, r))
+            let stats = cfg
+                .pops
+                .iter()
+                .map(|p| {
+                    let dirs = [(c.id.clone(), p.clone()), (p.clone(), c.id.clone())]
+                        .iter()
+                        .filter_map(|k| ds.stats.get(k).copied())
+                        .collect();
+                    (p.as_str(), dirs)
+                })
+                .collect();
+            row.map(|row| Client {
+                city: c,
+                row,
+                stats,
+            })
         })
         .collect();
     if clients.is_empty() {
@@ -364,65 +540,74 @@ pub fn run(ds: &Dataset, cfg: &SimConfig) -> Result<Report, SimError> {
     let (train, eval) = clients.split_at(n_train);
 
     let mut learned = Corrections::new();
-    for (c, row) in train {
-        for (pop, rtt) in row {
+    for c in train {
+        for (pop, rtt) in &c.row {
             let m = Measurement {
-                client: c.location,
+                client: c.city.location,
                 server_id: (*pop).to_string(),
                 rtt_ms: *rtt,
                 loss: None,
                 throughput_mbps: None,
                 at: SIM_NOW,
             };
-            let server = fleet.get(pop).map(|s| s.location).unwrap_or(c.location);
+            let server = fleet
+                .get(pop)
+                .map(|s| s.location)
+                .unwrap_or(c.city.location);
             // Data was validated above (positive, finite); a rejected sample is skipped.
             let _ = learned.observe(&m, &server, &cfg.params);
         }
     }
 
     let mut policies = BTreeMap::new();
-    for name in POLICIES {
+    for (pi, name) in POLICIES.iter().enumerate() {
         let (mut prim, mut back, mut within) = (Vec::new(), Vec::new(), 0usize);
-        for (c, row) in eval {
-            let (p, b) = match name {
+        for (ci, c) in eval.iter().enumerate() {
+            let mut draws = Draws::new(&[cfg.seed, name_hash(&c.city.id), pi as u64]);
+            let (p, b) = match *name {
                 "nearest" => {
-                    let mut it = fleet.nearest(&c.location);
+                    let mut it = fleet.nearest(&c.city.location);
                     let p = it.next().map(|s| s.id.clone());
                     let b = it.next().map(|s| s.id.clone());
                     (p, b)
                 }
                 "oracle" => {
-                    let mut ranked: Vec<(&str, f64)> = row.iter().map(|(k, v)| (*k, *v)).collect();
+                    let mut ranked: Vec<(&str, f64)> =
+                        c.row.iter().map(|(k, v)| (*k, *v)).collect();
                     ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(b.0)));
                     (
                         ranked.first().map(|r| r.0.to_string()),
                         ranked.get(1).map(|r| r.0.to_string()),
                     )
                 }
+                "probe" => probe_policy(&fleet, c, cfg, &learned, &mut draws),
+                "history" => history_policy(&fleet, c, ci, cfg, &learned, &mut draws)?,
                 _ => {
-                    let req = Request {
-                        typed: Some(c.location),
-                        ip: Some(c.location),
-                        protocol: Protocol::Native,
-                        bitrate_kbps: 4000,
-                    };
-                    let l = (name == "learned").then_some(&learned);
-                    match select(&fleet, &req, &cfg.params, l, &c.location, SIM_NOW) {
+                    let l = (*name == "learned").then_some(&learned);
+                    match select(
+                        &fleet,
+                        &request(c),
+                        &cfg.params,
+                        l,
+                        &c.city.location,
+                        SIM_NOW,
+                    ) {
                         Ok(s) => (Some(s.primary.server_id), s.backup.map(|b| b.server_id)),
                         Err(_) => (None, None),
                     }
                 }
             };
             let (Some(p), Some(b)) = (p, b) else { continue };
-            let best = row.values().copied().fold(f64::INFINITY, f64::min);
-            let best_other = row
+            let best = c.row.values().copied().fold(f64::INFINITY, f64::min);
+            let best_other = c
+                .row
                 .iter()
                 .filter(|(k, _)| **k != p)
                 .map(|(_, v)| *v)
                 .fold(f64::INFINITY, f64::min);
-            let pr = row[p.as_str()] - best;
+            let pr = c.row[p.as_str()] - best;
             prim.push(pr);
-            back.push(row[b.as_str()] - best_other);
+            back.push(c.row[b.as_str()] - best_other);
             if pr <= 10.0 {
                 within += 1;
             }
@@ -441,8 +626,113 @@ pub fn run(ds: &Dataset, cfg: &SimConfig) -> Result<Report, SimError> {
         clients: clients.len(),
         train_clients: n_train,
         pops: cfg.pops.len(),
+        probe_targets: cfg.probe_targets,
+        probe_samples: cfg.probe_samples,
+        history_sessions: cfg.history_sessions,
         policies,
     })
+}
+
+/// A client's request: its city is both its typed and its IP location.
+fn request(c: &Client<'_>) -> Request {
+    Request {
+        typed: Some(c.city.location),
+        ip: Some(c.city.location),
+        protocol: Protocol::Native,
+        bitrate_kbps: 4000,
+    }
+}
+
+type Picks = (Option<String>, Option<String>);
+
+/// `probe`: targets by today's estimate, `probe_samples` draws each, select on their medians.
+fn probe_policy(
+    fleet: &Fleet,
+    c: &Client<'_>,
+    cfg: &SimConfig,
+    learned: &Corrections,
+    draws: &mut Draws,
+) -> Picks {
+    let req = request(c);
+    let evidence = Evidence {
+        learned: Some(learned),
+        ..Evidence::default()
+    };
+    let targets = probe_targets(
+        fleet,
+        &req,
+        &cfg.params,
+        &evidence,
+        &c.city.location,
+        SIM_NOW,
+        cfg.probe_targets,
+    );
+    let results: Vec<(&str, Vec<f64>)> = targets
+        .iter()
+        .map(|t| {
+            let dirs = &c.stats[t.server.id.as_str()];
+            let samples = (0..cfg.probe_samples).map(|_| draws.rtt(dirs)).collect();
+            (t.server.id.as_str(), samples)
+        })
+        .collect();
+    let Ok(probes) = Probes::new(results.iter().map(|(s, v)| (*s, v)), fleet) else {
+        return (None, None);
+    };
+    let evidence = Evidence {
+        probes: Some(&probes),
+        ..evidence
+    };
+    match select_with(
+        fleet,
+        &req,
+        &cfg.params,
+        &evidence,
+        &c.city.location,
+        SIM_NOW,
+    ) {
+        Ok(s) => (Some(s.primary.server_id), s.backup.map(|b| b.server_id)),
+        Err(_) => (None, None),
+    }
+}
+
+/// `history`: `history_sessions` daily sessions of the city's network report their primary's and
+/// backup's smoothed RTT; the next session is the one evaluated.
+fn history_policy(
+    fleet: &Fleet,
+    c: &Client<'_>,
+    index: usize,
+    cfg: &SimConfig,
+    learned: &Corrections,
+    draws: &mut Draws,
+) -> Result<Picks, SimError> {
+    let req = request(c);
+    let mut history = History::with_params(cfg.history)?;
+    // A network of its own per city (TEST-NET-style numbering, any distinct /24 would do).
+    let net = ClientNetwork {
+        prefix: Prefix::V4([10, (index >> 8) as u8, index as u8]),
+        asn: None,
+    };
+    let s = u64::from(cfg.history_sessions);
+    for i in 0..=s {
+        let now = SIM_NOW - (s - i) * SESSION_INTERVAL_S;
+        let evidence = Evidence {
+            learned: Some(learned),
+            history: Some(history.view(&net)),
+            probes: None,
+        };
+        let Ok(sel) = select_with(fleet, &req, &cfg.params, &evidence, &c.city.location, now)
+        else {
+            return Ok((None, None));
+        };
+        if i == s {
+            return Ok((Some(sel.primary.server_id), sel.backup.map(|b| b.server_id)));
+        }
+        for pick in std::iter::once(&sel.primary).chain(sel.backup.as_ref()) {
+            let srtt = draws.rtt(&c.stats[pick.server_id.as_str()]);
+            history.observe(&net, &pick.pop, srtt, now)?;
+        }
+    }
+    Ok((None, None))
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! that caused it instead of showing up as a hang or a confusing error elsewhere.
 //!
 //! Conventions the crates' tests share: the signing key is [`key`] (seed `[7; 32]`), the
-//! cluster credential [`CLUSTER`], the admin token [`ADMIN`].
+//! director's entry key [`ENTRY_KEY`] (each entry server gets its own [`credential`]), the admin
+//! token [`ADMIN`]; [`peer_token`] is what another entry server of the fleet would present.
 //!
 //! **What not.** No fakes: these are the services themselves. No assertions about behaviour:
 //! that is each test's job.
@@ -18,8 +19,24 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// The cluster credential of test fleets.
-pub const CLUSTER: &str = "test-cluster-secret";
+/// The entry key of test directors (entry servers' credentials derive from it).
+pub const ENTRY_KEY: &str = "test-entry-key-0123456789abcdefghijkl";
+
+/// Entry server `id`'s own credential under [`ENTRY_KEY`].
+pub fn credential(id: &str) -> String {
+    token::entry_credential(ENTRY_KEY, &id.parse().expect("a valid server id"))
+}
+
+/// A peer token for a fictitious entry server of the test fleet (signed with [`key`]): what one
+/// entry server presents to another.
+pub fn peer_token() -> String {
+    key().sign_peer(&token::PeerClaims {
+        scp: token::Scope::Peer,
+        server: "test-peer".parse().expect("literal"),
+        iat: 0,
+        exp: u64::MAX / 2,
+    })
+}
 /// The admin token of test directors.
 pub const ADMIN: &str = "admin";
 
@@ -128,7 +145,7 @@ pub struct TestDirector {
 /// heartbeats, the `open` publish mode (the first request for a stream creates it).
 pub fn director_config() -> director::DirectorConfig {
     let mut cfg = director::DirectorConfig::default();
-    cfg.auth.cluster_token = CLUSTER.into();
+    cfg.auth.entry_key = ENTRY_KEY.into();
     cfg.auth.admin_token = ADMIN.into();
     cfg.heartbeat.interval_ms = 100;
     cfg.http.rate_limit.per_second = 10_000.0;
@@ -182,10 +199,12 @@ pub fn entry_config(
         pop: pop.into(),
         location: place.into(),
         director: director.map(|d| d.url.clone()),
-        cluster_secret: CLUSTER.into(),
+        credential: credential(id),
         token_public_key: key().public_key().to_pem(),
         data_dir: dir.join(id),
         relay_give_up_ms: 3000,
+        // Tests play back many broadcasts from one address.
+        relay_starts_per_ip_per_min: 100_000,
         report_cpu: false,
         ..entry::EntryConfig::default()
     }

@@ -58,6 +58,8 @@ pub enum Scope {
     Ingest,
     /// Watching one stream.
     Play,
+    /// An entry server of the fleet, to another.
+    Peer,
 }
 
 /// What an ingest token says.
@@ -382,5 +384,115 @@ mod tests {
             sig,
             "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry servers' own credentials, and peer tokens
+
+/// Each entry server proves which server it is with a credential of its own,
+/// `"<server id>:<64 hex digits>"`: HMAC-SHA256 under the director's entry key of the server's
+/// id. The director holds only the entry key and recomputes the credential of the id a request
+/// names; an entry server holds only its own. So a leaked credential lets its holder act as that
+/// one server (which the operator then re-keys), never register, heartbeat for, drain or
+/// deregister another. `firstmile keygen --entry ID` prints one.
+pub fn entry_credential(entry_key: &str, server: &ServerId) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(entry_key.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(b"firstmile/entry-server/v1/");
+    mac.update(server.as_str().as_bytes());
+    let tag = mac.finalize().into_bytes();
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{server}:{hex}")
+}
+
+/// The server a presented credential belongs to, if it is that server's credential under
+/// `entry_key` (compared in constant time). An empty key verifies nothing.
+pub fn check_entry_credential(entry_key: &str, presented: &str) -> Option<ServerId> {
+    if entry_key.is_empty() || presented.len() > 200 {
+        return None;
+    }
+    let (id, _) = presented.rsplit_once(':')?;
+    let server: ServerId = id.parse().ok()?;
+    let want = entry_credential(entry_key, &server);
+    let same = want.len() == presented.len()
+        && want
+            .bytes()
+            .zip(presented.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    same.then_some(server)
+}
+
+/// What a peer token says: the director vouches that `server` is an entry server of its fleet
+/// (until `exp`). Entry servers present it to each other (relay feeds of private broadcasts,
+/// `GET /v1/streams`), and check it with the director's public key they already hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerClaims {
+    /// Always [`Scope::Peer`].
+    pub scp: Scope,
+    /// The entry server.
+    pub server: ServerId,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Expires at, Unix seconds.
+    pub exp: u64,
+}
+
+impl Expiring for PeerClaims {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+    fn scope(&self) -> Scope {
+        self.scp
+    }
+}
+
+impl SigningKey {
+    /// Sign a peer token.
+    pub fn sign_peer(&self, claims: &PeerClaims) -> String {
+        self.sign_any(claims)
+    }
+}
+
+impl VerifyingKey {
+    /// Check a peer token's signature, scope and expiry at `now`.
+    pub fn verify_peer(&self, token: &str, now: u64) -> Result<PeerClaims, TokenError> {
+        self.verify_any(token, now, 0, Scope::Peer)
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_credential_proves_one_server_and_no_other() {
+        let a: ServerId = "fra-1".parse().unwrap();
+        let b: ServerId = "lon-1".parse().unwrap();
+        let ca = entry_credential("master-key-0123456789", &a);
+        assert!(ca.starts_with("fra-1:") && ca.len() == "fra-1:".len() + 64);
+        assert_eq!(
+            check_entry_credential("master-key-0123456789", &ca),
+            Some(a.clone())
+        );
+        // Relabelling it as another server's does not verify.
+        let forged = ca.replacen("fra-1", "lon-1", 1);
+        assert_eq!(
+            check_entry_credential("master-key-0123456789", &forged),
+            None
+        );
+        assert_ne!(entry_credential("master-key-0123456789", &b), forged);
+        // Another director's key, an empty key, garbage: nothing.
+        assert_eq!(check_entry_credential("another-key-0123456789", &ca), None);
+        assert_eq!(check_entry_credential("", &ca), None);
+        for g in ["", ":", "fra-1", "fra-1:zz", "../x:00"] {
+            assert_eq!(
+                check_entry_credential("master-key-0123456789", g),
+                None,
+                "{g}"
+            );
+        }
     }
 }

@@ -307,8 +307,31 @@ impl OneshotText for axum::Router {
     }
 }
 
-/// A simulated entry server: heartbeats through `via` every 200 ms with one live stream,
-/// registers again through `via` when told 404. Abort the task to "kill" it.
+/// The key the simulated publisher of `stream` uses.
+fn key_of(stream: &str) -> String {
+    format!("{stream}-key-0123456789")
+}
+
+/// An encoder publishing `stream` with its key at entry server `id`: what the entry server asks
+/// the director (`POST /v1/entry-servers/{id}/publishes`).
+async fn key_publish(via: &Api, id: &str, stream: &str, key: &str) -> super::Resp {
+    via.req(
+        Method::POST,
+        &format!("/v1/entry-servers/{id}/publishes"),
+        None,
+        &[("authorization", &format!("Bearer {}", super::cred(id)))],
+        Some(
+            json!({"stream": stream, "key": key, "client_ip": "192.0.2.7", "protocol": "rtmp"})
+                .to_string(),
+        ),
+    )
+    .await
+}
+
+/// A simulated entry server: an encoder publishes `stream` at it with the stream's key (in
+/// `open` mode the first publisher claims the id), then it heartbeats through `via` every
+/// 200 ms with that broadcast live, and registers again through `via` when told 404. Abort the
+/// task to "kill" it.
 fn entry_server(
     id: &'static str,
     place: &'static str,
@@ -317,12 +340,22 @@ fn entry_server(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut broadcast: Option<String> = None;
         loop {
             tick.tick().await;
-            let body = json!({
-                "load": {"streams": 1, "mbps": 2.5, "cpu": 0.1},
-                "streams": [{"stream": stream, "broadcast": "b0", "role": "primary", "next_seq": 7, "live": true}],
-            });
+            if broadcast.is_none() {
+                let r = key_publish(&via, id, stream, &key_of(stream)).await;
+                if r.status == StatusCode::OK {
+                    broadcast = r.json["broadcast"].as_str().map(String::from);
+                }
+            }
+            let streams = match &broadcast {
+                Some(b) => {
+                    json!([{"stream": stream, "broadcast": b, "role": "primary", "next_seq": 7, "live": true}])
+                }
+                None => json!([]),
+            };
+            let body = json!({"load": {"streams": 1, "mbps": 2.5, "cpu": 0.1}, "streams": streams});
             if via.heartbeat(id, body).await.status == StatusCode::NOT_FOUND {
                 let _ = via.register(id, id, place).await;
             }
@@ -732,6 +765,299 @@ async fn a_compacted_watch_reloads_the_view() {
     for t in [hb_tyo, hb_fra, hb_par] {
         t.abort();
     }
+}
+
+/// Streams belong to their publishers whichever director answers: a claim made through one
+/// director binds the key on every other, concurrent go-lives through two directors never make
+/// two current broadcasts nor lose one, a restarted director keeps the key hash and history, and
+/// changes made on both sides of an etcd outage converge on etcd's version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_ownership_and_broadcasts_are_shared_on_etcd() {
+    let mut etcd = Etcd::start(1).await;
+    let cfg = etcd_config(etcd.endpoints(), "/firstmile/test-owners");
+    let a = Dir::new(cfg.clone());
+    let b = &Dir::new(cfg.clone());
+    for (id, place) in [("fra-1", "Frankfurt"), ("par-1", "Paris, FR")] {
+        assert_eq!(a.api.register(id, id, place).await.status, StatusCode::OK);
+    }
+    let hb_fra = entry_server("fra-1", "Frankfurt", a.api.clone(), "cam-fra");
+    let hb_par = entry_server("par-1", "Paris, FR", b.api.clone(), "cam-par");
+    {
+        let a = &a;
+        until("both directors see both servers", move || {
+            all_see(vec![a, b], &["fra-1", "par-1"])
+        })
+        .await;
+    }
+
+    // Claimed through A (open mode: the first publisher's key owns the id) ...
+    let key = key_of("show");
+    let r = key_publish(&a.api, "fra-1", "show", &key).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json["new_broadcast"], true, "{}", r.json);
+    let first = r.json["broadcast"].as_str().expect("broadcast").to_string();
+    // ... bound on B: another key is refused, the owner's joins the same broadcast.
+    let r = key_publish(&b.api, "par-1", "show", "someone-elses-key-42").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    let r = key_publish(&b.api, "par-1", "show", &key).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(
+        (r.json["broadcast"].as_str(), r.json["role"].as_str()),
+        (Some(first.as_str()), Some("backup")),
+        "{}",
+        r.json
+    );
+
+    // Go-lives through both directors at once: each starts a broadcast, none is lost.
+    const ROUNDS: usize = 12;
+    let go_live = async |d: &Dir| {
+        let mut ids = Vec::new();
+        for _ in 0..ROUNDS {
+            let r = d
+                .api
+                .assign(
+                    "203.0.113.9",
+                    json!({"stream": "show", "key": key, "location": "Paris, FR"}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+            assert_eq!(r.json["new_broadcast"], true, "{}", r.json);
+            ids.push(r.json["broadcast"].as_str().expect("broadcast").to_string());
+        }
+        ids
+    };
+    let (ids_a, ids_b) = tokio::join!(go_live(&a), go_live(b));
+    let mut all: Vec<String> = ids_a.iter().chain(&ids_b).cloned().collect();
+    all.push(first.clone());
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "every go-live got its own broadcast id");
+    let record = async |d: &Dir| {
+        d.api
+            .admin(Method::GET, "/v1/admin/streams/show")
+            .await
+            .json
+    };
+    {
+        let (a, record) = (&a, &record);
+        until(
+            "both directors hold the same document",
+            move || async move { record(a).await == record(b).await },
+        )
+        .await;
+    }
+    let rec = record(b).await;
+    assert_eq!(
+        rec["broadcasts"].as_u64(),
+        Some(1 + 2 * ROUNDS as u64),
+        "every broadcast started is counted once: {rec}"
+    );
+    let current = rec["current"]["id"].as_str().expect("current").to_string();
+    assert!(
+        ids_a.last() == Some(&current) || ids_b.last() == Some(&current),
+        "the current broadcast is the last one started by A or B: {current}"
+    );
+    let history = b
+        .api
+        .req(Method::GET, "/v1/streams/show/broadcasts", None, &[], None)
+        .await
+        .json;
+
+    // A restarted director loads the documents: the key hash and history are still there.
+    drop(a);
+    let a = &Dir::new(cfg.clone());
+    until("the restarted director is ready", || async {
+        a.readyz().await.1["status"] == "ready"
+    })
+    .await;
+    let r = key_publish(&a.api, "fra-1", "show", "someone-elses-key-42").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    let again = a
+        .api
+        .req(Method::GET, "/v1/streams/show/broadcasts", None, &[], None)
+        .await
+        .json;
+    assert_eq!(again, history);
+
+    // etcd away: both directors start a broadcast of the same stream from their copies.
+    etcd.members[0].stop();
+    until("both degraded", move || async move {
+        a.readyz().await.1["status"] == "degraded" && b.readyz().await.1["status"] == "degraded"
+    })
+    .await;
+    let mut during = Vec::new();
+    for d in [a, b] {
+        let r = d
+            .api
+            .assign("203.0.113.9", json!({"stream": "show", "key": key}))
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "answered from the copy: {}",
+            r.json
+        );
+        during.push(r.json["broadcast"].as_str().expect("broadcast").to_string());
+    }
+    assert_ne!(during[0], during[1]);
+    // etcd returns: one change is written, the other conflicts; both end up with etcd's.
+    etcd.start_all().await;
+    until(
+        "the directors converge on one current broadcast",
+        || async {
+            let (ra, rb) = (record(a).await, record(b).await);
+            ra == rb && during.iter().any(|d| ra["current"]["id"] == d.as_str())
+        },
+    )
+    .await;
+    let conflicts = async |d: &Dir| {
+        let m = d.api.app.clone().oneshot_text("/metrics").await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("firstmile_director_stream_conflicts_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no stream conflict counter in {m}"))
+    };
+    assert_eq!(
+        conflicts(a).await + conflicts(b).await,
+        1,
+        "one of the two changes lost to the other"
+    );
+    hb_fra.abort();
+    hb_par.abort();
+}
+
+/// Lease renewals are never starved by other writes (issue "running for months": one sequential
+/// writer served every write and dropped heartbeats when its queue was full, and leases last a
+/// few seconds). Eight entry servers heartbeat through director A with 1 s leases while A is
+/// flooded with other etcd writes: drains and undrains of another server (the registry's writer)
+/// and new streams (the stream store's compare-and-swaps) as fast as it answers. No heartbeat is
+/// answered 404 (a lease that ran out), neither A nor a director that only watches (B) ever
+/// misses a server, and `/readyz` never says renewals are late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_flood_never_starves_lease_renewals() {
+    const IDS: [&str; 8] = [
+        "fl-1", "fl-2", "fl-3", "fl-4", "fl-5", "fl-6", "fl-7", "fl-8",
+    ];
+    const PLACES: [&str; 4] = ["Tokyo", "Sydney", "Frankfurt", "Paris, FR"];
+    let etcd = Etcd::start(1).await;
+    let cfg = etcd_config(etcd.endpoints(), "/firstmile/test-flood");
+    let a = &Dir::new(cfg.clone());
+    let b = &Dir::new(cfg);
+    for (i, id) in IDS.iter().enumerate() {
+        let r = a.api.register(id, id, PLACES[i % PLACES.len()]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    }
+    let r = a.api.register("churn-1", "churn", "Tokyo").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let hb_churn = entry_server("churn-1", "Tokyo", a.api.clone(), "cam-churn");
+    let mut want: Vec<&str> = IDS.to_vec();
+    want.push("churn-1");
+    want.sort();
+    let want = &want;
+    until(
+        "both directors see the servers, ready",
+        move || async move {
+            all_see(vec![a, b], want).await
+                && a.readyz().await.1["status"] == "ready"
+                && b.readyz().await.1["status"] == "ready"
+        },
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    // Entry servers: heartbeats every 200 ms (leases of 1 s); a 404 means the lease ran out.
+    let beats: Vec<JoinHandle<()>> = IDS
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (via, stop, lost) = (a.api.clone(), stop.clone(), lost.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                while !stop.load(Ordering::Acquire) {
+                    tick.tick().await;
+                    let body =
+                        json!({"load": {"streams": 0, "mbps": 0.0, "cpu": 0.1}, "streams": []});
+                    let r = via.heartbeat(id, body).await;
+                    if r.status != StatusCode::OK {
+                        lost.lock()
+                            .unwrap()
+                            .push(format!("{id}: heartbeat {}", r.status));
+                        if r.status == StatusCode::NOT_FOUND {
+                            let _ = via.register(id, id, PLACES[i % PLACES.len()]).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // The flood: drains and undrains, and new streams, as fast as A answers.
+    let flood: Vec<JoinHandle<u64>> = (0..4u32)
+        .map(|w| {
+            let (via, stop) = (a.api.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let r = if w.is_multiple_of(2) {
+                        let what = if n.is_multiple_of(2) {
+                            "drain"
+                        } else {
+                            "undrain"
+                        };
+                        via.admin(
+                            Method::POST,
+                            &format!("/v1/admin/entry-servers/churn-1/{what}"),
+                        )
+                        .await
+                    } else {
+                        via.assign(
+                            "203.0.113.9",
+                            json!({"stream": format!("flood-{w}-{n}"), "location": "Tokyo"}),
+                        )
+                        .await
+                    };
+                    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+                    n += 1;
+                    // An in-process request never waits: let the other tasks run, as a
+                    // network would.
+                    tokio::task::yield_now().await;
+                }
+                n
+            })
+        })
+        .collect();
+    // Watch both views for five lease lifetimes.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        for (name, d) in [("A", a), ("B", b)] {
+            let ids = d.ids().await;
+            if ids != *want {
+                lost.lock().unwrap().push(format!("{name} saw {ids:?}"));
+            }
+        }
+        let (_, j) = a.readyz().await;
+        if j["status"] != "ready" {
+            lost.lock().unwrap().push(format!("A /readyz: {j}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Release);
+    let mut writes = 0;
+    for t in flood {
+        writes += t.await.expect("flood client");
+    }
+    for t in beats {
+        t.await.expect("entry server");
+    }
+    hb_churn.abort();
+    let lost = lost.lock().unwrap().clone();
+    assert!(lost.is_empty(), "leases ran out under the flood: {lost:#?}");
+    assert!(
+        writes >= 500,
+        "the flood made {writes} writes only: not a flood"
+    );
+    eprintln!("flood: {writes} drains, undrains and new streams in 5 s");
 }
 
 #[test]

@@ -177,7 +177,7 @@ async fn slowloris_and_2000_idle_connections_do_not_stop_assignments_or_heartbea
         "127.0.0.1",
         "POST",
         "/v1/entry-servers",
-        Some(CLUSTER),
+        Some(&cred("fra-1")),
         &registration("fra-1"),
     )
     .await;
@@ -188,7 +188,7 @@ async fn slowloris_and_2000_idle_connections_do_not_stop_assignments_or_heartbea
             &mut fleet,
             "PUT",
             "/v1/entry-servers/fra-1/heartbeat",
-            Some(CLUSTER),
+            Some(&cred("fra-1")),
             &beat(),
         )
         .await;
@@ -232,7 +232,7 @@ async fn slowloris_and_2000_idle_connections_do_not_stop_assignments_or_heartbea
         &mut fleet,
         "PUT",
         "/v1/entry-servers/fra-1/heartbeat",
-        Some(CLUSTER),
+        Some(&cred("fra-1")),
         &beat(),
     )
     .await;
@@ -278,7 +278,7 @@ async fn over_the_caps_refusals_and_the_fleet_behind_one_address() {
             &mut s,
             "POST",
             "/v1/entry-servers",
-            Some(CLUSTER),
+            Some(&cred(&format!("n{i}"))),
             &registration(&format!("n{i}")),
         )
         .await;
@@ -297,7 +297,7 @@ async fn over_the_caps_refusals_and_the_fleet_behind_one_address() {
         "127.0.3.3",
         "PUT",
         "/v1/entry-servers/n0/heartbeat",
-        Some(CLUSTER),
+        Some(&cred("n0")),
         &beat(),
     )
     .await;
@@ -307,7 +307,7 @@ async fn over_the_caps_refusals_and_the_fleet_behind_one_address() {
             s,
             "PUT",
             &format!("/v1/entry-servers/n{i}/heartbeat"),
-            Some(CLUSTER),
+            Some(&cred(&format!("n{i}"))),
             &beat(),
         )
         .await;
@@ -357,7 +357,10 @@ fn bad_listener_settings_name_the_key_and_the_range() {
         DirectorConfig::load(
             None,
             vec![
-                ("FIRSTMILE_DIRECTOR_AUTH__CLUSTER_TOKEN".into(), "c".into()),
+                (
+                    "FIRSTMILE_DIRECTOR_AUTH__ENTRY_KEY".into(),
+                    "entry-key-0123456789abcdef0123456789".into(),
+                ),
                 ("FIRSTMILE_DIRECTOR_AUTH__ADMIN_TOKEN".into(), "a".into()),
             ],
             &[o.to_string()],

@@ -10,7 +10,7 @@ use axum::http::{Method, StatusCode};
 use director::config::{OnHookError, ProvisionedStream, PublishMode};
 use serde_json::{Value, json};
 
-use super::{ADMIN, Api, CLUSTER, T0, backup, config, primary};
+use super::{ADMIN, Api, T0, backup, config, cred, primary};
 
 fn keys_config() -> director::DirectorConfig {
     let mut c = config();
@@ -46,7 +46,7 @@ impl Api {
             Method::POST,
             &format!("/v1/entry-servers/{server}/publishes"),
             None,
-            &[("authorization", &format!("Bearer {CLUSTER}"))],
+            &[("authorization", &format!("Bearer {}", cred(server)))],
             Some(body.to_string()),
         )
         .await

@@ -499,3 +499,85 @@ async fn private_streams_need_a_playback_token_and_cause_no_relay_pull() {
     .unwrap_err();
     assert_eq!(s, 401);
 }
+
+/// Only peers and the server itself see what it holds: its own credential or a peer token the
+/// director signed. Another server's credential (it cannot be checked here), an ingest or
+/// playback token, an expired peer token or one signed by another key are 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_server_itself_and_its_peers_read_its_stream_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = testkit::TestEntry::start(
+        testkit::entry_config("par-1", "par", "Paris", dir.path(), None),
+        "127.0.0.1",
+    );
+    let key = testkit::key();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let peer = |signer: &token::SigningKey, exp: u64| {
+        signer.sign_peer(&token::PeerClaims {
+            scp: token::Scope::Peer,
+            server: "lon-1".parse().unwrap(),
+            iat: now.saturating_sub(60),
+            exp,
+        })
+    };
+    let other_key = token::SigningKey::from_bytes(&[9u8; 32]);
+    let ingest = key.sign(&token::Claims {
+        scp: token::Scope::Ingest,
+        stream: "s".parse().unwrap(),
+        broadcast: proto::BroadcastId::new(now * 1000, 1),
+        server: "par-1".parse().unwrap(),
+        role: proto::Role::Primary,
+        private: false,
+        iat: now,
+        exp: now + 600,
+    });
+    let play = key.sign_play(&token::PlayClaims {
+        scp: token::Scope::Play,
+        stream: "s".parse().unwrap(),
+        iat: now,
+        exp: now + 600,
+    });
+    let refused = [
+        ("none", None),
+        (
+            "another server's credential",
+            Some(testkit::credential("lon-1")),
+        ),
+        ("an ingest token", Some(ingest)),
+        ("a playback token", Some(play)),
+        ("an expired peer token", Some(peer(&key, now - 1))),
+        (
+            "a peer token of another key",
+            Some(peer(&other_key, now + 600)),
+        ),
+        ("garbage", Some("x".repeat(5000))),
+    ];
+    let accepted = [
+        ("its own credential", testkit::credential("par-1")),
+        ("a peer token", peer(&key, now + 600)),
+    ];
+    for path in ["/v1/streams"] {
+        let url = format!("http://{}{path}", e.http);
+        for (what, bearer) in &refused {
+            let mut r = http_client().get(&url);
+            if let Some(b) = bearer {
+                r = r.bearer_auth(b);
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{path} with {what}");
+        }
+        for (what, bearer) in &accepted {
+            let r = http_client()
+                .get(&url)
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(r.status(), 401, "{path} with {what}");
+            assert_ne!(r.status(), 403, "{path} with {what}");
+        }
+    }
+}

@@ -27,9 +27,9 @@ pub struct AskArgs {
         hide_env_values = true
     )]
     pub key: Option<String>,
-    /// How the device pushes.
-    #[arg(long, default_value = "native", value_parser = ["native", "websocket", "rtmp", "http"])]
-    pub protocol: String,
+    /// How the device pushes (default native; rtmp with `--obs`).
+    #[arg(long, value_parser = ["native", "websocket", "rtmp", "http"])]
+    pub protocol: Option<String>,
     /// Expected bitrate, in kbit/s (the director's default when absent).
     #[arg(long, value_name = "N")]
     pub bitrate_kbps: Option<u32>,
@@ -37,17 +37,59 @@ pub struct AskArgs {
     /// https:// director and tls:// entry servers.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Do not measure the round-trip time to the candidate entry servers before asking (by
+    /// default the device probes them for at most half a second and the director ranks probed
+    /// servers by what was measured).
+    #[arg(long)]
+    pub no_probe: bool,
 }
 
 impl AskArgs {
     pub fn protocol(&self) -> Result<Protocol, Failure> {
-        self.protocol.parse::<Protocol>().map_err(Failure::usage)
+        self.protocol
+            .as_deref()
+            .unwrap_or("native")
+            .parse::<Protocol>()
+            .map_err(Failure::usage)
     }
 
     /// The director client (https verified against the web roots plus `--ca-file`).
     pub fn director(&self) -> Result<client::Director, Failure> {
         client::Director::with_ca_file(&self.director, self.ca_file.as_deref())
             .map_err(client_failure)
+    }
+
+    /// The request, with probe results unless `--no-probe` (see `client::probe`). What probing
+    /// did is said on stderr, so that stdout stays clean for pipes.
+    pub async fn probed_request(
+        &self,
+        director: &client::Director,
+        quiet: bool,
+    ) -> Result<AssignRequest, Failure> {
+        let mut req = self.request()?;
+        if self.no_probe {
+            return Ok(req);
+        }
+        let p = director
+            .probe(
+                self.location.as_deref(),
+                self.protocol()?,
+                client::PROBE_BUDGET,
+            )
+            .await;
+        if !quiet {
+            match &p.skipped {
+                Some(why) => eprintln!("probe: skipped ({why})"),
+                None => eprintln!(
+                    "probe: {} of {} entry servers answered in {} ms",
+                    p.results.len(),
+                    p.targets,
+                    p.took.as_millis()
+                ),
+            }
+        }
+        req.probes = p.results;
+        Ok(req)
     }
 
     pub fn request(&self) -> Result<AssignRequest, Failure> {
@@ -121,12 +163,17 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(Failure::other)
 }
 
-pub fn run(a: AssignArgs) -> Result<(), Failure> {
-    let req = a.ask.request()?;
+pub fn run(mut a: AssignArgs) -> Result<(), Failure> {
+    // OBS publishes RTMP: `--obs` alone means that.
+    if a.obs && a.ask.protocol.is_none() {
+        a.ask.protocol = Some("rtmp".into());
+    }
     let director = a.ask.director()?;
-    let assignment = runtime()?
-        .block_on(director.assign(&req))
-        .map_err(client_failure)?;
+    let assignment = runtime()?.block_on(async {
+        // --ffmpeg and --obs probe on behalf of encoders that cannot.
+        let req = a.ask.probed_request(&director, a.json).await?;
+        director.assign(&req).await.map_err(client_failure)
+    })?;
     announce_key(&assignment);
     let key = assignment
         .stream_key

@@ -60,7 +60,12 @@ fn load(
         overrides.push(format!("listen={l}"));
     }
     overrides.extend(set.iter().cloned());
-    DirectorConfig::load(text.as_deref(), std::env::vars(), &overrides).map_err(Failure::usage)
+    let c = DirectorConfig::load(text.as_deref(), std::env::vars(), &overrides)
+        .map_err(Failure::usage)?;
+    // The examples' placeholder secrets are refused here, not in `DirectorConfig::validate`:
+    // the examples must stay loadable (tests check them), a director must not serve with them.
+    c.check_secrets().map_err(Failure::usage)?;
+    Ok(c)
 }
 
 /// `firstmile check-config`.
@@ -155,6 +160,7 @@ async fn fake_fleet(d: Director, n: u32) {
                     cpu: 0.1,
                 },
                 state: director::registry::ServerState::Ready,
+                disk: proto::api::DiskState::Ok,
                 streams: Vec::new(),
             };
             let _ = d.registry().heartbeat(id, hb, now);

@@ -1,4 +1,7 @@
-//! `firstmile keygen`: make the director's Ed25519 token key pair.
+//! `firstmile keygen`: make the director's Ed25519 token key pair; or, with `--entry ID`, entry
+//! server ID's own credential (derived from the director's `auth.entry_key`, given with
+//! `--entry-key` or `FIRSTMILE_DIRECTOR_AUTH__ENTRY_KEY`); or, with `--stream-key`, a random
+//! stream key and its SHA-256 for `[[publish.streams]]`.
 //!
 //! Writes `PREFIX.key` (PKCS#8 PEM private key, mode 0600, for the director's
 //! `tokens.signing_key_file`) and `PREFIX.pub` (SPKI PEM public key, for entry servers). Without
@@ -20,9 +23,44 @@ pub struct KeygenArgs {
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
+    /// Print this entry server's own credential (for its `credential` setting or
+    /// `FIRSTMILE_ENTRY_CREDENTIAL`) instead of making a key pair.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["out", "stream_key"])]
+    pub entry: Option<proto::ServerId>,
+    /// The director's `auth.entry_key` the credential is derived from.
+    #[arg(
+        long,
+        env = "FIRSTMILE_DIRECTOR_AUTH__ENTRY_KEY",
+        hide_env_values = true,
+        value_name = "KEY",
+        requires = "entry"
+    )]
+    pub entry_key: Option<String>,
+    /// Print a new random stream key and its SHA-256 (for `[[publish.streams]] key_sha256`).
+    #[arg(long, conflicts_with_all = ["out", "entry"])]
+    pub stream_key: bool,
 }
 
 pub fn run(a: KeygenArgs) -> Result<(), Failure> {
+    if let Some(id) = &a.entry {
+        let Some(k) = a.entry_key.as_deref().filter(|k| k.chars().count() >= 32) else {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--entry needs the director's entry key (at least 32 characters): --entry-key \
+                 or FIRSTMILE_DIRECTOR_AUTH__ENTRY_KEY"
+            )));
+        };
+        println!("{}", token::entry_credential(k, id));
+        return Ok(());
+    }
+    if a.stream_key {
+        let mut b = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
+        let key = proto::StreamKey::from_random(b);
+        let hex: String = key.hash().iter().map(|b| format!("{b:02x}")).collect();
+        println!("stream key: {}", key.expose());
+        println!("key_sha256: {hex}");
+        return Ok(());
+    }
     let key = token::SigningKey::generate(&mut rand::rng());
     let private = key.to_pem();
     let public = key.public_key().to_pem();

@@ -45,10 +45,10 @@ pub fn run(a: PushArgs) -> Result<(), Failure> {
     if let Some(ca) = &a.ask.ca_file {
         client::push::tls_client_config(Some(ca)).map_err(Failure::usage)?;
     }
-    let req = a.ask.request()?;
     let director = a.ask.director()?;
     let rt = runtime()?;
     rt.block_on(async move {
+        let req = a.ask.probed_request(&director, a.quiet).await?;
         let source: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if a.input == "-" {
             Box::new(tokio::io::stdin())
         } else {

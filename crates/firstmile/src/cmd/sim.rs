@@ -22,9 +22,18 @@ pub struct SimArgs {
     /// Fraction of client cities whose measurements train the learned corrections, in [0, 1).
     #[arg(long, default_value_t = 0.5)]
     pub train_fraction: f64,
-    /// Seed of the train/evaluate split.
+    /// Seed of the train/evaluate split and of the probe and session draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Policy `probe`: candidates probed per location (K; the top K by estimate).
+    #[arg(long, default_value_t = select::probe::DEFAULT_PROBE_TARGETS)]
+    pub probe_targets: usize,
+    /// Policy `probe`: RTT samples per probed server (N; ranked by their median).
+    #[arg(long, default_value_t = select::probe::DEFAULT_PROBE_SAMPLES)]
+    pub probe_samples: u32,
+    /// Policy `history`: sessions of a client network before the one evaluated (S).
+    #[arg(long, default_value_t = 5)]
+    pub history_sessions: u32,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -39,10 +48,14 @@ pub fn run(a: SimArgs) -> Result<(), Failure> {
     };
     let ds = Dataset::parse(&read("servers.csv")?, &read("pings.csv")?).map_err(Failure::data)?;
     let cfg = SimConfig {
-        pops: a.pops.iter().map(|p| p.trim().to_string()).collect(),
         train_fraction: a.train_fraction,
-        seed: a.seed,
-        params: select::Params::default(),
+        probe_targets: a.probe_targets,
+        probe_samples: a.probe_samples,
+        history_sessions: a.history_sessions,
+        ..SimConfig::new(
+            a.pops.iter().map(|p| p.trim().to_string()).collect(),
+            a.seed,
+        )
     };
     let report = simulate(&ds, &cfg).map_err(Failure::usage)?;
     if a.json {
@@ -58,11 +71,16 @@ pub fn run(a: SimArgs) -> Result<(), Failure> {
 
 fn human(r: &Report) -> String {
     let mut s = format!(
-        "{} POPs, {} client cities: {} train the learned corrections, {} evaluated\n\n",
+        "{} POPs, {} client cities: {} train the learned corrections, {} evaluated\n\
+         probe: top {} candidates per location, median of {} samples; history: the session \
+         after {}\n\n",
         r.pops,
         r.clients,
         r.train_clients,
-        r.evaluated()
+        r.evaluated(),
+        r.probe_targets,
+        r.probe_samples,
+        r.history_sessions,
     );
     s.push_str(
         "policy     primary regret ms (mean / median / p90)   within 10 ms   backup regret ms (mean / median / p90)\n",

@@ -5,6 +5,15 @@
 //! user can `kill -9` one mid-stream and watch the stream survive. Nothing external is needed:
 //! the signing key and secrets are generated, the data lives in a temporary directory (removed on
 //! exit unless `--data-dir` is given).
+//!
+//! `firstmile up --wan FILE` runs the same network in a wide-area test bed (`crates/wanbed`,
+//! needs root): every host of FILE is a network namespace, each pair of hosts has the RTT, loss
+//! and bottleneck FILE gives it, and TCP stays end to end. The director listens inside the host
+//! whose role is `director` (it runs in this process, its socket in that namespace); each host
+//! whose role is `entry` runs one `firstmile entry` child inside it, id = the host's name, POP =
+//! the name up to its first `-`, location = its `city`, advertising its bed address. Hosts with
+//! role `client` are where devices and viewers run (`ip netns exec PREFIX-HOST firstmile …`);
+//! the director places each by IP in its `city`.
 
 use crate::Failure;
 use crate::cmd::serve::{init_tracing, runtime, terminated};
@@ -39,15 +48,23 @@ pub struct UpArgs {
     /// Keep data and logs here instead of a temporary directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Run in a wide-area test bed described by FILE (hosts with roles and cities, an RTT, loss
+    /// and rate per path; e.g. crates/wanbed/beds/steering.toml). Needs root.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["servers", "client_site"])]
+    pub wan: Option<PathBuf>,
 }
 
 struct Server {
-    id: &'static str,
-    place: &'static str,
+    id: String,
+    place: String,
     child: Child,
     native: String,
     http: String,
     args: Vec<String>,
+    /// What runs the command again by hand: empty, or `ip netns exec NS` in a bed.
+    launcher: String,
+    /// Its own credential toward the director.
+    credential: String,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -61,24 +78,33 @@ fn secret() -> String {
     hex(&b)
 }
 
-/// Start one child entry server and wait for its ready line.
+/// Entry server `id`'s own credential under the director's entry key.
+fn entry_credential(entry_key: &str, id: &str) -> String {
+    match id.parse() {
+        Ok(id) => token::entry_credential(entry_key, &id),
+        Err(_) => String::new(),
+    }
+}
+
+/// Start one child entry server (`cmd` runs the firstmile executable) and wait for its ready
+/// line.
 fn spawn_entry(
-    exe: &Path,
+    mut cmd: Command,
     args: &[String],
-    cluster_secret: &str,
+    credential: &str,
     log: &Path,
 ) -> Result<(Child, String, String), Failure> {
     let log_file = std::fs::File::create(log)
         .with_context(|| format!("cannot create {}", log.display()))
         .map_err(Failure::other)?;
-    let mut child = Command::new(exe)
+    let mut child = cmd
         .args(args)
-        .env("FIRSTMILE_ENTRY_CLUSTER_SECRET", cluster_secret)
+        .env("FIRSTMILE_ENTRY_CREDENTIAL", credential)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
         .spawn()
-        .with_context(|| format!("cannot start {}", exe.display()))
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))
         .map_err(Failure::other)?;
     let stdout = child
         .stdout
@@ -115,12 +141,9 @@ fn spawn_entry(
     }
 }
 
-pub fn run(a: UpArgs) -> Result<(), Failure> {
-    init_tracing("warn", false);
-    let exe = std::env::current_exe()
-        .context("cannot find the firstmile executable")
-        .map_err(Failure::other)?;
-    let (dir, _tmp) = match &a.data_dir {
+/// Where data and logs go: `--data-dir`, or a temporary directory removed when the guard drops.
+fn data_dir(a: &UpArgs) -> Result<(PathBuf, Option<tempfile::TempDir>), Failure> {
+    Ok(match &a.data_dir {
         Some(d) => {
             std::fs::create_dir_all(d)
                 .with_context(|| format!("cannot create {}", d.display()))
@@ -135,7 +158,18 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
                 .map_err(Failure::other)?;
             (t.path().to_path_buf(), Some(t))
         }
-    };
+    })
+}
+
+pub fn run(a: UpArgs) -> Result<(), Failure> {
+    init_tracing("warn", false);
+    if let Some(file) = a.wan.clone() {
+        return run_wan(a, &file);
+    }
+    let exe = std::env::current_exe()
+        .context("cannot find the firstmile executable")
+        .map_err(Failure::other)?;
+    let (dir, _tmp) = data_dir(&a)?;
     let key = token::SigningKey::generate(&mut rand::rng());
     let public_pem = key.public_key().to_pem();
     let cluster = secret();
@@ -144,7 +178,7 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
         default_place: "Frankfurt am Main, DE".into(),
         ..Default::default()
     };
-    config.auth.cluster_token = cluster.clone();
+    config.auth.entry_key = cluster.clone();
     config.auth.admin_token = secret();
     // A demo network: the first publisher of a new stream id gets its key and owns the id.
     config.publish.mode = director::config::PublishMode::Open;
@@ -185,13 +219,24 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
             .collect();
             let log = dir.join(format!("{id}.log"));
             let exe2 = exe.clone();
-            let cluster2 = cluster.clone();
+            let credential = entry_credential(&cluster, id);
+            let cred2 = credential.clone();
             let args2 = args.clone();
-            let (child, native, http) =
-                tokio::task::spawn_blocking(move || spawn_entry(&exe2, &args2, &cluster2, &log))
-                    .await
-                    .map_err(Failure::other)??;
-            servers.push(Server { id, place, child, native, http, args });
+            let (child, native, http) = tokio::task::spawn_blocking(move || {
+                spawn_entry(Command::new(&exe2), &args2, &cred2, &log)
+            })
+            .await
+            .map_err(Failure::other)??;
+            servers.push(Server {
+                id: id.to_string(),
+                place: place.to_string(),
+                child,
+                native,
+                http,
+                args,
+                launcher: String::new(),
+                credential,
+            });
         }
 
         println!("firstmile is up: a director and {} entry servers on this machine", servers.len());
@@ -216,42 +261,208 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
         println!("  kill -9 <pid of the primary above>   # the viewer (New York node) keeps playing");
         println!("Ctrl-C stops everything.");
 
-        // Report servers that exit (a user killed one) until asked to stop.
-        let mut term = Box::pin(terminated());
-        loop {
-            tokio::select! {
-                _ = &mut term => break,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    servers.retain_mut(|s| match s.child.try_wait() {
-                        Ok(Some(status)) => {
-                            let args: Vec<String> = s
-                                .args
-                                .iter()
-                                .map(|a| if a.contains([' ', '\n']) { format!("'{a}'") } else { a.clone() })
-                                .collect();
-                            println!("entry {} exited ({status}); to start it again:", s.id);
-                            println!(
-                                "  FIRSTMILE_ENTRY_CLUSTER_SECRET={cluster} {} {}",
-                                exe.display(),
-                                args.join(" ")
-                            );
-                            false
-                        }
-                        _ => true,
-                    });
-                }
-            }
-        }
-        println!("stopping");
-        for s in &servers {
-            // SIGTERM: drain gracefully.
-            let _ = Command::new("kill").arg(s.child.id().to_string()).status();
-        }
-        for mut s in servers {
-            let _ = tokio::task::spawn_blocking(move || s.child.wait()).await;
-        }
+        supervise(servers, &exe).await;
         let _ = stop_tx.send(());
         let _ = director_task.await;
         Ok::<(), Failure>(())
     })
+}
+
+/// Report servers that exit (a user killed one) until asked to stop; then stop them all
+/// (SIGTERM: they drain) and wait for them.
+async fn supervise(mut servers: Vec<Server>, exe: &Path) {
+    let mut term = Box::pin(terminated());
+    loop {
+        tokio::select! {
+            _ = &mut term => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                servers.retain_mut(|s| match s.child.try_wait() {
+                    Ok(Some(status)) => {
+                        let args: Vec<String> = s
+                            .args
+                            .iter()
+                            .map(|a| if a.contains([' ', '\n']) { format!("'{a}'") } else { a.clone() })
+                            .collect();
+                        println!("entry {} exited ({status}); to start it again:", s.id);
+                        println!(
+                            "  FIRSTMILE_ENTRY_CREDENTIAL={} {}{} {}",
+                            s.credential,
+                            s.launcher,
+                            exe.display(),
+                            args.join(" ")
+                        );
+                        false
+                    }
+                    _ => true,
+                });
+            }
+        }
+    }
+    println!("stopping");
+    for s in &servers {
+        // SIGTERM: drain gracefully.
+        let _ = Command::new("kill").arg(s.child.id().to_string()).status();
+    }
+    for mut s in servers {
+        let _ = tokio::task::spawn_blocking(move || s.child.wait()).await;
+    }
+}
+
+/// `firstmile up --wan FILE`: the network inside a wide-area test bed.
+fn run_wan(a: UpArgs, file: &Path) -> Result<(), Failure> {
+    use wanbed::{BedError, Role};
+    let spec = wanbed::Spec::from_file(file).map_err(Failure::usage)?;
+    let hosts = spec.hosts().to_vec();
+    let directors: Vec<_> = hosts.iter().filter(|h| h.role == Role::Director).collect();
+    let [director_host] = directors.as_slice() else {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "{}: give exactly one host role = \"director\" (found {})",
+            file.display(),
+            directors.len()
+        )));
+    };
+    let entries: Vec<_> = hosts.iter().filter(|h| h.role == Role::Entry).collect();
+    if entries.is_empty() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "{}: give at least one host role = \"entry\"",
+            file.display()
+        )));
+    }
+    if let Some(h) = entries.iter().find(|h| h.city.is_none()) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "{}: entry host {:?} needs a city (where the server is, as a user would type it)",
+            file.display(),
+            h.name
+        )));
+    }
+    let exe = std::env::current_exe()
+        .context("cannot find the firstmile executable")
+        .map_err(Failure::other)?;
+    let (dir, _tmp) = data_dir(&a)?;
+    let key = token::SigningKey::generate(&mut rand::rng());
+    let public_pem = key.public_key().to_pem();
+    let cluster = secret();
+    let mut config = director::DirectorConfig {
+        listen: (director_host.address, a.port).into(),
+        default_place: director_host
+            .city
+            .clone()
+            .unwrap_or_else(|| "Frankfurt am Main, DE".into()),
+        ..Default::default()
+    };
+    config.auth.entry_key = cluster.clone();
+    config.auth.admin_token = secret();
+    config.publish.mode = director::config::PublishMode::Open;
+    // Every host with a city is placed there by its address (clients are what matters).
+    for h in hosts.iter().filter(|h| h.city.is_some()) {
+        config.sites.insert(
+            ipnet::Ipv4Net::from(h.address).into(),
+            h.city.clone().unwrap_or_default(),
+        );
+    }
+    let d = director::Director::new(config.clone(), key, geo::ip::IpLocator::new())
+        .map_err(Failure::usage)?;
+
+    let bed = wanbed::Bed::up(spec).map_err(|e| match e {
+        BedError::Unavailable(_) => Failure::unavailable(e),
+        _ => Failure::other(e),
+    })?;
+    let listener = bed
+        .enter(&director_host.name, || {
+            let l = std::net::TcpListener::bind(config.listen)?;
+            l.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(l)
+        })
+        .map_err(Failure::other)?
+        .with_context(|| format!("cannot listen on {} in the bed", config.listen))
+        .map_err(Failure::usage)?;
+
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(Failure::other)?;
+        let url = format!("http://{}", listener.local_addr().map_err(Failure::other)?);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let director_task = tokio::spawn(director::run(d, listener, async move {
+            let _ = stop_rx.await;
+        }));
+
+        let mut servers = Vec::new();
+        for h in &entries {
+            let host = h.address.to_string();
+            let pop = h.name.split('-').next().unwrap_or(&h.name).to_string();
+            let place = h.city.clone().unwrap_or_default();
+            let args: Vec<String> = [
+                "entry", "--id", &h.name, "--pop", &pop, "--location", &place,
+                "--director", &url,
+                "--native-listen", &format!("{host}:0"), "--http-listen", &format!("{host}:0"),
+                "--rtmp-listen", &format!("{host}:0"),
+                "--set", &format!("advertise={host}"),
+                "--data-dir", &dir.join(&h.name).display().to_string(),
+                "--token-public-key", &public_pem, "--fsync", "interval:20",
+                "--set", "threads=1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let log = dir.join(format!("{}.log", h.name));
+            let cmd = bed.command(&h.name, &exe).map_err(Failure::other)?;
+            let credential = entry_credential(&cluster, &h.name);
+            let cred2 = credential.clone();
+            let args2 = args.clone();
+            let (child, native, http) =
+                tokio::task::spawn_blocking(move || spawn_entry(cmd, &args2, &cred2, &log))
+                    .await
+                    .map_err(Failure::other)??;
+            let launcher = format!("ip netns exec {} ", bed.netns(&h.name).map_err(Failure::other)?);
+            servers.push(Server { id: h.name.clone(), place, child, native, http, args, launcher, credential });
+        }
+
+        println!(
+            "firstmile is up in the wide-area bed {}: a director and {} entry servers, each in its own host",
+            file.display(),
+            servers.len()
+        );
+        println!("director  {url}  (host {})", director_host.name);
+        for s in &servers {
+            println!(
+                "entry     {:<8} {:<24} native {:<22} http {:<22} pid {}",
+                s.id, s.place, s.native, s.http, s.child.id()
+            );
+        }
+        println!("data and logs: {}", dir.display());
+        let s = bed.spec();
+        for (i, h) in s.hosts().iter().enumerate() {
+            let paths: Vec<String> = entries
+                .iter()
+                .filter(|e| e.name != h.name)
+                .filter_map(|e| s.index(&e.name).map(|j| format!("{} {} ms", e.name, s.rtt_ms(i, j))))
+                .collect();
+            if h.role == Role::Client {
+                println!(
+                    "client    {:<8} {:<15} {:<24} RTT to {}",
+                    h.name,
+                    h.address,
+                    h.city.as_deref().unwrap_or("-"),
+                    paths.join(", ")
+                );
+            }
+        }
+        println!();
+        println!("Run devices and viewers inside a client host, e.g.:");
+        if let Some((i, c)) = s.hosts().iter().enumerate().find(|(_, h)| h.role == Role::Client) {
+            let ns = s.netns(i);
+            let place = c.city.as_deref().unwrap_or("Paris, FR");
+            println!("  ip netns exec {ns} {} assign --director {url} --location \"{place}\"", exe.display());
+            println!("  ffmpeg -re -f lavfi -i testsrc2=size=640x360:rate=25 -c:v libx264 -g 50 -f mpegts - \\");
+            println!("    | ip netns exec {ns} {} push --director {url} --location \"{place}\" --stream demo -", exe.display());
+        }
+        println!("Ctrl-C stops everything and removes the bed.");
+
+        supervise(servers, &exe).await;
+        let _ = stop_tx.send(());
+        let _ = director_task.await;
+        Ok::<(), Failure>(())
+    })?;
+    drop(rt);
+    bed.down().map(drop).map_err(Failure::other)
 }

@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 
 use crate::{BroadcastId, Role, ServerId, StreamId};
 
-/// `GET /v1/streams` of an entry server (operators: the cluster credential).
+/// `GET /v1/streams` of an entry server (operators and peers: its own credential or a peer token).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[schema(examples(json!({
     "server_id": "fra-1",
@@ -114,4 +114,20 @@ pub struct PathUpstream {
     /// The next sequence number it lacks, as it last reported to the director.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_seq: Option<u64>,
+}
+
+/// The answer to an HTTP push (`POST /v1/streams/{id}/push`) once its body has ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(examples(json!({
+    "stream": "live1", "broadcast": "b018c2f3a4b5c-0000002a", "bytes": 1048576, "final_seq": 31
+})))]
+pub struct PushResult {
+    /// The stream.
+    pub stream: StreamId,
+    /// The broadcast the bytes became.
+    pub broadcast: BroadcastId,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// The broadcast's last sequence number (none when the body was empty).
+    pub final_seq: Option<u64>,
 }

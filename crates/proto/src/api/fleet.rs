@@ -47,14 +47,22 @@ pub struct Capacity {
     pub mbps: f64,
 }
 
-/// The answer to a registration: how often to heartbeat.
+/// The answer to a registration: how often to heartbeat, and a peer token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[schema(examples(json!({"heartbeat_interval_ms": 1000, "missed_heartbeats_allowed": 3})))]
+#[schema(examples(json!({
+    "heartbeat_interval_ms": 1000, "missed_heartbeats_allowed": 3,
+    "peer_token": "eyJhbGciOiJFZERTQSJ9.e30.c2ln", "peer_token_expires_at": 1764935274
+})))]
 pub struct Registered {
     /// Send a heartbeat this often.
     pub heartbeat_interval_ms: u64,
     /// After this many missed heartbeats the server is unhealthy (not assigned).
     pub missed_heartbeats_allowed: u32,
+    /// The director vouches for this server to the other entry servers of the fleet: present it
+    /// to them (`Authorization: Bearer`) for relay feeds of private broadcasts and their lists.
+    pub peer_token: String,
+    /// When it expires (Unix seconds): ask for a new one in a heartbeat before.
+    pub peer_token_expires_at: u64,
 }
 
 /// `PUT /v1/entry-servers/{id}/heartbeat`: load, state, the broadcasts held, path measurements.
@@ -87,6 +95,9 @@ pub struct Heartbeat {
     /// Path measurements of ingest sessions since the last heartbeat.
     #[serde(default)]
     pub measurements: Vec<Measurement>,
+    /// Ask for a fresh peer token in the answer (the one held expires soon).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub want_peer_token: bool,
 }
 
 /// What a server carries now.
@@ -183,6 +194,12 @@ pub struct HeartbeatAnswer {
     /// live again elsewhere, or the stream was revoked): end their sessions.
     #[serde(default)]
     pub superseded: Vec<BroadcastRef>,
+    /// A fresh peer token, when the heartbeat asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_token: Option<String>,
+    /// Its expiry (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_token_expires_at: Option<u64>,
 }
 
 /// A broadcast of a stream.

@@ -228,6 +228,7 @@ pub fn schemas() -> Vec<(
         EntryReadiness,
         PlaybackPath,
         PathUpstream,
+        PushResult,
     );
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v.dedup_by(|a, b| a.0 == b.0);
