@@ -171,21 +171,26 @@ impl Muxer {
 
     /// A resource of this broadcast.
     pub fn lookup(&self, r: hls::Resource) -> Lookup {
-        self.with(|p| {
-            let Some(p) = p else {
-                return Lookup::Pending;
-            };
-            match r {
-                hls::Resource::Init(id) => p.init(id).map_or(Lookup::Missing, Lookup::Ready),
-                hls::Resource::Segment(msn) => p.segment(msn),
-                hls::Resource::Part(msn, i) => p.part(msn, i),
-                hls::Resource::Gap(_) => Lookup::Missing,
-            }
-        })
+        self.with(|p| lookup_in(p, r))
     }
 
     fn publish(&self, v: u64) {
         self.version.send_replace(v);
+    }
+}
+
+/// A resource in a packager (`Pending` before the first chunk). For use inside
+/// [`Muxer::with`]/[`Muxer::wait_for`], which hold the packager's lock: calling
+/// [`Muxer::lookup`] there would lock it twice.
+pub fn lookup_in(p: Option<&Packager>, r: hls::Resource) -> Lookup {
+    let Some(p) = p else {
+        return Lookup::Pending;
+    };
+    match r {
+        hls::Resource::Init(id) => p.init(id).map_or(Lookup::Missing, Lookup::Ready),
+        hls::Resource::Segment(msn) => p.segment(msn),
+        hls::Resource::Part(msn, i) => p.part(msn, i),
+        hls::Resource::Gap(_) => Lookup::Missing,
     }
 }
 
@@ -205,9 +210,17 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
             .collect()
     };
     let back = (cfg.window as u64 * u64::from(cfg.segment_ms)).div_ceil(1000) + 1;
+    // The window's worth of history; all of it when the node holds less (a relay that has just
+    // started holds only what it pulled: `From::Back` would start at its live edge).
+    let from = match stream.latest_pts() {
+        Some(latest) => stream
+            .seek_pts(latest.saturating_sub((back as i64).saturating_mul(1_000_000)))
+            .map_or(From::Start, From::Seq),
+        None => From::Start,
+    };
     let mut cursor = Some(Cursor::new(
         stream.clone(),
-        From::Back(back),
+        from,
         node.cfg.max_viewer_lag_bytes,
         SlowViewer::Skip,
     ));

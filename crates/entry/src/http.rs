@@ -1514,7 +1514,7 @@ async fn hls_media(
     let td = crate::hls::config(&node).target_duration_s();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3 * td);
     let found = m
-        .wait_for(deadline, |_| match m_lookup(&m, res) {
+        .wait_for(deadline, |p| match crate::hls::lookup_in(p, res) {
             ::hls::Lookup::Pending => None,
             other => Some(other),
         })
@@ -1546,10 +1546,6 @@ async fn hls_media(
             r
         }
     }
-}
-
-fn m_lookup(m: &crate::hls::Muxer, r: ::hls::Resource) -> ::hls::Lookup {
-    m.lookup(r)
 }
 
 /// Query of the playback-path endpoint.

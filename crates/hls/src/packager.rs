@@ -458,7 +458,14 @@ impl Packager {
     /// Emit the part of the open segment that ends at `end` (if it has any frame).
     fn close_part(&mut self, end: i64) {
         let Some(open) = &self.open else {
-            // Before the first segment: what came before it is not packaged.
+            if self.seen_start && self.segments.is_empty() {
+                // The broadcast's own start (audio before the first keyframe): it goes into the
+                // first part, the way the publisher sent it.
+                self.emitted_to = Some(end);
+                return;
+            }
+            // Before the first segment of a start mid-broadcast: what came before it is not
+            // packaged (other nodes start their first segment there).
             let before = self.pending.len();
             self.pending.retain(|f| f.dts_us >= end);
             self.dropped += (before - self.pending.len()) as u64;

@@ -296,3 +296,21 @@ fn hostile_bodies_are_counted_not_fatal() {
     assert!(!p.has_media());
     assert!(render(&p, Flavor::LowLatency, &|n| n.into()).is_none());
 }
+
+/// libx264 `-preset ultrafast -tune zerolatency` (Constrained Baseline, 320×240): the record
+/// ffmpeg sends over RTMP for a live encode.
+#[test]
+fn a_baseline_avc_record_is_understood() {
+    let hex = "0142c00dffe100166742c00dda0507ec0440000003004000000ca3c50aa801000468ce0fc8";
+    let rec: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let c = crate::codec::config(crate::codec::VideoCodec::Avc, Bytes::from(rec)).unwrap();
+    assert_eq!((c.width, c.height), (320, 240));
+    let init = crate::fmp4::init_segment(&crate::fmp4::Tracks {
+        video: Some(c),
+        audio: None,
+    });
+    assert!(init.is_ok(), "{init:?}");
+}

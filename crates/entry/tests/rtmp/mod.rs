@@ -6,7 +6,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::process::{Command, Stdio};
 
 /// ffmpeg and ffprobe, or a failure that says how to get them.
-fn need_ffmpeg() {
+pub(crate) fn need_ffmpeg() {
     for tool in ["ffmpeg", "ffprobe"] {
         let ok = Command::new(tool)
             .arg("-version")
@@ -21,7 +21,7 @@ fn need_ffmpeg() {
     }
 }
 
-fn run(cmd: &mut Command) -> std::process::Output {
+pub(crate) fn run(cmd: &mut Command) -> std::process::Output {
     let out = cmd.stdin(Stdio::null()).output().expect("spawn");
     assert!(
         out.status.success(),
@@ -32,13 +32,13 @@ fn run(cmd: &mut Command) -> std::process::Output {
 }
 
 /// A short test pattern with sound, H.264 + AAC in FLV (a keyframe every second).
-fn make_source(dir: &FsPath, secs: u32) -> PathBuf {
+pub(crate) fn make_source(dir: &FsPath, secs: u32) -> PathBuf {
     make_pattern(dir, "src.flv", secs, "testsrc2", 440)
 }
 
 /// [`make_source`] with a chosen file name, lavfi video source and tone (so two patterns have
 /// different packets).
-fn make_pattern(dir: &FsPath, name: &str, secs: u32, video: &str, hz: u32) -> PathBuf {
+pub(crate) fn make_pattern(dir: &FsPath, name: &str, secs: u32, video: &str, hz: u32) -> PathBuf {
     let p = dir.join(name);
     run(Command::new("ffmpeg")
         .arg("-nostdin")
@@ -78,7 +78,7 @@ fn make_pattern(dir: &FsPath, name: &str, secs: u32, video: &str, hz: u32) -> Pa
 
 /// Per-packet checksums of a media file via ffmpeg's framemd5, per stream (named by codec, as
 /// demuxers number streams in the order their first packets come): "codec,size,md5".
-fn packet_md5s(file: &FsPath) -> Vec<String> {
+pub(crate) fn packet_md5s(file: &FsPath) -> Vec<String> {
     let out = run(Command::new("ffmpeg")
         .arg("-nostdin")
         .args(["-hide_banner", "-loglevel", "error", "-i"])
@@ -109,7 +109,7 @@ fn packet_md5s(file: &FsPath) -> Vec<String> {
     lines
 }
 
-async fn assign_rtmp(d: &Director, stream: &str) -> Value {
+pub(crate) async fn assign_rtmp(d: &Director, stream: &str) -> Value {
     let r = http_client()
         .post(format!("{}/v1/assignments", d.url))
         .json(&json!({"stream": stream, "location": "Paris, FR", "protocol": "rtmp", "bitrate_kbps": 1000}))
@@ -120,13 +120,13 @@ async fn assign_rtmp(d: &Director, stream: &str) -> Value {
     r.json().await.unwrap()
 }
 
-async fn next_seq(http: SocketAddr, stream: &str) -> u64 {
+pub(crate) async fn next_seq(http: SocketAddr, stream: &str) -> u64 {
     stream_row(http, stream).await["next_seq"]
         .as_u64()
         .unwrap_or(0)
 }
 
-async fn wait_seq(http: SocketAddr, stream: &str, at_least: u64) {
+pub(crate) async fn wait_seq(http: SocketAddr, stream: &str, at_least: u64) {
     for _ in 0..1000 {
         if next_seq(http, stream).await >= at_least {
             return;
@@ -501,7 +501,7 @@ async fn http_push_with_curl_and_ffmpeg() {
 }
 
 /// A stream's entry in a server's `GET /v1/streams` (Null when it is not there).
-async fn stream_row(http: SocketAddr, stream: &str) -> Value {
+pub(crate) async fn stream_row(http: SocketAddr, stream: &str) -> Value {
     let Ok(r) = super::get_streams(http).await else {
         return Value::Null;
     };

@@ -1,0 +1,190 @@
+//! HLS and LL-HLS end to end: a finite RTMP publish by ffmpeg (`tee` to the primary and the
+//! backup), read back by ffprobe/ffmpeg from an ingest node and from a relay node, LL-HLS and
+//! plain playlists alike, with the source's packets; the HTTP rules of the playlists and
+//! resources (blocking reload refusals, CORS, cache headers, content types).
+
+use super::rtmp::{assign_rtmp, make_source, need_ffmpeg, packet_md5s, run, wait_seq};
+use super::*;
+use std::process::Command;
+
+/// Packets per codec as ffprobe counts them in `url`.
+fn probe_counts(url: &str) -> std::collections::BTreeMap<String, usize> {
+    let out = run(Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=codec_type",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(url));
+    let mut m = std::collections::BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        *m.entry(l.trim().to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+async fn get_text(url: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = http_client()
+        .get(url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, h, r.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ll_hls_and_hls_from_ingest_and_relay_nodes_carry_the_sources_packets() {
+    need_ffmpeg();
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let servers = three_servers(&d, &dp).await;
+    let src = make_source(&dp, 6);
+    let stream = "hls-dual";
+    let a = assign_rtmp(&d, stream).await;
+    let broadcast = a["broadcast"].as_str().unwrap().to_string();
+    let (pu, bu) = (
+        a["primary"]["url"].as_str().unwrap().to_string(),
+        a["backup"]["url"].as_str().unwrap().to_string(),
+    );
+    let tee = format!("[f=flv:onfail=ignore]{pu}|[f=flv:onfail=ignore]{bu}");
+    let src2 = src.clone();
+    let publisher = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .arg("-nostdin")
+            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+            .arg(&src2)
+            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
+            .output()
+            .unwrap()
+    });
+    for s in &servers[..2] {
+        wait_seq(s.http, stream, 10).await;
+    }
+    let (lon, nyc) = (servers[0].http, servers[2].http);
+    // While live: the relay node packages the merged stream (its first playlist waits for the
+    // first part).
+    let (status, h, ll) = get_text(&format!("http://{nyc}/hls/{stream}/index.m3u8")).await;
+    assert_eq!(status, 200, "{ll}");
+    assert_eq!(h["content-type"], "application/vnd.apple.mpegurl");
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert_eq!(h["cache-control"], "public, max-age=1");
+    assert_eq!(h["x-firstmile-broadcast"], broadcast.as_str());
+    for tag in [
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=",
+        "#EXT-X-PART-INF:PART-TARGET=0.50000",
+        "#EXT-X-PART:DURATION=",
+        "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=",
+        "#EXT-X-PROGRAM-DATE-TIME:",
+        &format!("#EXT-X-MAP:URI=\"{broadcast}/init-"),
+    ] {
+        assert!(ll.contains(tag), "no {tag:?} in\n{ll}");
+    }
+    // Blocking reload: the next part is answered once it exists; absurd values are refused.
+    let hint = ll
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let (msn, part) = {
+        let f = hint.rsplit('/').next().unwrap();
+        let mut it = f.trim_end_matches(".m4s").split('.');
+        (
+            it.next().unwrap().to_string(),
+            it.next().unwrap().to_string(),
+        )
+    };
+    let url = format!("http://{nyc}/hls/{stream}/index.m3u8?_HLS_msn={msn}&_HLS_part={part}");
+    let (status, h, blocked) = get_text(&url).await;
+    assert_eq!(status, 200);
+    assert!(blocked.contains(&format!("{msn}.{part}.m4s")), "{blocked}");
+    assert_eq!(h["cache-control"], "public, max-age=24");
+    let part_url = format!("http://{nyc}/hls/{stream}/{hint}");
+    let r = get(&part_url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "video/mp4");
+    assert_eq!(
+        r.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let part_bytes = r.bytes().await.unwrap();
+    assert_eq!(&part_bytes[4..8], b"moof");
+    let far = format!("http://{nyc}/hls/{stream}/index.m3u8?_HLS_msn=99999");
+    assert_eq!(get_text(&far).await.0, 400);
+    let no_msn = format!("http://{nyc}/hls/{stream}/index.m3u8?_HLS_part=1");
+    assert_eq!(get_text(&no_msn).await.0, 400);
+    let junk = format!("http://{nyc}/hls/{stream}/index.m3u8?_HLS_msn=x");
+    assert_eq!(get_text(&junk).await.0, 400);
+    let bad = format!("http://{nyc}/hls/{stream}/{broadcast}/../../etc.m4s");
+    assert!(matches!(get_text(&bad).await.0, 400 | 404));
+    let unknown = format!("http://{nyc}/hls/no-such-stream/index.m3u8");
+    let (status, _, body) = get_text(&unknown).await;
+    assert_eq!(status, 404, "{body}");
+    let missing = format!("http://{nyc}/hls/{stream}/{broadcast}/999999.m4s");
+    let (status, h, _) = get_text(&missing).await;
+    assert_eq!(
+        (status, h["cache-control"].to_str().unwrap()),
+        (404, "no-store")
+    );
+
+    let out = publisher.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The broadcast ended on both ingest servers.
+    for s in &servers[..2] {
+        for _ in 0..500 {
+            if !super::rtmp::stream_row(s.http, stream).await["ended"].is_null() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let want = packet_md5s(&src);
+    let want_counts = probe_counts(src.to_str().unwrap());
+    assert!(want.len() > 250, "source has {} packets", want.len());
+    for (node, name) in [(lon, "ingest"), (nyc, "relay")] {
+        for playlist in ["index.m3u8", "classic.m3u8"] {
+            let url = format!("http://{node}/hls/{stream}/{playlist}?broadcast={broadcast}");
+            let (status, _, text) = get_text(&url).await;
+            assert_eq!(status, 200, "{name} {playlist}: {text}");
+            assert!(
+                text.ends_with("#EXT-X-ENDLIST\n"),
+                "{name} {playlist}:\n{text}"
+            );
+            assert!(
+                text.contains("#EXT-X-MEDIA-SEQUENCE:0\n"),
+                "{name} {playlist}:\n{text}"
+            );
+            let counts = probe_counts(&url);
+            assert_eq!(
+                counts, want_counts,
+                "ffprobe on the {name} node's {playlist}"
+            );
+            let have = packet_md5s(std::path::Path::new(&url));
+            if have != want {
+                let first = want.iter().zip(&have).position(|(a, b)| a != b);
+                panic!(
+                    "{name} {playlist}: {} packets, source {}; first difference at {first:?}",
+                    have.len(),
+                    want.len()
+                );
+            }
+        }
+    }
+    // The same segment is the same bytes on the ingest and the relay node.
+    let seg = |n| format!("http://{n}/hls/{stream}/{broadcast}/1.m4s");
+    let (x, y) = (
+        get(seg(lon)).await.unwrap().bytes().await.unwrap(),
+        get(seg(nyc)).await.unwrap().bytes().await.unwrap(),
+    );
+    assert!(!x.is_empty() && x == y, "segment 1 differs between nodes");
+}
