@@ -1455,7 +1455,8 @@ async fn hls_classic(
     ),
     responses(
         (status = 200, description = "CMAF (fragmented MP4)", content_type = "video/mp4"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 400, description = "Not a stream id, a broadcast id or an HLS resource name (bad_stream, bad_broadcast, bad_file)", body = ErrorBody),
+        (status = 401, body = ErrorBody),
         (status = 404, description = "Not (or no longer) there", body = ErrorBody),
         (status = 503, description = "Not ready within three target durations (Retry-After)", body = ErrorBody),
     ))]
@@ -1476,10 +1477,14 @@ async fn hls_media(
         Err(e) => return hls_error(StatusCode::BAD_REQUEST, "bad_broadcast", e.to_string()),
     };
     let Some(res) = ::hls::parse_resource(&file) else {
+        // Never a name this server makes (a traversal, a typo): the request is at fault.
         return hls_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{file:?}: HLS resources are init-<hex>.mp4, <msn>.m4s and <msn>.<part>.m4s"),
+            StatusCode::BAD_REQUEST,
+            "bad_file",
+            format!(
+                "{file:?} is not an HLS resource name: init-<8 hex digits>.mp4, <msn>.m4s or \
+                 <msn>.<part>.m4s"
+            ),
         );
     };
     let vq = ViewQuery {

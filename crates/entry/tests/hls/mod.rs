@@ -7,6 +7,8 @@ use super::rtmp::{assign_rtmp, make_source, need_ffmpeg, packet_md5s, run, wait_
 use super::*;
 use std::process::Command;
 
+mod failover;
+
 /// Packets per codec as ffprobe counts them in `url`.
 fn probe_counts(url: &str) -> std::collections::BTreeMap<String, usize> {
     let out = run(Command::new("ffprobe")
@@ -121,8 +123,9 @@ async fn ll_hls_and_hls_from_ingest_and_relay_nodes_carry_the_sources_packets() 
     assert_eq!(get_text(&no_msn).await.0, 400);
     let junk = format!("http://{nyc}/hls/{stream}/index.m3u8?_HLS_msn=x");
     assert_eq!(get_text(&junk).await.0, 400);
-    let bad = format!("http://{nyc}/hls/{stream}/{broadcast}/../../etc.m4s");
-    assert!(matches!(get_text(&bad).await.0, 400 | 404));
+    // Encoded, or the client would resolve the dot segments itself (failover.rs has more).
+    let bad = format!("http://{nyc}/hls/{stream}/{broadcast}/..%2F..%2Fetc.m4s");
+    assert_eq!(get_text(&bad).await.0, 400);
     let unknown = format!("http://{nyc}/hls/no-such-stream/index.m3u8");
     let (status, _, body) = get_text(&unknown).await;
     assert_eq!(status, 404, "{body}");
