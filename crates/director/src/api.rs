@@ -1260,6 +1260,14 @@ async fn metrics(State(d): State<Director>) -> Response {
         .metrics
         .streams_unwritten
         .set(i64::try_from(d.inner.streams.unwritten()).unwrap_or(i64::MAX));
+    {
+        let h = d.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+        let m = &d.inner.metrics;
+        m.history_networks
+            .set(i64::try_from(h.len()).unwrap_or(i64::MAX));
+        m.history_bytes
+            .set(i64::try_from(h.approx_bytes()).unwrap_or(i64::MAX));
+    }
     (
         [(
             CONTENT_TYPE,

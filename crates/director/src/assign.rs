@@ -175,15 +175,31 @@ impl Director {
         let snap = self.snapshot();
         let learned = self.corrections();
         let now = self.unix_now();
+        // The device's probes (checked as hostile input; servers that left are ignored) and its
+        // network's history, by the socket address the director sees — never the typed place.
+        let probes = select::Probes::from_api(&req.probes, &snap.fleet)
+            .map_err(|e| FieldError::new(&e.field(), e.to_string(), None))?;
+        let net = client_ip.map(|ip| select::ClientNetwork::new(ip, None));
         let t0 = Instant::now();
-        let sel = select::select(
-            &snap.fleet,
-            &sreq,
-            self.params(),
-            Some(&learned),
-            &self.inner.default_location,
-            now,
-        );
+        let sel = {
+            let history = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+            let evidence = select::Evidence {
+                learned: Some(&learned),
+                history: net.as_ref().map(|n| history.view(n)),
+                probes: (!probes.is_empty()).then_some(&probes),
+            };
+            select::select_with(
+                &snap.fleet,
+                &sreq,
+                self.params(),
+                &evidence,
+                &self.inner.default_location,
+                now,
+            )
+        };
+        if let Some(n) = &net {
+            self.remember_probes(n, &probes, &snap.fleet, now);
+        }
         self.inner
             .metrics
             .selection_seconds
@@ -371,14 +387,14 @@ impl Director {
         };
         let (estimate, scored_from, runners_up, note) = match from_sel {
             Some(p) => (
-                convert::estimate(&p.estimate),
+                convert::estimate_from(&p.estimate, p.rtt_source),
                 convert::scored_from(&p.scored_from),
                 p.runners_up
                     .iter()
                     .map(|r| RunnerUp {
                         server_id: server_id(&r.server_id),
                         pop: pop_id(&r.pop),
-                        estimate: convert::estimate(&r.estimate),
+                        estimate: convert::estimate_from(&r.estimate, r.rtt_source),
                     })
                     .collect(),
                 p.note.clone(),
@@ -562,6 +578,27 @@ impl Director {
             }
         }
         Ok(ProbeTargets { samples, targets })
+    }
+
+    /// Probe medians are evidence for this network's later sessions too.
+    fn remember_probes(
+        &self,
+        net: &select::ClientNetwork,
+        probes: &select::Probes,
+        fleet: &select::Fleet,
+        now: u64,
+    ) {
+        if probes.is_empty() {
+            return;
+        }
+        let mut h = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, p) in probes.iter() {
+            if let Some(s) = fleet.get(id)
+                && p.median_ms > 0.0
+            {
+                let _ = h.observe(net, &s.pop, p.median_ms, now);
+            }
+        }
     }
 
     pub(crate) fn unix_ms(&self) -> u64 {
