@@ -132,7 +132,7 @@ impl Director {
                 return Err(PublishError::StreamRequired(publish::mode_name(m)).into());
             }
         };
-        let (locations, _) = self.locations(req.location.as_ref(), client_ip)?;
+        let (locations, ip_location) = self.locations(req.location.as_ref(), client_ip)?;
         let mut private_from_hook = None;
         if mode == PublishMode::Webhook {
             let answer = publish::ask_hook(
@@ -179,7 +179,7 @@ impl Director {
         // network's history, by the socket address the director sees — never the typed place.
         let probes = select::Probes::from_api(&req.probes, &snap.fleet)
             .map_err(|e| FieldError::new(&e.field(), e.to_string(), None))?;
-        let net = client_ip.map(|ip| select::ClientNetwork::new(ip, None));
+        let net = client_ip.map(|ip| select::ClientNetwork::new(ip, asn_of(ip_location.as_ref())));
         let t0 = Instant::now();
         let sel = {
             let history = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
@@ -603,6 +603,14 @@ impl Director {
 
     pub(crate) fn unix_ms(&self) -> u64 {
         self.unix_now().saturating_mul(1000) + u64::from(rand::random::<u16>() % 1000)
+    }
+}
+
+/// The autonomous system of an IP location, where an ASN database is configured.
+pub(crate) fn asn_of(l: Option<&geo::ip::IpLocation>) -> Option<u32> {
+    match l {
+        Some(geo::ip::IpLocation::Known { asn, .. }) => *asn,
+        _ => None,
     }
 }
 

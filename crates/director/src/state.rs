@@ -396,7 +396,8 @@ impl Director {
             let now = self.unix_now();
             let mut h = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
             for m in &ms {
-                let net = select::ClientNetwork::new(m.client_ip, None);
+                let asn = crate::assign::asn_of(Some(&self.inner.locator.lookup(m.client_ip)));
+                let net = select::ClientNetwork::new(m.client_ip, asn);
                 let _ = h.observe(&net, &server.pop, m.rtt_ms, now);
             }
         }
