@@ -326,7 +326,7 @@ impl Director {
             backup = backup.as_ref().map(|b| b.server_id.as_str()).unwrap_or("-"),
             "assigned"
         );
-        Ok(Assignment {
+        let answer = Assignment {
             stream,
             broadcast: b.id.clone(),
             new_broadcast: begun.new,
@@ -346,7 +346,9 @@ impl Director {
             backup,
             issued_at: now,
             expires_at,
-        })
+        };
+        self.note_assignment(&answer);
+        Ok(answer)
     }
 
     /// A pick of an answer: the server's details from the snapshot, the estimate from the

@@ -125,6 +125,8 @@ pub(crate) struct Inner {
     learned_dirty: AtomicBool,
     /// Per client network and POP: RTTs measured by entry servers and probes (select::history).
     pub history: Mutex<select::History>,
+    /// The latest assignments, newest first (the dashboard's ring).
+    pub recent: Mutex<std::collections::VecDeque<crate::dashboard::RecentAssignment>>,
     /// Streams, their keys and broadcasts.
     pub streams: StreamStore,
     /// (stream, broadcast) → Unix time an entry server last reported its publisher.
@@ -214,6 +216,7 @@ impl Director {
                 learned: ArcSwap::from_pointee(Corrections::new()),
                 learned_dirty: AtomicBool::new(false),
                 history: Mutex::new(select::History::new()),
+                recent: crate::dashboard::ring(),
                 streams: match config.registry.backend {
                     RegistryBackend::Memory => {
                         StreamStore::Memory(MemoryStreams::new(config.limits.max_tracked_streams))

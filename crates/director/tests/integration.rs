@@ -23,6 +23,7 @@ use rand::SeedableRng;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod dashboard;
 mod etcd;
 mod listeners;
 mod openapi;
