@@ -105,6 +105,24 @@ async fn the_page_and_its_files_are_served_and_load_nothing_from_elsewhere() {
     };
     let (s, ty, cache, page) = text("/").await;
     assert_eq!(s, StatusCode::OK);
+    {
+        use tower::ServiceExt;
+        let resp = api
+            .app
+            .clone()
+            .oneshot(
+                axum::http::Request::get("/")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.starts_with("default-src 'none'; script-src 'self';") && !csp.contains("http"),
+            "the browser may load only from the director: {csp}"
+        );
+    }
     assert!(ty.starts_with("text/html"), "{ty}");
     assert_eq!(cache, "no-cache");
     let (s, ty, _, js) = text("/dashboard/dashboard.js").await;
@@ -122,19 +140,19 @@ async fn the_page_and_its_files_are_served_and_load_nothing_from_elsewhere() {
             );
         }
     }
-    for src in [
-        "/dashboard/vendor/d3-array.min.js",
-        "/dashboard/vendor/d3-geo.min.js",
-        "/dashboard/vendor/topojson-client.min.js",
-        "/dashboard/dashboard.css",
+    for (src, want) in [
+        ("/dashboard/vendor/d3-array.min.js", "public, max-age=86400"),
+        ("/dashboard/vendor/d3-geo.min.js", "public, max-age=86400"),
+        (
+            "/dashboard/vendor/topojson-client.min.js",
+            "public, max-age=86400",
+        ),
+        ("/dashboard/dashboard.css", "no-cache"),
+        ("/dashboard/dashboard.js", "no-cache"),
     ] {
         assert!(page.contains(src), "the page uses {src}");
         let (s, _, cache, _) = text(src).await;
-        assert_eq!(
-            (s, cache.as_str()),
-            (StatusCode::OK, "public, max-age=3600"),
-            "{src}"
-        );
+        assert_eq!((s, cache.as_str()), (StatusCode::OK, want), "{src}");
     }
     let (s, ty, _, map) = text("/dashboard/vendor/countries-110m.json").await;
     assert_eq!((s, ty.as_str()), (StatusCode::OK, "application/json"));
