@@ -177,9 +177,16 @@ impl Director {
         let now = self.unix_now();
         // The device's probes (checked as hostile input; servers that left are ignored) and its
         // network's history, by the socket address the director sees — never the typed place.
-        let probes = select::Probes::from_api(&req.probes, &snap.fleet)
+        let mut probes = select::Probes::from_api(&req.probes, &snap.fleet)
             .map_err(|e| FieldError::new(&e.field(), e.to_string(), None))?;
-        let net = client_ip.map(|ip| select::ClientNetwork::new(ip, asn_of(ip_location.as_ref())));
+        let net = client_ip
+            .filter(|ip| measurable(*ip))
+            .map(|ip| select::ClientNetwork::new(ip, asn_of(ip_location.as_ref())));
+        if net.is_none() {
+            // A device on the director's own host has no network path to measure: its probes
+            // (sub-millisecond noise) must not decide, as they would on `firstmile up`.
+            probes = select::Probes::default();
+        }
         let t0 = Instant::now();
         let sel = {
             let history = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
@@ -606,6 +613,17 @@ impl Director {
     pub(crate) fn unix_ms(&self) -> u64 {
         self.unix_now().saturating_mul(1000) + u64::from(rand::random::<u16>() % 1000)
     }
+}
+
+/// Whether measurements from `ip` say anything about a network path: not from loopback (a
+/// device on the same host as the servers, as with `firstmile up`), whose RTTs are scheduler
+/// noise.
+pub(crate) fn measurable(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    !ip.is_loopback() && !ip.is_unspecified()
 }
 
 /// The autonomous system of an IP location, where an ASN database is configured.

@@ -398,7 +398,7 @@ impl Director {
             // network as the entry server saw it (its socket address), at the director's time.
             let now = self.unix_now();
             let mut h = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
-            for m in &ms {
+            for m in ms.iter().filter(|m| crate::assign::measurable(m.client_ip)) {
                 let asn = crate::assign::asn_of(Some(&self.inner.locator.lookup(m.client_ip)));
                 let net = select::ClientNetwork::new(m.client_ip, asn);
                 let _ = h.observe(&net, &server.pop, m.rtt_ms, now);
