@@ -3,15 +3,18 @@
 //!
 //! **What.** [`Director::probe`] asks `GET /v1/probe-targets` for the best few candidates from
 //! the typed location (for the primary) and from the IP location (for the backup), then times
-//! `GET /v1/probe` on each of them — all targets at once, one connection each: a first request
-//! sets the connection up and is not counted, then up to `samples` requests are timed one after
-//! another. The results go into the assignment request (`probes`); the director ranks probed
+//! each of them — all targets at once, one connection each: the TCP handshake is the first
+//! sample (one round trip, answered by the server's kernel, so no application delay is in it),
+//! then `GET /v1/probe` requests on that connection, timed one after another, up to `samples`
+//! in all (an `https://` target: timed requests after an uncounted one that sets up TLS). The results go into the assignment request (`probes`); the director ranks probed
 //! servers by the median of their samples instead of its estimate, and says so in each pick's
 //! explanation (`probed: median of N`).
 //!
 //! **Bounded.** Everything, the targets request included, ends by the budget
-//! ([`PROBE_BUDGET`], half a second): a target still being timed then reports the samples it has,
-//! one that has none is left out. A target answering 429 (its per-address probe limit) stops
+//! ([`PROBE_BUDGET`], half a second): a target still being timed then reports the samples it has;
+//! one whose handshake has not completed is reported at the time it waited (a lower bound, so a
+//! path slower than the budget never looks better than the model's estimate); one that refused
+//! the connection is left out. A target answering 429 (its per-address probe limit) stops
 //! being probed. At most [`MAX_PROBED_SERVERS`] targets and [`MAX_PROBE_SAMPLES`] samples each
 //! are kept, whatever the director asked for.
 //!
@@ -103,8 +106,91 @@ impl Director {
     }
 }
 
-/// Up to `samples` timed requests to `url` on one connection, ended by `deadline`.
+/// Up to `samples` round trips to `url`, ended by `deadline`. For `http://` (what entry servers
+/// advertise unless they serve TLS): the TCP handshake is the first sample (one round trip,
+/// answered by the server's kernel), then `GET` requests on that connection, each timed from
+/// the request's first byte to the end of the answer's head. For `https://`, timed requests on
+/// one pooled connection after an uncounted first one (which pays for TCP and TLS).
 async fn time_target(
+    http: &reqwest::Client,
+    url: &str,
+    samples: usize,
+    deadline: Instant,
+) -> Vec<f64> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" => time_plain(&u, samples, deadline).await,
+        Ok(_) => time_pooled(http, url, samples, deadline).await,
+        Err(_) => Vec::new(),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    // The director accepts 0 < rtt < 10,000 ms; a loopback answer can time below a
+    // microsecond's resolution.
+    (d.as_secs_f64() * 1000.0).clamp(0.001, 9_999.0)
+}
+
+async fn time_plain(url: &reqwest::Url, samples: usize, deadline: Instant) -> Vec<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = Vec::with_capacity(samples);
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return out;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(Ok(mut addrs)) =
+        tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, port))).await
+    else {
+        return out;
+    };
+    let Some(addr) = addrs.next() else { return out };
+    let t = Instant::now();
+    let mut sock =
+        match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            // Refused or unreachable: no figure (the director's health checks deal with it).
+            Ok(Err(_)) => return out,
+            // Still no handshake at the end: its round trip is at least what it waited — a lower
+            // bound, but a path that slow must not look better than the estimate.
+            Err(_) => {
+                out.push(ms(t.elapsed()));
+                return out;
+            }
+        };
+    out.push(ms(t.elapsed()));
+    let _ = sock.set_nodelay(true);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: firstmile-probe\r\n\r\n",
+        url.path(),
+        url.authority()
+    );
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    while out.len() < samples {
+        let t = Instant::now();
+        let one = async {
+            sock.write_all(request.as_bytes()).await.ok()?;
+            head.clear();
+            // The answer's head (a 204 has no body); at most 8 KiB of it.
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.ok()?;
+                if n == 0 || head.len() + n > 8192 {
+                    return None;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            Some(head.starts_with(b"HTTP/1.1 2") || head.starts_with(b"HTTP/1.0 2"))
+        };
+        match tokio::time::timeout_at(deadline, one).await {
+            Ok(Some(true)) => out.push(ms(t.elapsed())),
+            // Refused (429: its per-address probe limit), closed, or out of time: the
+            // handshake and what was timed so far are the answer.
+            _ => break,
+        }
+    }
+    out
+}
+
+async fn time_pooled(
     http: &reqwest::Client,
     url: &str,
     samples: usize,
@@ -124,13 +210,9 @@ async fn time_target(
         match tokio::time::timeout_at(deadline, one).await {
             Ok(Some(s)) if s.is_success() => {
                 if i > 0 {
-                    let ms = start.elapsed().as_secs_f64() * 1000.0;
-                    // The director accepts 0 < rtt < 10,000 ms; a loopback answer can time
-                    // below a microsecond's resolution.
-                    out.push(ms.clamp(0.001, 9_999.0));
+                    out.push(ms(start.elapsed()));
                 }
             }
-            // Rate-limited, refused, unreachable, or out of time: what we have is the answer.
             _ => break,
         }
     }

@@ -638,19 +638,27 @@ async fn probing_times_the_targets_and_ends_by_the_budget() {
     let p = d.probe(Some("Paris, FR"), Protocol::Native, budget).await;
     assert_eq!(p.skipped, None);
     assert_eq!(p.targets, 3);
-    assert_eq!(p.results.len(), 1, "{:?}", p.results);
-    assert_eq!(p.results[0].server_id.as_str(), "ok-1");
-    assert_eq!(p.results[0].rtt_ms.len(), 5);
-    assert!(
-        p.results[0]
-            .rtt_ms
-            .iter()
-            .all(|r| *r > 0.0 && *r < 10_000.0)
-    );
+    let by: HashMap<&str, &Vec<f64>> = p
+        .results
+        .iter()
+        .map(|r| (r.server_id.as_str(), &r.rtt_ms))
+        .collect();
+    // The answering target: the handshake and four timed requests.
+    assert_eq!(by["ok-1"].len(), 5, "{:?}", p.results);
     assert_eq!(
         hits.load(Ordering::Relaxed),
-        6,
-        "one set-up request and five timed"
+        4,
+        "the handshake is the first sample"
+    );
+    // The silent one: its handshake only (the kernel answers it); the rate-limited one: its
+    // handshake, then the 429 stops it.
+    assert_eq!(by["silent-1"].len(), 1, "{:?}", p.results);
+    assert_eq!(by["limited-1"].len(), 1, "{:?}", p.results);
+    assert!(
+        p.results
+            .iter()
+            .flat_map(|r| &r.rtt_ms)
+            .all(|r| *r > 0.0 && *r < 10_000.0)
     );
     assert!(
         p.took >= budget && p.took < budget + Duration::from_millis(300),

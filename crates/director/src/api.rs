@@ -353,7 +353,7 @@ fn entry_credential_id(d: &Director, headers: &HeaderMap) -> Option<ServerId> {
     bearer(headers).and_then(|b| token::check_entry_credential(&d.config().auth.entry_key, b))
 }
 
-fn require_admin(d: &Director, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_admin(d: &Director, headers: &HeaderMap) -> Result<(), ApiError> {
     if bearer_ok(headers, &d.config().auth.admin_token) {
         Ok(())
     } else {
@@ -1013,10 +1013,18 @@ async fn admin_list(
     headers: HeaderMap,
 ) -> Result<Json<ServerList>, ApiError> {
     require_admin(&d, &headers)?;
-    let servers = d.registry().servers(Instant::now());
     Ok(Json(ServerList {
-        entry_servers: servers.into_iter().map(server_record).collect(),
+        entry_servers: admin_servers(&d),
     }))
+}
+
+/// Every registered entry server, as the admin API shows them.
+pub(crate) fn admin_servers(d: &Director) -> Vec<ServerRecord> {
+    d.registry()
+        .servers(Instant::now())
+        .into_iter()
+        .map(server_record)
+        .collect()
 }
 
 /// Drain an entry server: no new streams; existing ones continue.
@@ -1260,6 +1268,14 @@ async fn metrics(State(d): State<Director>) -> Response {
         .metrics
         .streams_unwritten
         .set(i64::try_from(d.inner.streams.unwritten()).unwrap_or(i64::MAX));
+    {
+        let h = d.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+        let m = &d.inner.metrics;
+        m.history_networks
+            .set(i64::try_from(h.len()).unwrap_or(i64::MAX));
+        m.history_bytes
+            .set(i64::try_from(h.approx_bytes()).unwrap_or(i64::MAX));
+    }
     (
         [(
             CONTENT_TYPE,
@@ -1365,6 +1381,7 @@ fn routes() -> OpenApiRouter<Director> {
             admin_revoke_stream
         ))
         .routes(routes!(admin_rotate_key))
+        .routes(routes!(crate::dashboard::data))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
@@ -1477,6 +1494,11 @@ pub fn router(d: Director) -> Router {
                 let doc = doc.clone();
                 async move { ([(CONTENT_TYPE, "application/json")], (*doc).clone()).into_response() }
             }),
+        )
+        .route("/", axum::routing::get(crate::dashboard::page))
+        .route(
+            "/dashboard/{*file}",
+            axum::routing::get(crate::dashboard::file),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -132,7 +132,7 @@ impl Director {
                 return Err(PublishError::StreamRequired(publish::mode_name(m)).into());
             }
         };
-        let (locations, _) = self.locations(req.location.as_ref(), client_ip)?;
+        let (locations, ip_location) = self.locations(req.location.as_ref(), client_ip)?;
         let mut private_from_hook = None;
         if mode == PublishMode::Webhook {
             let answer = publish::ask_hook(
@@ -175,15 +175,38 @@ impl Director {
         let snap = self.snapshot();
         let learned = self.corrections();
         let now = self.unix_now();
+        // The device's probes (checked as hostile input; servers that left are ignored) and its
+        // network's history, by the socket address the director sees — never the typed place.
+        let mut probes = select::Probes::from_api(&req.probes, &snap.fleet)
+            .map_err(|e| FieldError::new(&e.field(), e.to_string(), None))?;
+        let net = client_ip
+            .filter(|ip| measurable(*ip))
+            .map(|ip| select::ClientNetwork::new(ip, asn_of(ip_location.as_ref())));
+        if net.is_none() {
+            // A device on the director's own host has no network path to measure: its probes
+            // (sub-millisecond noise) must not decide, as they would on `firstmile up`.
+            probes = select::Probes::default();
+        }
         let t0 = Instant::now();
-        let sel = select::select(
-            &snap.fleet,
-            &sreq,
-            self.params(),
-            Some(&learned),
-            &self.inner.default_location,
-            now,
-        );
+        let sel = {
+            let history = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+            let evidence = select::Evidence {
+                learned: Some(&learned),
+                history: net.as_ref().map(|n| history.view(n)),
+                probes: (!probes.is_empty()).then_some(&probes),
+            };
+            select::select_with(
+                &snap.fleet,
+                &sreq,
+                self.params(),
+                &evidence,
+                &self.inner.default_location,
+                now,
+            )
+        };
+        if let Some(n) = &net {
+            self.remember_probes(n, &probes, &snap.fleet, now);
+        }
         self.inner
             .metrics
             .selection_seconds
@@ -310,7 +333,7 @@ impl Director {
             backup = backup.as_ref().map(|b| b.server_id.as_str()).unwrap_or("-"),
             "assigned"
         );
-        Ok(Assignment {
+        let answer = Assignment {
             stream,
             broadcast: b.id.clone(),
             new_broadcast: begun.new,
@@ -330,7 +353,9 @@ impl Director {
             backup,
             issued_at: now,
             expires_at,
-        })
+        };
+        self.note_assignment(&answer);
+        Ok(answer)
     }
 
     /// A pick of an answer: the server's details from the snapshot, the estimate from the
@@ -371,14 +396,14 @@ impl Director {
         };
         let (estimate, scored_from, runners_up, note) = match from_sel {
             Some(p) => (
-                convert::estimate(&p.estimate),
+                convert::estimate_from(&p.estimate, p.rtt_source),
                 convert::scored_from(&p.scored_from),
                 p.runners_up
                     .iter()
                     .map(|r| RunnerUp {
                         server_id: server_id(&r.server_id),
                         pop: pop_id(&r.pop),
-                        estimate: convert::estimate(&r.estimate),
+                        estimate: convert::estimate_from(&r.estimate, r.rtt_source),
                     })
                     .collect(),
                 p.note.clone(),
@@ -564,8 +589,48 @@ impl Director {
         Ok(ProbeTargets { samples, targets })
     }
 
+    /// Probe medians are evidence for this network's later sessions too.
+    fn remember_probes(
+        &self,
+        net: &select::ClientNetwork,
+        probes: &select::Probes,
+        fleet: &select::Fleet,
+        now: u64,
+    ) {
+        if probes.is_empty() {
+            return;
+        }
+        let mut h = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, p) in probes.iter() {
+            if let Some(s) = fleet.get(id)
+                && p.median_ms > 0.0
+            {
+                let _ = h.observe(net, &s.pop, p.median_ms, now);
+            }
+        }
+    }
+
     pub(crate) fn unix_ms(&self) -> u64 {
         self.unix_now().saturating_mul(1000) + u64::from(rand::random::<u16>() % 1000)
+    }
+}
+
+/// Whether measurements from `ip` say anything about a network path: not from loopback (a
+/// device on the same host as the servers, as with `firstmile up`), whose RTTs are scheduler
+/// noise.
+pub(crate) fn measurable(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    !ip.is_loopback() && !ip.is_unspecified()
+}
+
+/// The autonomous system of an IP location, where an ASN database is configured.
+pub(crate) fn asn_of(l: Option<&geo::ip::IpLocation>) -> Option<u32> {
+    match l {
+        Some(geo::ip::IpLocation::Known { asn, .. }) => *asn,
+        _ => None,
     }
 }
 

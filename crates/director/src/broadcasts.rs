@@ -146,7 +146,7 @@ impl Director {
     }
 
     /// Whether some entry server reports `broadcast` of `stream` live.
-    fn reported_live(&self, stream: &StreamId, broadcast: &BroadcastId) -> bool {
+    pub(crate) fn reported_live(&self, stream: &StreamId, broadcast: &BroadcastId) -> bool {
         self.registry()
             .ingest_of(stream.as_str())
             .iter()

@@ -4,8 +4,7 @@
 use geo::Location;
 use geo::gazetteer::{Gazetteer, PlaceError};
 use proto::api::{
-    self, BasisKind, Estimate, IpSource, LocationInput, Point, RttSource, RttSourceKind,
-    ScoredFrom, TypedLocation,
+    self, BasisKind, Estimate, IpSource, LocationInput, Point, RttSource, ScoredFrom, TypedLocation,
 };
 
 pub fn point(l: Location) -> Point {
@@ -21,6 +20,11 @@ pub fn location(p: Point) -> Option<Location> {
 }
 
 pub fn estimate(e: &select::Estimate) -> Estimate {
+    estimate_from(e, select::ESTIMATED)
+}
+
+/// An estimate whose RTT came from `source` (probes, history, or the model).
+pub fn estimate_from(e: &select::Estimate, source: RttSource) -> Estimate {
     Estimate {
         distance_km: e.distance_km,
         rtt_ms: e.rtt_ms,
@@ -29,10 +33,7 @@ pub fn estimate(e: &select::Estimate) -> Estimate {
         utilization: e.utilization,
         score: e.score,
         evidence: e.evidence,
-        rtt_source: RttSource {
-            kind: RttSourceKind::Estimated,
-            samples: 0,
-        },
+        rtt_source: source,
     }
 }
 

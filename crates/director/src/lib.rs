@@ -33,6 +33,7 @@ pub mod broadcasts;
 pub mod clientip;
 pub mod config;
 pub mod convert;
+pub mod dashboard;
 pub mod etcd;
 pub mod etcd_streams;
 pub mod metrics;

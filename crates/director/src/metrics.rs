@@ -15,6 +15,8 @@
 //! - `firstmile_director_stream_conflicts_total`: stream changes made while etcd was unreachable
 //!   and dropped because another director changed the same stream meanwhile (etcd's version
 //!   wins); `firstmile_director_streams_unwritten`: such changes waiting for etcd now;
+//! - `firstmile_director_history_networks`, `..._history_bytes`: the per-network RTT history
+//!   (client prefixes and POPs; at most `select::HistoryParams::max_networks`, about 50 MB);
 //! - the HTTP(S) listener (`plumbing::listen`, read at each scrape):
 //!   `firstmile_director_connections` (open now), `..._connections_refused_total{reason}`
 //!   (`full`, `per_ip`), `..._connections_evicted_total` (closed while opening to make room),
@@ -49,6 +51,8 @@ pub struct Metrics {
     stream_conflicts: Counter,
     stream_conflicts_seen: std::sync::atomic::AtomicU64,
     pub streams_unwritten: Gauge,
+    pub history_networks: Gauge,
+    pub history_bytes: Gauge,
     /// Counters of the HTTP(S) listener, kept by its gate.
     pub http_listener: Arc<ListenStats>,
 }
@@ -116,6 +120,18 @@ impl Metrics {
         let etcd_writes = Counter::default();
         let stream_conflicts = Counter::default();
         let streams_unwritten = Gauge::default();
+        let history_networks = Gauge::default();
+        let history_bytes = Gauge::default();
+        registry.register(
+            "history_networks",
+            "Client networks (prefixes and ASNs) with per-POP RTT history",
+            history_networks.clone(),
+        );
+        registry.register(
+            "history_bytes",
+            "Approximate memory held by the per-network RTT history",
+            history_bytes.clone(),
+        );
         registry.register(
             "stream_conflicts",
             "Stream changes made while etcd was unreachable, dropped for another director's",
@@ -172,6 +188,8 @@ impl Metrics {
             stream_conflicts,
             stream_conflicts_seen: Default::default(),
             streams_unwritten,
+            history_networks,
+            history_bytes,
             registry,
             assignments,
             selection_seconds,

@@ -123,6 +123,10 @@ pub(crate) struct Inner {
     learned_master: Mutex<Corrections>,
     learned: ArcSwap<Corrections>,
     learned_dirty: AtomicBool,
+    /// Per client network and POP: RTTs measured by entry servers and probes (select::history).
+    pub history: Mutex<select::History>,
+    /// The latest assignments, newest first (the dashboard's ring).
+    pub recent: Mutex<std::collections::VecDeque<crate::dashboard::RecentAssignment>>,
     /// Streams, their keys and broadcasts.
     pub streams: StreamStore,
     /// (stream, broadcast) → Unix time an entry server last reported its publisher.
@@ -211,6 +215,8 @@ impl Director {
                 learned_master: Mutex::new(Corrections::new()),
                 learned: ArcSwap::from_pointee(Corrections::new()),
                 learned_dirty: AtomicBool::new(false),
+                history: Mutex::new(select::History::new()),
+                recent: crate::dashboard::ring(),
                 streams: match config.registry.backend {
                     RegistryBackend::Memory => {
                         StreamStore::Memory(MemoryStreams::new(config.limits.max_tracked_streams))
@@ -387,6 +393,17 @@ impl Director {
         let Some(server) = snap.fleet.get(server_id) else {
             return (0, ms.len() as u64);
         };
+        {
+            // Per-network history: the session's smoothed RTT, attributed to the device's
+            // network as the entry server saw it (its socket address), at the director's time.
+            let now = self.unix_now();
+            let mut h = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+            for m in ms.iter().filter(|m| crate::assign::measurable(m.client_ip)) {
+                let asn = crate::assign::asn_of(Some(&self.inner.locator.lookup(m.client_ip)));
+                let net = select::ClientNetwork::new(m.client_ip, asn);
+                let _ = h.observe(&net, &server.pop, m.rtt_ms, now);
+            }
+        }
         let (mut ok, mut bad) = (0u64, 0u64);
         let mut resolved = Vec::with_capacity(ms.len());
         for m in ms {

@@ -23,6 +23,7 @@ use rand::SeedableRng;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod dashboard;
 mod etcd;
 mod listeners;
 mod openapi;
@@ -399,6 +400,109 @@ async fn drained_server_is_skipped_until_undrained() {
         .req(Method::GET, "/v1/admin/entry-servers", None, &[], None)
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Steering by measurement: a device's probes replace the estimate for the servers probed, and
+/// say so; they are then history for the device's network (by its socket address) and for no
+/// other; entry servers' session RTTs are history too; hostile probes are refused by field.
+#[tokio::test]
+async fn probes_and_network_history_steer_the_picks() {
+    let api = Api::new(config());
+    api.world().await;
+    let paris = |peer: &'static str, probes: Value| {
+        let api = &api;
+        async move {
+            api.assign(peer, json!({"location": "Paris, FR", "probes": probes}))
+                .await
+        }
+    };
+    // Geography alone: Paris.
+    let r = paris("192.0.2.1", json!([])).await;
+    assert_eq!(primary(&r), "par-1", "{}", r.json);
+    assert_eq!(
+        r.json["primary"]["estimate"]["rtt_source"]["kind"],
+        "estimated"
+    );
+
+    // The device measured Paris badly routed and Frankfurt fast: Frankfurt, "probed".
+    let probes = json!([
+        {"server_id": "par-1", "rtt_ms": [150.0, 148.0, 152.0, 149.0, 400.0]},
+        {"server_id": "fra-1", "rtt_ms": [11.0, 10.0, 12.0, 10.5, 10.8]},
+        {"server_id": "gone-9", "rtt_ms": [1.0]},
+    ]);
+    let r = paris("192.0.2.1", probes).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(primary(&r), "fra-1", "{}", r.json);
+    let e = &r.json["primary"]["estimate"];
+    assert_eq!(
+        e["rtt_source"],
+        json!({"kind": "probed", "samples": 5}),
+        "{e}"
+    );
+    assert_eq!(
+        e["rtt_ms"].as_f64().map(|x| (x * 10.0).round()),
+        Some(108.0),
+        "median: {e}"
+    );
+
+    // Its network remembers, without probes this time: another device of 192.0.2.0/24.
+    let r = paris("192.0.2.77", json!([])).await;
+    assert_eq!(primary(&r), "fra-1", "{}", r.json);
+    assert_eq!(
+        r.json["primary"]["estimate"]["rtt_source"]["kind"],
+        "learned"
+    );
+    // Another network is not steered by it.
+    let r = paris("198.51.100.5", json!([])).await;
+    assert_eq!(primary(&r), "par-1", "{}", r.json);
+
+    // Entry servers' session RTTs (TCP_INFO smoothed RTT) from 203.0.113.0/24 teach the same.
+    let m = |client: &str, rtt: f64| json!({"stream": "cam1", "role": "primary", "client_ip": client, "rtt_ms": rtt, "at": T0});
+    let r = api
+        .heartbeat("par-1", json!({"measurements": [m("203.0.113.50", 140.0)]}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = api
+        .heartbeat("fra-1", json!({"measurements": [m("203.0.113.51", 12.0)]}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = paris("203.0.113.9", json!([])).await;
+    assert_eq!(primary(&r), "fra-1", "{}", r.json);
+    assert_eq!(
+        r.json["primary"]["estimate"]["rtt_source"],
+        json!({"kind": "learned", "samples": 1})
+    );
+
+    // Hostile probes: refused, naming the field; nothing learned from them.
+    for (probes, field) in [
+        (
+            json!([{"server_id": "fra-1", "rtt_ms": [-1.0]}]),
+            "probes[0].rtt_ms",
+        ),
+        (
+            json!([{"server_id": "fra-1", "rtt_ms": []}]),
+            "probes[0].rtt_ms",
+        ),
+        (
+            json!([{"server_id": "fra-1", "rtt_ms": [1.0]}, {"server_id": "fra-1", "rtt_ms": [1.0]}]),
+            "probes[1].server_id",
+        ),
+        (
+            json!([{"server_id": "fra-1", "rtt_ms": [1e9]}]),
+            "probes[0].rtt_ms",
+        ),
+    ] {
+        let r = paris("198.51.100.5", probes).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.json);
+        assert_eq!(r.json["field"], field, "{}", r.json);
+    }
+    let r = paris("198.51.100.5", json!([])).await;
+    assert_eq!(
+        primary(&r),
+        "par-1",
+        "refused probes taught nothing: {}",
+        r.json
+    );
 }
 
 #[tokio::test]

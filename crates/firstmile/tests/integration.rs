@@ -1044,7 +1044,7 @@ fn up_wan_runs_the_network_in_a_bed() {
             "--location",
             "Paris, FR",
         ])
-        .args(["--stream", stream, "--json"]);
+        .args(["--stream", stream, "--json", "--no-probe"]);
         if let Some(k) = &key {
             c.args(["--key", k]);
         }
@@ -1061,8 +1061,43 @@ fn up_wan_runs_the_network_in_a_bed() {
         assert!(Instant::now() < deadline, "no assignment: {}", stderr(&o));
         std::thread::sleep(Duration::from_millis(100));
     };
+    // Geography alone (no probes, no history yet): London, the nearest, badly routed.
     assert_eq!(a["primary"]["server_id"], "lon-1", "{a}");
+    assert_eq!(
+        a["primary"]["estimate"]["rtt_source"]["kind"], "estimated",
+        "{a}"
+    );
     assert_eq!(a["backup"]["server_id"], "fra-1", "{a}");
+
+    // A device that probes (the default) sees the detour and gets Frankfurt, "probed".
+    let o = in_host("dev2")
+        .args([
+            "assign",
+            "--director",
+            &up.director,
+            "--location",
+            "Paris, FR",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p["primary"]["server_id"], "fra-1", "{p}");
+    assert_eq!(
+        p["primary"]["estimate"]["rtt_source"]["kind"], "probed",
+        "{p}"
+    );
+    let probed_ms = p["primary"]["estimate"]["rtt_ms"].as_f64().unwrap();
+    assert!(
+        (10.0..40.0).contains(&probed_ms),
+        "the bed's 14 ms path: {p}"
+    );
+    assert!(
+        stderr(&o).contains("probe: "),
+        "says what probing did: {}",
+        stderr(&o)
+    );
     assert!(
         a["primary"]["url"].as_str().unwrap().contains("10.77.0.3"),
         "the pick advertises its bed address: {a}"
@@ -1077,7 +1112,14 @@ fn up_wan_runs_the_network_in_a_bed() {
             "--location",
             "Paris, FR",
         ])
-        .args(["--stream", stream, "--quiet", "--json-summary", "-"])
+        .args([
+            "--stream",
+            stream,
+            "--quiet",
+            "--json-summary",
+            "--no-probe",
+            "-",
+        ])
         .args(["--key", key.as_deref().unwrap_or_default()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1096,6 +1138,34 @@ fn up_wan_runs_the_network_in_a_bed() {
     assert!(
         played.stdout == source,
         "the viewer's bytes differ from the source"
+    );
+
+    // The push's sessions (TCP_INFO smoothed RTT on London and Frankfurt) are history for dev's
+    // network: without probing, the director now picks Frankfurt, "learned".
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let learned = loop {
+        let o = in_host("dev")
+            .args([
+                "assign",
+                "--director",
+                &up.director,
+                "--location",
+                "Paris, FR",
+            ])
+            .args(["--json", "--no-probe"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if v["primary"]["server_id"] == "fra-1" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "history never steered: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        learned["primary"]["estimate"]["rtt_source"]["kind"], "learned",
+        "{learned}"
     );
 
     // Ctrl-C: everything stops and the bed is gone.

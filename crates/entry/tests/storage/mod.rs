@@ -142,7 +142,27 @@ async fn a_full_disk_refuses_new_broadcasts_the_push_completes_on_the_backup_and
             .any(|s| s["id"] == "full-1" && s["state"] == "draining")
     })
     .await;
-    let a2 = assignment(&d, "while-full").await;
+    // ok-1 took the whole push at full speed: until a heartbeat reports its load back down it
+    // may count as full for a 1,000 kbit/s stream (the director then answers 503), so ask until
+    // it is assignable; the pick must never be full-1.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let a2 = loop {
+        let r = http_client()
+            .post(format!("{}/v1/assignments", d.url))
+            .json(&json!({"stream": "while-full", "location": "Paris", "bitrate_kbps": 1000}))
+            .send()
+            .await
+            .unwrap();
+        if r.status().is_success() {
+            break r.json::<proto::api::Assignment>().await.unwrap();
+        }
+        let why = r.text().await.unwrap_or_default();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never assignable: {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(a2.primary.server_id.as_str(), "ok-1", "{a2:?}");
     // A device holding a token for it is refused with going_away, before any write.
     let tok = token_for(

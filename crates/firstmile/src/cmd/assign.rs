@@ -171,7 +171,7 @@ pub fn run(mut a: AssignArgs) -> Result<(), Failure> {
     let director = a.ask.director()?;
     let assignment = runtime()?.block_on(async {
         // --ffmpeg and --obs probe on behalf of encoders that cannot.
-        let req = a.ask.probed_request(&director, a.json).await?;
+        let req = a.ask.probed_request(&director, false).await?;
         director.assign(&req).await.map_err(client_failure)
     })?;
     announce_key(&assignment);

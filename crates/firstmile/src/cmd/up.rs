@@ -249,6 +249,7 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
         }
         println!("data and logs: {}", dir.display());
         println!("admin token (Authorization: Bearer, /v1/admin/...): {admin_token}");
+        println!("dashboard {url}/#token={admin_token}   (the live map; the token stays in the tab)");
         println!();
         println!("Clients on this machine are located by IP in {} (the backup is scored from there).", a.client_site);
         println!("Try, in another terminal:");
