@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod bounds;
+mod browser;
 mod hls;
 mod listeners;
 mod openapi;

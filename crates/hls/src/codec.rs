@@ -247,6 +247,69 @@ pub fn config(codec: VideoCodec, record: Bytes) -> Result<VideoConfig, CodecErro
     })
 }
 
+/// An Annex B sample (NAL units after 00 00 01 / 00 00 00 01 start codes) as AVCC (4-byte
+/// lengths); None when `sample` does not start with a start code. ffmpeg's FLV muxer passes
+/// libx264's output through as Annex B when it had no global header (the `tee` muxer).
+pub fn annex_b_to_avcc(sample: &[u8]) -> Option<Bytes> {
+    if !(sample.starts_with(&[0, 0, 1]) || sample.starts_with(&[0, 0, 0, 1])) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(sample.len() + 16);
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= sample.len() {
+        if sample[i] == 0 && sample[i + 1] == 0 && sample[i + 2] == 1 {
+            starts.push((i, i + 3));
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    for (k, &(_, begin)) in starts.iter().enumerate() {
+        let mut end = starts.get(k + 1).map_or(sample.len(), |&(sc, _)| sc);
+        // A four-byte start code's leading zero, and trailing zeros, belong to no NAL unit.
+        while end > begin && sample[end - 1] == 0 {
+            end -= 1;
+        }
+        let nal = &sample[begin..end];
+        if nal.is_empty() {
+            continue;
+        }
+        out.extend_from_slice(&u32::try_from(nal.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(nal);
+    }
+    Some(Bytes::from(out))
+}
+
+/// An H.264 configuration from a keyframe's own SPS and PPS (4-byte length-prefixed NAL units),
+/// for publishers whose sequence header is empty and who send them in-band (ffmpeg's `tee`
+/// muxer with libx264 does: `17 00 000000`, then SPS and PPS in every keyframe).
+pub fn avc_config_in_band(sample: &[u8]) -> Option<VideoConfig> {
+    let (mut sps, mut pps) = (None, None);
+    let mut rest = sample;
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let nal = rest.get(4..4 + len)?;
+        match nal.first().map(|b| b & 0x1f) {
+            Some(7) if sps.is_none() => sps = Some(nal),
+            Some(8) if pps.is_none() => pps = Some(nal),
+            _ => {}
+        }
+        rest = &rest[4 + len..];
+    }
+    let (sps, pps) = (sps?, pps?);
+    if sps.len() < 4 || sps.len() > 0xffff || pps.len() > 0xffff {
+        return None;
+    }
+    let mut r = vec![1, sps[1], sps[2], sps[3], 0xff, 0xe1];
+    r.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+    r.extend_from_slice(sps);
+    r.push(1);
+    r.extend_from_slice(&(pps.len() as u16).to_be_bytes());
+    r.extend_from_slice(pps);
+    config(VideoCodec::Avc, Bytes::from(r)).ok()
+}
+
 fn cfg_err(m: impl Into<String>) -> CodecError {
     CodecError::BadConfig(m.into())
 }

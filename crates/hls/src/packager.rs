@@ -191,6 +191,11 @@ pub struct Packager {
     win_key: bool,
     certain: bool,
     seen_start: bool,
+    /// A video tag came: audio waits for the video's configuration (some publishers send an
+    /// empty sequence header and the SPS/PPS in-band), so that the first init has both tracks.
+    video_expected: bool,
+    /// The video comes as Annex B (its configuration was found in-band that way).
+    annex_b: bool,
     decided_msn: Option<u64>,
     part_start: Option<i64>,
     prev_c: Option<i64>,
@@ -243,6 +248,8 @@ impl Packager {
             win_key: false,
             certain: false,
             seen_start: false,
+            video_expected: false,
+            annex_b: false,
             decided_msn: None,
             part_start: None,
             prev_c: None,
@@ -288,10 +295,39 @@ impl Packager {
         if seq == 0 {
             self.seen_start = true;
         }
+        if kind == crate::codec::VIDEO {
+            self.video_expected = true;
+        }
         match parse_tag(kind, body, pts_us.max(0)) {
             Ok(Tag::Video(c)) => self.video_cfg = Some(c),
             Ok(Tag::Audio(c)) => self.audio_cfg = Some(c),
-            Ok(Tag::Frame(f)) => self.push_frame(f),
+            Ok(Tag::Frame(mut f)) => {
+                // Annex B only where the configuration came in-band from Annex B: an AVCC
+                // sample whose first NAL unit is 256-511 bytes long also starts with 00 00 01.
+                if f.track == Track::Video
+                    && (self.annex_b || self.video_cfg.is_none())
+                    && let Some(d) = crate::codec::annex_b_to_avcc(&f.data)
+                {
+                    if self.video_cfg.is_none()
+                        && f.key
+                        && let Some(c) = crate::codec::avc_config_in_band(&d)
+                    {
+                        self.video_cfg = Some(c);
+                        self.annex_b = true;
+                    }
+                    if self.annex_b {
+                        f.data = d;
+                    }
+                }
+                if f.track == Track::Video
+                    && f.key
+                    && self.video_cfg.is_none()
+                    && let Some(c) = crate::codec::avc_config_in_band(&f.data)
+                {
+                    self.video_cfg = Some(c);
+                }
+                self.push_frame(f)
+            }
             Ok(Tag::Other) => {}
             Err(_) => self.dropped += 1,
         }
@@ -316,7 +352,9 @@ impl Packager {
             Track::Video => self.video_cfg.is_some(),
             Track::Audio => self.audio_cfg.is_some(),
         };
-        if !configured {
+        if !configured
+            || (f.track == Track::Audio && self.video_expected && self.video_cfg.is_none())
+        {
             self.dropped += 1;
             return;
         }

@@ -314,3 +314,89 @@ fn a_baseline_avc_record_is_understood() {
     });
     assert!(init.is_ok(), "{init:?}");
 }
+
+#[test]
+fn annex_b_samples_become_length_prefixed() {
+    use crate::codec::annex_b_to_avcc;
+    let b = [
+        0, 0, 0, 1, 0xaa, 0xbb, 0, 0, 1, 0xcc, 0, 0, 0, 1, 0x65, 0, 0,
+    ];
+    let want = [0, 0, 0, 2, 0xaa, 0xbb, 0, 0, 0, 1, 0xcc, 0, 0, 0, 1, 0x65];
+    assert_eq!(annex_b_to_avcc(&b).as_deref(), Some(&want[..]));
+    // Already length-prefixed (a first NAL unit shorter than 65536 bytes): left alone.
+    assert_eq!(annex_b_to_avcc(&[0, 0, 0, 5, 0x65, 1, 2, 3, 4]), None);
+    // Nothing but start codes and zeros: no NAL unit, never a panic.
+    assert_eq!(annex_b_to_avcc(&[0, 0, 1]).as_deref(), Some(&[][..]));
+    assert_eq!(
+        annex_b_to_avcc(&[0, 0, 0, 1, 0, 0]).as_deref(),
+        Some(&[][..])
+    );
+}
+
+/// ffmpeg's `tee` muxer with libx264 (what `firstmile assign --ffmpeg` prints): an empty AVC
+/// sequence header, then Annex B keyframes carrying SPS and PPS in-band. The configuration is
+/// taken from the first keyframe, samples are written length-prefixed, and the audio that came
+/// before it waits for it (so the first init has both tracks).
+#[test]
+fn in_band_annex_b_video_from_the_tee_muxer_is_packaged() {
+    use crate::codec::tests::{PPS, SPS_320X240};
+    let mut chunks: Vec<Chunk> = vec![
+        (0, 0, VIDEO, Bytes::from_static(&[0x17, 0, 0, 0, 0])),
+        (1, 0, AUDIO, Bytes::from_static(&[0xaf, 0, 0x12, 0x10])),
+    ];
+    let mut seq = 2;
+    for i in 0..250u64 {
+        let key = i % 25 == 0;
+        let mut b = vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+        if key {
+            for nal in [SPS_320X240, PPS] {
+                b.extend_from_slice(&[0, 0, 0, 1]);
+                b.extend_from_slice(nal);
+            }
+        }
+        b.extend_from_slice(&[0, 0, 1, if key { 0x65 } else { 0x41 }]);
+        b.extend_from_slice(&(i as u32).to_be_bytes());
+        // Audio first at each even frame: the first audio frame comes before the first
+        // keyframe (so before the video's configuration).
+        if i % 2 == 0 {
+            let mut a = vec![0xaf, 1];
+            a.extend_from_slice(&(i as u32).to_be_bytes());
+            chunks.push((seq, i as i64 * 40_000, AUDIO, Bytes::from(a)));
+            seq += 1;
+        }
+        chunks.push((seq, i as i64 * 40_000, VIDEO, Bytes::from(b)));
+        seq += 1;
+    }
+    let mut p = Packager::new(cfg(), (0, 0));
+    feed(&mut p, &chunks);
+    p.finish();
+    let msns: Vec<u64> = p.segments().iter().map(|s| s.msn).collect();
+    assert_eq!(msns, vec![0, 1, 2, 3, 4]);
+    let init = p.init(p.segments()[0].init).expect("an init segment");
+    let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(has(&init, SPS_320X240), "the in-band SPS is in the init");
+    assert!(
+        has(&init, b"mp4a"),
+        "the first init has the audio track too"
+    );
+    // Frame 25 (the second keyframe) as AVCC: SPS, PPS, then the slice, each length-prefixed.
+    let mut sample = Vec::new();
+    for nal in [SPS_320X240, PPS, &[0x65, 0, 0, 0, 25][..]] {
+        sample.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+        sample.extend_from_slice(nal);
+    }
+    assert!(
+        has(&p.segments()[0].bytes, &sample),
+        "length-prefixed samples"
+    );
+    // Frame 7 (not a keyframe) likewise, and not as it came.
+    let seg = &p.segments()[0].bytes;
+    assert!(
+        has(seg, &[0, 0, 0, 5, 0x41, 0, 0, 0, 7]),
+        "length-prefixed slice"
+    );
+    assert!(
+        !has(seg, &[0, 0, 1, 0x41, 0, 0, 0, 7]),
+        "no start code left"
+    );
+}
