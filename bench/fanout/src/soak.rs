@@ -10,7 +10,6 @@
 //! its end; each viewer's byte count is compared with what was pushed. Progress goes to stderr
 //! every 10 s; a JSON summary to stdout at the end.
 
-use anyhow::Context;
 use clap::Parser;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -114,7 +113,20 @@ async fn broadcast(
         bitrate_kbps: Some(kbps),
         ..Default::default()
     };
-    let a = d.assign(&req).await.context("assignment")?;
+    // Every soak device shares 127.0.0.1, so the director's per-address rate limit applies to
+    // all of them together: do what a device does with a 429, wait and ask again (the error
+    // says "retry after N s"; 1 s is the limiter's granularity).
+    let mut tries = 0;
+    let a = loop {
+        match d.assign(&req).await {
+            Ok(a) => break a,
+            Err(client::ClientError::Status { status: 429, .. }) if tries < 30 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("assignment")),
+        }
+    };
     let key = match (&a.stream_key, key) {
         (Some(k), _) => {
             keys.lock()
