@@ -138,6 +138,16 @@ enum Swap {
     Lost(Option<(Vec<u8>, i64)>),
 }
 
+/// What a lost swap found is what this director tried to write (`None`: a delete): a write of
+/// its own that landed although its request timed out.
+fn holds(found: &Option<(Vec<u8>, i64)>, wrote: &Option<Vec<u8>>) -> bool {
+    match (found, wrote) {
+        (Some((bytes, _)), Some(v)) => bytes == v,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 impl EtcdStreams {
     pub fn from_config(config: &DirectorConfig) -> Result<Self, EtcdError> {
         let e = &config.registry.etcd;
@@ -296,12 +306,7 @@ impl EtcdStreams {
                 }
                 Ok(Swap::Lost(now)) => {
                     // Ours, written by a request that timed out and was retried?
-                    let same = match (&now, &value) {
-                        (Some((bytes, _)), Some(v)) => bytes == v,
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    if same {
+                    if holds(&now, &value) {
                         let at = now.as_ref().map_or(rev, |n| n.1);
                         inner.applied(id, at, new_doc);
                         return Ok(Ok(r));
@@ -547,11 +552,7 @@ impl Inner {
                     }
                 }
                 Ok(Swap::Lost(now)) => {
-                    let ours = match (&now, &value) {
-                        (Some((b, _)), Some(v)) => b == v,
-                        (None, None) => true,
-                        _ => false,
-                    };
+                    let ours = holds(&now, &value);
                     c.pending.remove(&id);
                     if !ours {
                         self.conflicts.fetch_add(1, Ordering::Relaxed);

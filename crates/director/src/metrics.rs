@@ -107,6 +107,15 @@ impl Default for Metrics {
     }
 }
 
+/// Bring `counter` up to `total`, a count kept elsewhere (read at each scrape); `seen` is the
+/// total it was last brought to.
+fn catch_up(counter: &Counter, seen: &std::sync::atomic::AtomicU64, total: u64) {
+    let before = seen.fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+    if total > before {
+        counter.inc_by(total - before);
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("firstmile_director");
@@ -208,22 +217,12 @@ impl Metrics {
 
     /// Bring the etcd write counter up to the registry's count.
     pub fn etcd_writes(&self, total: u64) {
-        let seen = self
-            .etcd_writes_seen
-            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
-        if total > seen {
-            self.etcd_writes.inc_by(total - seen);
-        }
+        catch_up(&self.etcd_writes, &self.etcd_writes_seen, total);
     }
 
     /// Bring the stream conflict counter up to the store's count.
     pub fn stream_conflicts(&self, total: u64) {
-        let seen = self
-            .stream_conflicts_seen
-            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
-        if total > seen {
-            self.stream_conflicts.inc_by(total - seen);
-        }
+        catch_up(&self.stream_conflicts, &self.stream_conflicts_seen, total);
     }
 
     pub fn heartbeat(&self, result: &'static str) {

@@ -393,20 +393,17 @@ impl Director {
         let Some(server) = snap.fleet.get(server_id) else {
             return (0, ms.len() as u64);
         };
-        {
-            // Per-network history: the session's smoothed RTT, attributed to the device's
-            // network as the entry server saw it (its socket address), at the director's time.
-            let now = self.unix_now();
-            let mut h = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
-            for m in ms.iter().filter(|m| crate::assign::measurable(m.client_ip)) {
-                let asn = crate::assign::asn_of(Some(&self.inner.locator.lookup(m.client_ip)));
-                let net = select::ClientNetwork::new(m.client_ip, asn);
-                let _ = h.observe(&net, &server.pop, m.rtt_ms, now);
-            }
-        }
         let (mut ok, mut bad) = (0u64, 0u64);
         let mut resolved = Vec::with_capacity(ms.len());
+        // Per-network history: the session's smoothed RTT, attributed to the device's network as
+        // the entry server saw it (its socket address), at the director's time.
+        let mut observed = Vec::with_capacity(ms.len());
         for m in ms {
+            let ip_location = self.inner.locator.lookup(m.client_ip);
+            if crate::assign::measurable(m.client_ip) {
+                let asn = crate::assign::asn_of(Some(&ip_location));
+                observed.push((select::ClientNetwork::new(m.client_ip, asn), m.rtt_ms));
+            }
             let basis = self
                 .inner
                 .streams
@@ -418,7 +415,7 @@ impl Director {
                         .and_then(|p| p.basis)
                 })
                 .and_then(crate::convert::location)
-                .or_else(|| self.inner.locator.lookup(m.client_ip).location());
+                .or_else(|| ip_location.location());
             match basis {
                 Some(client) => resolved.push(Measurement {
                     client,
@@ -429,6 +426,13 @@ impl Director {
                     at: m.at,
                 }),
                 None => bad += 1,
+            }
+        }
+        if !observed.is_empty() {
+            let now = self.unix_now();
+            let mut h = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+            for (net, rtt_ms) in &observed {
+                let _ = h.observe(net, &server.pop, *rtt_ms, now);
             }
         }
         if !resolved.is_empty() {

@@ -55,6 +55,22 @@ fn start_director() -> Director {
 }
 
 /// The director's registry as its admin API shows it (`Null` if it does not answer).
+/// One Prometheus value of an entry server.
+async fn metric(http: SocketAddr, name: &str) -> u64 {
+    let text = get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 async fn admin_servers(d: &Director) -> Value {
     let r = http_client()
         .get(format!("{}/v1/admin/entry-servers", d.url))

@@ -5,22 +5,6 @@
 use super::*;
 use std::sync::atomic::Ordering;
 
-/// One Prometheus value of an entry server.
-async fn metric(http: SocketAddr, name: &str) -> u64 {
-    let text = get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Descriptors of this process open on files under `dir` (the server runs in this process).
 fn open_files_under(dir: &std::path::Path) -> usize {
     std::fs::read_dir("/proc/self/fd")

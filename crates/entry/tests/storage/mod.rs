@@ -41,22 +41,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// One Prometheus counter or gauge of an entry server.
-async fn metric(http: SocketAddr, name: &str) -> u64 {
-    let text = get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 async fn readyz(http: SocketAddr) -> (u16, Value) {
     let r = get(format!("http://{http}/readyz")).await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
