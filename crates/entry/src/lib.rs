@@ -554,7 +554,8 @@ pub const MAX_UNREPORTED_ENDS: usize = 1_000;
 /// Broadcasts with no publisher and no reader for `release_after_s` (ended, or their publisher
 /// gone) are released: out of the hub, their files closed. One that comes back (a device
 /// resuming, a viewer of a past broadcast) is opened from disk again. An ended broadcast waits
-/// until a heartbeat has told the director of its end (see [`MAX_UNREPORTED_ENDS`]).
+/// until a heartbeat has told the director of its end (see [`MAX_UNREPORTED_ENDS`]) — unless
+/// it has no role here (opened from disk again), so no heartbeat would ever carry it.
 pub fn release_idle(node: &Node) -> usize {
     let after = node.cfg.release_after_s.saturating_mul(1000);
     let now = hub::mono_ms();
@@ -581,9 +582,13 @@ pub fn release_idle(node: &Node) -> usize {
         // The hub's reference and this loop's: nobody else (no session, viewer or relay feed).
         let unused = Arc::strong_count(&s) <= 2;
         let idle = now.saturating_sub(s.active_ms.load(Ordering::Relaxed)) >= after;
+        // A broadcast without a role (opened from disk again: a replay, a relay catching up,
+        // a publisher resuming that never got in) is in no heartbeat: nothing to wait for.
+        let no_role = s.role.lock().unwrap_or_else(|e| e.into_inner()).is_none();
         let told = node.cfg.director.is_none()
             || s.edge().ended.is_none()
             || s.end_reported.load(Ordering::SeqCst)
+            || no_role
             || overflow.contains(&Arc::as_ptr(&s));
         if unused
             && idle

@@ -240,3 +240,64 @@ async fn viewers_start_a_bounded_number_of_relays_per_node_and_per_address() {
     );
     drop((hold0, hold1, hold2, again));
 }
+
+/// A broadcast released after its end, then opened from disk again for a viewer of it (a
+/// replay, another node's relay catching up) is released again once the viewer leaves: its end
+/// needs no second report. (The soak of 2026-12-05 found such broadcasts held for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_past_broadcast_opened_again_for_a_viewer_is_released_again() {
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = testkit::entry_config("past-1", "par", "Paris", dir.path(), Some(&d));
+    cfg.release_after_s = 1;
+    cfg.storage_check_ms = 200;
+    let s = Server::start(cfg, "127.0.0.86");
+    wait_registered(&d, 1).await;
+    let held = || async {
+        get_streams(s.http)
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["streams"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let a = go_live(&d, "past", None).await;
+    let broadcast = a["broadcast"].as_str().unwrap().to_string();
+    let (_, addr, tok) = pick(&a, "primary");
+    let chunks: Arc<Vec<Bytes>> =
+        Arc::new((0..3).map(|c| Bytes::from(format!("past/{c}"))).collect());
+    push(
+        addr,
+        "past".into(),
+        Role::Primary,
+        tok,
+        chunks.clone(),
+        3,
+        true,
+    )
+    .await
+    .unwrap();
+    until("the ended broadcast released", 30, || async {
+        held().await == 0
+    })
+    .await;
+
+    // A viewer of that broadcast: it is opened from disk and read to its end.
+    let body = get(format!(
+        "http://{}/v1/streams/past/live?from=start&broadcast={broadcast}",
+        s.http
+    ))
+    .await
+    .unwrap();
+    assert_eq!(body.status(), 200);
+    let body = body.bytes().await.unwrap();
+    assert_eq!(&body[..], &concat(&chunks)[..]);
+    assert_eq!(held().await, 1, "opened from disk for the viewer");
+    until("the reopened broadcast released again", 30, || async {
+        held().await == 0
+    })
+    .await;
+}
