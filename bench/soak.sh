@@ -77,6 +77,18 @@ pids+=("$sampler")
 sleep 90
 kill "$sampler" 2>/dev/null || true
 sample $(( $(date +%s) - start ))
+# Whatever a server still holds after the load is a finding: keep its list for a look.
+held="$OUT/soak-$stamp-held.txt"
+: > "$held"
+for e in "${entries[@]}"; do
+  read -r id pid http <<< "$e"
+  if [ "$(streams_of "$http")" != 0 ]; then
+    echo "== $id" >> "$held"
+    curl -fs "$http/v1/streams" >> "$held" 2>/dev/null || true
+    echo >> "$held"
+  fi
+done
+[ -s "$held" ] || rm -f "$held"
 
 python3 - "$csv" "$OUT/soak-$stamp.svg" "$MINUTES" "$BROADCASTS" <<'PY'
 import csv, sys

@@ -73,6 +73,8 @@ struct Counts {
     completed: AtomicU64,
     complete_everywhere: AtomicU64,
     failed: AtomicU64,
+    /// Start times at which every stream of the pool was live (nothing started).
+    pool_busy: AtomicU64,
     viewers: AtomicU64,
     viewers_exact: AtomicU64,
     viewers_short: AtomicU64,
@@ -91,11 +93,20 @@ fn length(rng: &mut Rng) -> Duration {
     Duration::from_secs_f64(s)
 }
 
+/// The address a pool slot's device asks the director from: each its own, on 127.0.0.0/8 (a
+/// device per stream, as on a real platform, where the director's per-address rate limit
+/// applies to each device alone).
+fn device_address(slot: usize) -> std::net::IpAddr {
+    let [_, _, hi, lo] = (slot as u32).to_be_bytes();
+    std::net::Ipv4Addr::new(127, 1, hi, lo).into()
+}
+
 /// One broadcast: assign (with the stream's key once known), push `len` at `kbps`, END.
 /// `on_start` gets the broadcast id and the bytes that will be pushed.
 #[allow(clippy::too_many_arguments)]
 async fn broadcast(
     director: &str,
+    device: std::net::IpAddr,
     stream: &proto::StreamId,
     key: Option<proto::StreamKey>,
     location: &str,
@@ -104,7 +115,7 @@ async fn broadcast(
     keys: &Mutex<HashMap<String, proto::StreamKey>>,
     on_start: impl FnOnce(proto::BroadcastId, u64),
 ) -> anyhow::Result<client::PushSummary> {
-    let d = client::Director::new(director)?;
+    let d = client::Director::from_address(director, device)?;
     let req = client::AssignRequest {
         stream: Some(stream.clone()),
         key: key.clone(),
@@ -113,9 +124,8 @@ async fn broadcast(
         bitrate_kbps: Some(kbps),
         ..Default::default()
     };
-    // Every soak device shares 127.0.0.1, so the director's per-address rate limit applies to
-    // all of them together: do what a device does with a 429, wait and ask again (the error
-    // says "retry after N s"; 1 s is the limiter's granularity).
+    // Do what a device does with a 429: wait and ask again (the error says "retry after N s";
+    // 1 s is the limiter's granularity).
     let mut tries = 0;
     let a = loop {
         match d.assign(&req).await {
@@ -141,7 +151,7 @@ async fn broadcast(
     on_start(a.broadcast.clone(), total);
     let pusher = client::Pusher::from_assignment(&a, client::PushConfig::default())?.with_reassign(
         client::push::DirectorReassign {
-            director: client::Director::new(director)?,
+            director: d.clone(),
             request: client::AssignRequest {
                 key: Some(key),
                 ..req
@@ -232,7 +242,7 @@ async fn main() -> anyhow::Result<()> {
             pick
         };
         let Some(slot) = slot else {
-            counts.failed.fetch_add(1, Ordering::Relaxed);
+            counts.pool_busy.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let len = length(&mut rng);
@@ -258,6 +268,7 @@ async fn main() -> anyhow::Result<()> {
             let mut viewer_tasks = Vec::new();
             let r = broadcast(
                 &director,
+                device_address(slot),
                 &stream,
                 key,
                 &location,
@@ -319,6 +330,7 @@ async fn main() -> anyhow::Result<()> {
             "completed": g(&counts.completed),
             "complete_on_both_paths": g(&counts.complete_everywhere),
             "failed": g(&counts.failed),
+            "pool_busy": g(&counts.pool_busy),
             "viewers": g(&counts.viewers),
             "viewers_exact": g(&counts.viewers_exact),
             "viewers_short": g(&counts.viewers_short),

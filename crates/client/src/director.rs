@@ -56,6 +56,15 @@ impl Director {
         Ok(Director { base, http })
     }
 
+    /// As [`Director::new`], with requests sent from `local` (a device on a host with several
+    /// addresses; the load tools play many devices from 127.0.0.0/8 this way).
+    pub fn from_address(base: &str, local: std::net::IpAddr) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        check_http_url(&base)?;
+        let http = http_client_from(Some(REQUEST_TIMEOUT), None, Some(local))?;
+        Ok(Director { base, http })
+    }
+
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base
@@ -157,6 +166,15 @@ pub(crate) fn http_client(
     timeout: Option<Duration>,
     ca_file: Option<&Path>,
 ) -> Result<reqwest::Client, ClientError> {
+    http_client_from(timeout, ca_file, None)
+}
+
+/// [`http_client`] whose connections come from `local` when given.
+fn http_client_from(
+    timeout: Option<Duration>,
+    ca_file: Option<&Path>,
+    local: Option<std::net::IpAddr>,
+) -> Result<reqwest::Client, ClientError> {
     let bad = |reason: String| ClientError::BadUrl {
         url: String::new(),
         reason,
@@ -164,7 +182,8 @@ pub(crate) fn http_client(
     let tls = plumbing::tls::client_config(ca_file).map_err(|e| bad(e.to_string()))?;
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .tls_backend_preconfigured((*tls).clone());
+        .tls_backend_preconfigured((*tls).clone())
+        .local_address(local);
     if let Some(t) = timeout {
         b = b.timeout(t);
     }
