@@ -50,3 +50,33 @@ CONF
   "$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx.conf" -p "$work"
   sleep 0.5
 }
+
+# start_nginx_hls — nginx with the RTMP module (1 worker) publishing HLS (`hls on`, 2 s fragments,
+# a 10 s playlist) and serving it over HTTP with CORS; sets RTMP_PORT and HLS_PORT
+# (playlist of stream S: http://127.0.0.1:$HLS_PORT/hls/S.m3u8).
+start_nginx_hls() {
+  install_missing nginx:nginx /usr/lib/nginx/modules/ngx_rtmp_module.so:libnginx-mod-rtmp
+  RTMP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  HLS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$work/hls"
+  cat > "$work/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+rtmp { server { listen 127.0.0.1:$RTMP_PORT; chunk_size 4096; application live {
+  live on; record off; hls on; hls_path $work/hls; hls_fragment 2s; hls_playlist_length 10s; } } }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx-body;
+  server { listen 127.0.0.1:$HLS_PORT; location /hls/ {
+    alias $work/hls/;
+    types { application/vnd.apple.mpegurl m3u8; video/mp2t ts; }
+    add_header Cache-Control no-cache;
+    add_header Access-Control-Allow-Origin *;
+  } }
+}
+CONF
+  "$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx.conf" -p "$work"
+}

@@ -896,6 +896,17 @@ async fn http_flv(
     headers: HeaderMap,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
+    // Browser players of HTTP-FLV (flv.js, mpegts.js) are pages on other origins.
+    with_cors(http_flv_inner(node, file, q, headers, peer).await)
+}
+
+async fn http_flv_inner(
+    node: Arc<Node>,
+    file: String,
+    q: ViewQuery,
+    headers: HeaderMap,
+    peer: SocketAddr,
+) -> Response {
     let Some(id) = file.strip_suffix(".flv") else {
         return error(
             StatusCode::NOT_FOUND,

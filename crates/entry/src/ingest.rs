@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 /// A connection that carries whole frames.
 pub trait FrameIo: Send {
@@ -263,31 +264,38 @@ pub async fn serve<T: FrameIo>(mut io: T, node: Arc<Node>, peer: Option<IpAddr>)
     {
         return;
     }
+    // The session's span is attached to its future, never entered across an await: a guard held
+    // over an await stays entered on the worker thread while other tasks run there, and every
+    // span they open becomes its child — a chain that grows with each session, in memory and in
+    // every log line (the soak of 2026-12-05 wrote 650 MB of log in 5 minutes that way).
     let span = tracing::info_span!("ingest", stream = %a.stream, broadcast = %a.broadcast, role = %a.role, ?peer);
-    let _g = span.enter();
-    tracing::info!(next_seq = edge.next_seq, "session started");
-    let session = core::Session::start(&node, &stream, a.role);
-    let result = session_loop(&mut io, &node, &stream, epoch, a.role, peer).await;
-    drop(session);
-    if let Some(info) = io.tcp_info()
-        && let Some(ip) = peer
-    {
-        node.record_sample(SessionSample {
-            stream: stream.name.clone(),
-            role: a.role,
-            client_ip: ip,
-            info,
-            bytes: 0,
-            secs: 0.0,
-        });
-    }
-    match result {
-        Ok(()) => tracing::info!("session ended"),
-        Err((code, msg)) => {
-            tracing::info!(%code, %msg, "session failed");
-            refuse(&mut io, code, msg).await;
+    async {
+        tracing::info!(next_seq = edge.next_seq, "session started");
+        let session = core::Session::start(&node, &stream, a.role);
+        let result = session_loop(&mut io, &node, &stream, epoch, a.role, peer).await;
+        drop(session);
+        if let Some(info) = io.tcp_info()
+            && let Some(ip) = peer
+        {
+            node.record_sample(SessionSample {
+                stream: stream.name.clone(),
+                role: a.role,
+                client_ip: ip,
+                info,
+                bytes: 0,
+                secs: 0.0,
+            });
+        }
+        match result {
+            Ok(()) => tracing::info!("session ended"),
+            Err((code, msg)) => {
+                tracing::info!(%code, %msg, "session failed");
+                refuse(&mut io, code, msg).await;
+            }
         }
     }
+    .instrument(span)
+    .await
 }
 
 fn welcome(node: &Node, next_seq: u64) -> Welcome {

@@ -181,6 +181,8 @@ use std::time::{Duration, Instant};
 struct Up {
     child: Child,
     director: String,
+    /// The dashboard's URL as `up` prints it (the admin token in its fragment).
+    dashboard: String,
     /// id → (http url, pid)
     servers: std::collections::BTreeMap<String, (String, u32)>,
     _dir: tempfile::TempDir,
@@ -215,12 +217,14 @@ fn start_up(servers: u8) -> Up {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut director = String::new();
+    let mut dashboard = String::new();
     let mut map = std::collections::BTreeMap::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.first() {
             Some(&"director") => director = f[1].to_string(),
+            Some(&"dashboard") => dashboard = f[1].to_string(),
             Some(&"entry") => {
                 let http = f[f.iter().position(|x| *x == "http").unwrap() + 1].to_string();
                 let pid: u32 = f[f.iter().position(|x| *x == "pid").unwrap() + 1]
@@ -236,9 +240,11 @@ fn start_up(servers: u8) -> Up {
     std::thread::spawn(move || for _ in lines {});
     assert!(director.starts_with("http://"), "no director line");
     assert_eq!(map.len(), usize::from(servers));
+    assert!(dashboard.contains("#token="), "no dashboard line");
     Up {
         child,
         director,
+        dashboard,
         servers: map,
         _dir: dir,
     }
@@ -1189,4 +1195,133 @@ fn up_wan_runs_the_network_in_a_bed() {
         let ns = format!("/run/netns/{prefix}-{host}");
         assert!(!std::path::Path::new(&ns).exists(), "{ns} left behind");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dashboard of `firstmile up`, as an operator opens it.
+
+/// `GET {base}{path}` with a bearer token, over a plain socket (HTTP/1.0): the body, if 200.
+fn admin_get(base: &str, path: &str, token: &str) -> Option<String> {
+    use std::io::Read as _;
+    let addr = base.strip_prefix("http://")?;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// The dashboard URL `up` prints, opened in a real headless Chromium while a stream is live:
+/// a marker for every entry server of `up`, and the stream's primary and backup paths on the
+/// map and in the list. Screenshot: `target/test-artifacts/up-dashboard.png`.
+#[test]
+fn the_dashboard_of_up_shows_every_server_and_the_live_stream_with_its_two_paths() {
+    let browser = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("chromium is not installed: run scripts/browser-deps.sh (scripts/test runs it)");
+    let up = start_up(4);
+    let stream = "on-the-map";
+    let (_, key) = wait_for_registration(&up, stream);
+    let mut push = Command::new(env!("CARGO_BIN_EXE_firstmile"))
+        .args([
+            "push",
+            "--director",
+            &up.director,
+            "--location",
+            "Paris, FR",
+        ])
+        .args(["--stream", stream, "--key", &key, "--quiet", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = push.stdin.take().unwrap();
+    input.write_all(&pseudo_random(256 << 10)).unwrap();
+    // Live on both paths, as the director's dashboard feed says.
+    let token = up.dashboard.split_once("#token=").unwrap().1.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (primary, backup) = loop {
+        let feed: Option<serde_json::Value> =
+            admin_get(&up.director, "/v1/admin/dashboard", &token)
+                .and_then(|b| serde_json::from_str(&b).ok());
+        let live = feed.as_ref().and_then(|f| {
+            f["streams"]
+                .as_array()?
+                .iter()
+                .find(|b| b["stream"] == stream && b["live"] == true)
+                .cloned()
+        });
+        if let Some(b) = live {
+            break (
+                b["primary"].as_str().unwrap().to_string(),
+                b["backup"].as_str().unwrap().to_string(),
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never live on the dashboard: {feed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &str| {
+        Command::new(browser)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
+            .args([
+                "--disable-extensions",
+                "--hide-scrollbars",
+                "--window-size=1400,800",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(["--virtual-time-budget=6000", extra, &up.dashboard])
+            .output()
+            .unwrap()
+    };
+    let out = run("--dump-dom");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("data-drawn="), "the page never drew: {dom}");
+    for id in up.servers.keys() {
+        assert!(
+            dom.contains(&format!("<g data-server=\"{id}\"><circle")),
+            "no marker for {id}: {dom}"
+        );
+    }
+    for path in ["primary", "backup"] {
+        assert_eq!(
+            dom.matches(&format!("class=\"path {path}\" data-stream=\"{stream}\""))
+                .count(),
+            1,
+            "the {path} path of {stream}: {dom}"
+        );
+    }
+    assert!(
+        dom.contains(&format!("{stream} · live · {primary} + {backup}")),
+        "{dom}"
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("up-dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = run(&format!("--screenshot={}", shot.display()));
+    assert!(
+        shot.metadata().is_ok_and(|m| m.len() > 10_000),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(input);
+    let pushed = push.wait_with_output().unwrap();
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
 }
