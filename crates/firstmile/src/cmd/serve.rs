@@ -2,12 +2,14 @@
 
 use crate::Failure;
 
-/// Logs to stderr, filtered by RUST_LOG (else `default`), as JSON lines or compact text.
+/// Logs to stderr, filtered by RUST_LOG (else `default`), as JSON lines or compact text —
+/// coloured only on a terminal (a log file or a journal gets plain text).
 pub fn init_tracing(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if json {
         b.json().try_init()
