@@ -1,12 +1,12 @@
 //! # hls — LL-HLS and HLS packaging of FLV-tag streams (pure)
 //!
 //! **What.** Everything between "a chunk holding an FLV tag" and "an HTTP response body" for
-//! HTTP Live Streaming, with no I/O: [`ts`] turns an MPEG-TS byte stream into such tags;
-//! [`codec`] reads FLV tag bodies (AVC/HEVC, AAC; legacy and
-//! enhanced RTMP) into codec configurations and frames; [`fmp4`] builds CMAF init segments and
-//! fragments (with `mp4-atom`); [`packager`] cuts frames into segments and parts whose numbers
-//! are the same on every node and keeps a bounded window of them; [`playlist`] renders the
-//! LL-HLS and the plain playlists and parses resource names.
+//! HTTP Live Streaming, with no I/O: [`ts`] turns an MPEG-TS byte stream (a broadcast pushed as
+//! TS) into such tags; [`codec`] reads FLV tag bodies (AVC/HEVC, AAC; legacy and enhanced RTMP)
+//! into codec configurations and frames; [`fmp4`] builds CMAF init segments and fragments (with
+//! `mp4-atom`); [`packager`] cuts frames into segments and parts whose numbers are the same on
+//! every node and keeps a bounded window of them; [`playlist`] renders the LL-HLS and the plain
+//! playlists and parses resource names.
 //!
 //! **Why pure.** The entry server feeds it from a stream cursor and serves what it renders; the
 //! rules (where a segment starts, how a blocking reload is answered) are tested here on made-up

@@ -17,8 +17,8 @@
 //! (what HTTP-FLV players expect) should anything else want them.
 //!
 //! **Timestamps.** 33-bit 90 kHz PTS/DTS are made relative to an *origin* (a 90 kHz value, by
-//! default the first PES timestamp this demuxer sees, or given with
-//! [`TsDemuxer::with_origin`]), taken modulo 2³³ and unwrapped per track. Taking the distance
+//! default the first PES timestamp in the bytes this demuxer reads — the broadcast's first
+//! chunk alone gives it —, or given with [`TsDemuxer::with_origin`]), taken modulo 2³³ and unwrapped per track. Taking the distance
 //! to a fixed origin modulo 2³³ (rather than unwrapping absolute values from wherever a node
 //! started) makes the result a function of the bytes and the origin alone, so every node that
 //! is given the broadcast's origin computes the same decode times, the packager's segment
@@ -68,8 +68,8 @@ const SYNC: u8 = 0x47;
 pub const MAX_PES: usize = 8 << 20;
 /// Tags held back at the start waiting for every stream's configuration, at most.
 pub const MAX_HELD: usize = 2048;
-/// How far (in its own decode time) one track goes on while the other is silent before the
-/// other is no longer waited for.
+/// How far (in its own decode time; or [`MAX_HELD`] tags) one track goes on while the other is
+/// silent before the other is no longer waited for.
 pub const MAX_WAIT_US: i64 = 1_000_000;
 /// The largest PSI section (ISO/IEC 13818-1: section_length ≤ 1021).
 const MAX_SECTION: usize = 1024;
@@ -371,6 +371,13 @@ impl TsDemuxer {
         if pusi {
             if let Some(prev) = self.es(track).pes.take() {
                 self.complete(track, prev);
+            }
+            // The origin is the first timestamp in byte order, known from the PES header: the
+            // broadcast's first chunk alone gives it, however long its first frame.
+            if self.origin.is_none()
+                && let Some(h) = parse_pes(payload, None)
+            {
+                self.origin = h.dts.or(h.pts);
             }
             self.es(track).pes = Some(Pes {
                 data: Vec::new(),
@@ -700,7 +707,7 @@ impl TsDemuxer {
                         .back()
                         .zip(q.front())
                         .map_or(0, |(b, f)| b.dts_us - f.dts_us);
-                    if span > MAX_WAIT_US {
+                    if span > MAX_WAIT_US || q.len() > MAX_HELD {
                         // The other track is silent: stop waiting for it until it comes back.
                         self.stalled[other] = true;
                     }
