@@ -16,15 +16,23 @@
 //! resolution, needs no "does this look like a start code" guess, and the tags are valid FLV
 //! (what HTTP-FLV players expect) should anything else want them.
 //!
-//! **Timestamps.** 33-bit 90 kHz PTS/DTS are made relative to an *origin* (a 90 kHz value, by
-//! default the first PES timestamp in the bytes this demuxer reads — the broadcast's first
-//! chunk alone gives it —, or given with [`TsDemuxer::with_origin`]), taken modulo 2³³ and unwrapped per track. Taking the distance
-//! to a fixed origin modulo 2³³ (rather than unwrapping absolute values from wherever a node
-//! started) makes the result a function of the bytes and the origin alone, so every node that
-//! is given the broadcast's origin computes the same decode times, the packager's segment
-//! numbering included, for the first 26.5 hours of a broadcast (2³³ ticks); a value up to 60 s
-//! *before* the origin (another track starting a little earlier) comes out negative. Decode
-//! times are µs; a frame's `dts_us` is its decode time, as an FLV tag's timestamp is.
+//! **Timestamps.** 33-bit 90 kHz PTS/DTS are made relative to an *origin*, taken modulo 2³³
+//! and unwrapped per track. The origin is a 90 kHz value: by default the first PES timestamp in
+//! the bytes this demuxer reads (the broadcast's first chunk alone gives it), or one given with
+//! [`TsDemuxer::with_origin`]. Taking the distance to a fixed origin modulo 2³³ (rather than
+//! unwrapping absolute values from wherever a node started) makes the result a function of the
+//! bytes and the origin alone, so every node that is given the broadcast's origin computes the
+//! same decode times, and so the same segment numbers, for the first 26.5 hours of a broadcast
+//! (2³³ ticks); a value up to 60 s *before* the origin (another track starting a little
+//! earlier) comes out negative. Decode times are µs from the origin; a tag's `dts_us` is its
+//! decode time, as an FLV tag's timestamp is, so a TS broadcast starts near 0 like an RTMP one.
+//!
+//! **Use.** A node reading a broadcast from its first chunk: [`TsDemuxer::new`], and keep its
+//! [`origin`](TsDemuxer::origin) with the broadcast; a node starting later:
+//! [`TsDemuxer::with_origin`]. Each chunk goes in with its sequence number,
+//! `push(seq, &payload)`, each tag out to `packager.push_tag(tag.seq, tag.dts_us, tag.kind,
+//! &tag.body)`: a tag carries the seq of the chunk where its PES started, so the broadcast's
+//! first frames carry seq 0, which tells the packager it saw the start.
 //!
 //! **Order.** Tags come out as an FLV muxer would write them: in decode order across the tracks,
 //! as RTMP publishers send them. The TS order is not that: a video PES usually has no length and
@@ -45,7 +53,8 @@
 //! PES it ends); no clock is involved, so every node merges the same way.
 //!
 //! **Hostile input.** Lost sync is found again (a position where 0x47 repeats every 188 bytes,
-//! three times); packets with the transport error flag, a reserved adaptation field control or
+//! three times) and the PES in progress are dropped (the packet before the loss was probably
+//! cut and filled with what followed); packets with the transport error flag, a reserved adaptation field control or
 //! an adaptation field longer than the packet are skipped; a continuity counter jump drops the
 //! PES in progress; PSI sections are CRC-checked; a PES over [`MAX_PES`] is dropped; only the
 //! PAT, one PMT and two elementary PIDs are ever tracked, so state is bounded whatever comes.
