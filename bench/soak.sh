@@ -10,7 +10,9 @@
 # backup, 30 % of them with one or two viewers on a random entry server (most relay it) who
 # check they got every byte. Every 10 s it samples, per process (the director, which is the
 # `firstmile up` process, and each entry server): resident memory, open descriptors, disk used
-# by its logs, its last heartbeat's size and the broadcasts it holds in memory.
+# by its broadcast logs, its last heartbeat's size, the broadcasts it holds in memory and the
+# size of its own log file (stderr; a log line that grows with history shows there first).
+# Each device of the pool asks the director from its own address on 127.1.0.0/16.
 # Writes OUT/soak-DATE.csv and OUT/soak-DATE.svg (one panel per measure, one line per process)
 # and prints a summary: each measure's value when warm-up ends (a third of the run), at the end,
 # and its maximum — a flat curve has end ≈ warm-up. Not a test; nothing here is timed.
@@ -42,17 +44,18 @@ for _ in $(seq 100); do
 done
 
 metric() { # $1 = http base, $2 = metric name
-  curl -fs "$1/metrics" 2>/dev/null | awk -v m="$2" '$1==m {print $2; exit}'
+  curl -fs --max-time 5 "$1/metrics" 2>/dev/null | awk -v m="$2" '$1==m {print $2; exit}'
 }
 streams_of() { # ingest + relay broadcasts held in memory
-  curl -fs "$1/metrics" 2>/dev/null | awk '/^firstmile_entry_streams\{/ {s += $2} END {print s + 0}'
+  curl -fs --max-time 5 "$1/metrics" 2>/dev/null | awk '/^firstmile_entry_streams\{/ {s += $2} END {print s + 0}'
 }
-sample() { # $1 = seconds since start
+sample() { # $1 = seconds since start; never fails (a file deleted under du, a slow server)
+  set +e
   local t=$1 rss fds
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$up/status")
   fds=$(ls "/proc/$up/fd" | wc -l)
-  echo "$t,director,$rss,$fds,0,0,0" >> "$csv"
-  local e id pid http disk hb st
+  echo "$t,director,$rss,$fds,0,0,0,$(stat -c %s "$work/up.err" 2>/dev/null || echo 0)" >> "$csv"
+  local e id pid http disk hb st lf
   for e in "${entries[@]}"; do
     read -r id pid http <<< "$e"
     [ -r "/proc/$pid/status" ] || continue
@@ -61,11 +64,13 @@ sample() { # $1 = seconds since start
     disk=$(du -sb "$work/data/$id" 2>/dev/null | awk '{print $1}')
     hb=$(metric "$http" firstmile_entry_heartbeat_bytes)
     st=$(streams_of "$http")
-    echo "$t,$id,$rss,$fds,${disk:-0},${hb:-0},${st:-0}" >> "$csv"
+    lf=$(stat -c %s "$work/data/$id.log" 2>/dev/null)
+    echo "$t,$id,$rss,$fds,${disk:-0},${hb:-0},${st:-0},${lf:-0}" >> "$csv"
   done
+  set -e
 }
 
-echo "t_s,process,rss_kb,fds,disk_bytes,heartbeat_bytes,streams_in_memory" > "$csv"
+echo "t_s,process,rss_kb,fds,disk_bytes,heartbeat_bytes,streams_in_memory,log_file_bytes" > "$csv"
 start=$(date +%s)
 sample 0
 ( while sleep 10; do sample $(( $(date +%s) - start )); done ) &
@@ -97,7 +102,8 @@ path, svg_path, minutes, broadcasts = sys.argv[1], sys.argv[2], sys.argv[3], sys
 rows = list(csv.DictReader(open(path)))
 measures = [("rss_kb", "resident memory (MB)", 1 / 1024), ("fds", "open descriptors", 1),
             ("disk_bytes", "log disk (MB)", 1 / 1e6), ("heartbeat_bytes", "heartbeat (bytes)", 1),
-            ("streams_in_memory", "broadcasts in memory", 1)]
+            ("streams_in_memory", "broadcasts in memory", 1),
+            ("log_file_bytes", "own log file (MB)", 1 / 1e6)]
 procs = sorted({r["process"] for r in rows}, key=lambda p: (p != "director", p))
 series = defaultdict(list)
 for r in rows:
@@ -118,7 +124,7 @@ for i, (m, label, _) in enumerate(measures):
     out.append(f'<text x="{pad - 4}" y="{y0 + H - 24}" text-anchor="end">0</text>')
     for j, p in enumerate(procs):
         pts = series[(p, m)]
-        if not pts or (m != "rss_kb" and m != "fds" and p == "director"):
+        if not pts or (m not in ("rss_kb", "fds", "log_file_bytes") and p == "director"):
             continue
         xy = " ".join(f"{pad + (W - 2 * pad) * t / tmax:.1f},{y0 + 16 + (H - 40) * (1 - v / vmax):.1f}" for t, v in pts)
         out.append(f'<polyline points="{xy}" fill="none" stroke="{colours[j % len(colours)]}" stroke-width="1.3"/>')
@@ -133,7 +139,7 @@ print("|---|---|---|---|---|")
 for p in procs:
     for m, label, f in measures:
         pts = series[(p, m)]
-        if not pts or (p == "director" and m not in ("rss_kb", "fds")):
+        if not pts or (p == "director" and m not in ("rss_kb", "fds", "log_file_bytes")):
             continue
         warm = min(pts, key=lambda x: abs(x[0] - tmax / 3))[1]
         print(f"| {p} | {label} | {warm:.1f} | {pts[-1][1]:.1f} | {max(v for _, v in pts):.1f} |")

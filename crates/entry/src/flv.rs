@@ -147,6 +147,10 @@ pub struct Head {
     /// Chunks seen that are FLV tags, and that are not.
     pub tags: u64,
     pub others: u64,
+    /// An MPEG-TS broadcast (pushed by ffmpeg through `firstmile push` or HTTP push): the origin
+    /// of its decode times (90 kHz, the first PES timestamp of its first chunk), so every node
+    /// that packages it for HLS computes the same timeline ([`hls::TsDemuxer::with_origin`]).
+    pub ts_origin: Option<u64>,
 }
 
 impl Head {
@@ -178,6 +182,28 @@ impl Head {
     /// A stream whose chunks are not FLV tags (a native-protocol stream).
     pub fn is_not_flv(&self) -> bool {
         self.others > 0 && self.tags == 0
+    }
+
+    /// Whether HLS can be made of it: FLV tags (RTMP), or MPEG-TS whose origin is known.
+    pub fn packageable(&self) -> bool {
+        !self.is_not_flv() || self.ts_origin.is_some()
+    }
+
+    /// The origin of an MPEG-TS broadcast read from its first chunks held (from sequence 0, or
+    /// the oldest a long broadcast's log still holds: its timeline then starts there), if they
+    /// are MPEG-TS.
+    pub fn ts_origin_of(first: &[crate::hub::Chunk]) -> Option<u64> {
+        if !first.iter().any(|c| hls::looks_like_ts(&c.payload)) {
+            return None;
+        }
+        let mut d = hls::TsDemuxer::new();
+        for c in first {
+            d.push(c.seq, &c.payload);
+            if d.origin().is_some() {
+                break;
+            }
+        }
+        d.origin()
     }
 
     /// True when it holds nothing a player needs up front yet.

@@ -227,6 +227,9 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
     drop(stream);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut version = 0u64;
+    // What the chunks are: FLV tags (RTMP), or MPEG-TS bytes (demuxed into the same tags);
+    // decided at the first chunk.
+    let mut input: Option<Input> = None;
     loop {
         let next = async {
             match cursor.as_mut() {
@@ -237,6 +240,15 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
         tokio::select! {
             r = next => match r {
                 Some(Ok(chunk)) => {
+                    if input.is_none() {
+                        input = Some(match crate::flv::parse(&chunk.payload) {
+                            Some(_) => Input::Flv,
+                            None => match cursor.as_ref() {
+                                Some(c) => ts_input(&node, c.stream()).await,
+                                None => Input::Flv,
+                            },
+                        });
+                    }
                     let mut g = lock(&m.packager);
                     let p = g.get_or_insert_with(|| {
                         let s = cursor.as_ref().map(|c| c.stream().clone());
@@ -253,9 +265,18 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
                         }
                         p
                     });
-                    if let Some(tag) = crate::flv::parse(&chunk.payload) {
-                        let body = chunk.payload.slice_ref(tag.data);
-                        p.push_tag(chunk.seq, chunk.pts, tag.kind, &body);
+                    match &mut input {
+                        Some(Input::Ts(d)) => {
+                            for t in d.push(chunk.seq, &chunk.payload) {
+                                p.push_tag(t.seq, t.dts_us, t.kind, &t.body);
+                            }
+                        }
+                        _ => {
+                            if let Some(tag) = crate::flv::parse(&chunk.payload) {
+                                let body = chunk.payload.slice_ref(tag.data);
+                                p.push_tag(chunk.seq, chunk.pts, tag.kind, &body);
+                            }
+                        }
                     }
                     if p.version() != version {
                         version = p.version();
@@ -267,6 +288,13 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
                     tracing::debug!(stream = %m.stream, ?stop, "hls input ended");
                     let mut g = lock(&m.packager);
                     if let Some(p) = g.as_mut() {
+                        if let Some(Input::Ts(d)) = &mut input {
+                            for t in d.finish() {
+                                p.push_tag(t.seq, t.dts_us, t.kind, &t.body);
+                            }
+                            let st = d.stats();
+                            tracing::debug!(stream = %m.stream, stats = ?st, "hls: mpeg-ts input done");
+                        }
                         p.finish();
                         version = p.version();
                     }
@@ -284,6 +312,30 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
                 }
             }
         }
+    }
+}
+
+/// What a broadcast's chunks are, for its packager.
+enum Input {
+    /// One FLV tag per chunk (RTMP ingest).
+    Flv,
+    /// MPEG-TS bytes in any split, demuxed on the broadcast's timeline.
+    Ts(Box<hls::TsDemuxer>),
+}
+
+/// A broadcast whose first chunk is not an FLV tag: MPEG-TS if its head (from the log's first
+/// chunks, or from an ingest server) gives a TS origin; else nothing to package (FLV rules:
+/// tags that do not parse are skipped).
+async fn ts_input(node: &Arc<Node>, stream: &Arc<Stream>) -> Input {
+    crate::http::ensure_head(node, stream).await;
+    let origin = stream
+        .flv
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .ts_origin;
+    match origin {
+        Some(o) => Input::Ts(Box::new(hls::TsDemuxer::with_origin(o))),
+        None => Input::Flv,
     }
 }
 

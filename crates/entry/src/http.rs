@@ -837,43 +837,51 @@ async fn flv_head(
         Err(r) => return r,
     };
     ensure_head(&node, &stream).await;
-    let b = stream
-        .flv
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .tags_bytes();
-    ([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response()
+    let (b, ts_origin) = {
+        let h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
+        (h.tags_bytes(), h.ts_origin)
+    };
+    let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response();
+    if let Some(o) = ts_origin {
+        r.headers_mut()
+            .insert(TS_ORIGIN_HEADER, HeaderValue::from(o));
+    }
+    r
 }
+
+/// On `flv-head` answers for an MPEG-TS broadcast: the origin of its decode times (90 kHz), so
+/// a relay packages it for HLS on the same timeline as its ingest servers.
+pub const TS_ORIGIN_HEADER: &str = "x-firstmile-ts-origin";
 
 /// Fill an empty FLV head: from the log's first chunks (a broadcast recovered after a restart),
 /// or from an upstream (a relay that started mid-broadcast).
 pub async fn ensure_head(node: &Arc<Node>, stream: &Arc<Stream>) {
-    if !stream
-        .flv
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .is_empty()
     {
-        return;
+        let h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
+        if !h.is_empty() || h.ts_origin.is_some() {
+            return;
+        }
     }
     if stream.is_ingest() {
         let s = stream.clone();
-        let first = tokio::task::spawn_blocking(move || {
+        let (first, ts_origin) = tokio::task::spawn_blocking(move || {
             let mut h = crate::flv::Head::default();
+            let mut ts_origin = None;
             if let Ok(chunks) = s.read(s.first_seq(), 64 * 1024) {
                 for c in chunks.iter().take(8) {
                     h.observe(&c.payload);
                 }
+                if h.tags == 0 {
+                    ts_origin = crate::flv::Head::ts_origin_of(&chunks);
+                }
             }
-            h.tags_bytes()
+            (h.tags_bytes(), ts_origin)
         })
         .await
         .unwrap_or_default();
-        stream
-            .flv
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .fill_missing(&first);
+        let mut h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
+        h.fill_missing(&first);
+        h.ts_origin = h.ts_origin.or(ts_origin);
     } else {
         crate::relay::fetch_flv_head(node, stream).await;
     }
@@ -1326,17 +1334,19 @@ async fn hls_playlist(
         Ok(s) => s,
         Err(r) => return with_cors(r),
     };
-    if stream
+    ensure_head(&node, &stream).await;
+    if !stream
         .flv
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .is_not_flv()
+        .packageable()
     {
         return hls_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "not_flv",
             format!(
-                "stream {id} is not an RTMP (FLV) stream: HLS needs one; use /v1/streams/{id}/live"
+                "stream {id} is neither RTMP (FLV) nor MPEG-TS: HLS needs H.264/AAC in one of \
+                 them; use /v1/streams/{id}/live"
             ),
         );
     }

@@ -231,14 +231,16 @@ pub async fn fetch_flv_head(node: &Arc<Node>, stream: &Arc<Stream>) {
         if !resp.status().is_success() {
             continue;
         }
+        let ts_origin = resp
+            .headers()
+            .get(crate::http::TS_ORIGIN_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let Ok(b) = resp.bytes().await
-            && !b.is_empty()
+            && (!b.is_empty() || ts_origin.is_some())
         {
-            stream
-                .flv
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .fill_missing(&b);
+            let mut h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
+            h.fill_missing(&b);
+            h.ts_origin = h.ts_origin.or(ts_origin);
             return;
         }
     }

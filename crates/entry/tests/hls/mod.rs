@@ -22,8 +22,13 @@ fn probe_counts(url: &str) -> std::collections::BTreeMap<String, usize> {
         ])
         .arg(url));
     let mut m = std::collections::BTreeMap::new();
+    // One line per packet (`video`, or `video,` with side data such as MPEG-TS's); side data
+    // of its own gives blank lines.
     for l in String::from_utf8_lossy(&out.stdout).lines() {
-        *m.entry(l.trim().to_string()).or_insert(0) += 1;
+        let kind = l.trim().split(',').next().unwrap_or_default();
+        if !kind.is_empty() {
+            *m.entry(kind.to_string()).or_insert(0) += 1;
+        }
     }
     m
 }
@@ -188,6 +193,111 @@ async fn ll_hls_and_hls_from_ingest_and_relay_nodes_carry_the_sources_packets() 
     let (x, y) = (
         get(seg(lon)).await.unwrap().bytes().await.unwrap(),
         get(seg(nyc)).await.unwrap().bytes().await.unwrap(),
+    );
+    assert!(!x.is_empty() && x == y, "segment 1 differs between nodes");
+}
+
+/// MPEG-TS pushed over HTTP (the bytes ffmpeg `-f mpegts` writes, with B-frames) to the primary
+/// and the backup: LL-HLS and HLS from an ingest node and from a relay node carry the source's
+/// packets, and the relay's segments are the ingest's bytes (one timeline: the broadcast's TS
+/// origin travels with its head).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpeg_ts_pushed_over_http_plays_as_hls_from_ingest_and_relay_nodes() {
+    need_ffmpeg();
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let servers = three_servers(&d, &dp).await;
+    let ts = dp.join("src.ts");
+    run(Command::new("ffmpeg")
+        .arg("-nostdin")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=330:sample_rate=48000"])
+        .args(["-t", "6", "-c:v", "libx264", "-g", "25", "-bf", "2"])
+        .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "mpegts"])
+        .arg(&ts));
+    let bytes = std::fs::read(&ts).unwrap();
+    let stream = "hls-ts";
+    let r = http_client()
+        .post(format!("{}/v1/assignments", d.url))
+        .json(&json!({"stream": stream, "location": "Paris, FR", "protocol": "http"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let a: Value = r.json().await.unwrap();
+    let broadcast = a["broadcast"].as_str().unwrap().to_string();
+    for role in ["primary", "backup"] {
+        let (id, tok) = (
+            a[role]["server_id"].as_str().unwrap(),
+            a[role]["token"].as_str().unwrap(),
+        );
+        let http = servers
+            .iter()
+            .find(|s| id == s.cfg.id.as_str())
+            .unwrap_or_else(|| panic!("{id} is not one of the three"))
+            .http;
+        let r = http_client()
+            .post(format!(
+                "http://{http}/v1/streams/{stream}/push?token={tok}"
+            ))
+            .body(bytes.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "{role}: {}",
+            r.text().await.unwrap()
+        );
+    }
+    let relay = servers
+        .iter()
+        .find(|s| {
+            a["primary"]["server_id"] != s.cfg.id.as_str()
+                && a["backup"]["server_id"] != s.cfg.id.as_str()
+        })
+        .unwrap()
+        .http;
+    let ingest = servers
+        .iter()
+        .find(|s| a["primary"]["server_id"] == s.cfg.id.as_str())
+        .unwrap()
+        .http;
+    for s in &servers {
+        if s.http == relay {
+            continue;
+        }
+        for _ in 0..500 {
+            if !super::rtmp::stream_row(s.http, stream).await["ended"].is_null() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let want = probe_counts(ts.to_str().unwrap());
+    assert!(want["video"] == 150 && want["audio"] > 200, "{want:?}");
+    for (node, name) in [(ingest, "ingest"), (relay, "relay")] {
+        for playlist in ["index.m3u8", "classic.m3u8"] {
+            let url = format!("http://{node}/hls/{stream}/{playlist}?broadcast={broadcast}");
+            let (status, _, text) = get_text(&url).await;
+            assert_eq!(status, 200, "{name} {playlist}: {text}");
+            assert!(
+                text.ends_with("#EXT-X-ENDLIST\n"),
+                "{name} {playlist}:\n{text}"
+            );
+            assert_eq!(
+                probe_counts(&url),
+                want,
+                "ffprobe on the {name} node's {playlist}"
+            );
+        }
+    }
+    let seg = |n| format!("http://{n}/hls/{stream}/{broadcast}/1.m4s");
+    let (x, y) = (
+        get(seg(ingest)).await.unwrap().bytes().await.unwrap(),
+        get(seg(relay)).await.unwrap().bytes().await.unwrap(),
     );
     assert!(!x.is_empty() && x == y, "segment 1 differs between nodes");
 }
