@@ -1214,7 +1214,7 @@ fn admin_get(base: &str, path: &str, token: &str) -> Option<String> {
     let mut answer = String::new();
     s.read_to_string(&mut answer).ok()?;
     let (head, body) = answer.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
 }
 
 /// The dashboard URL `up` prints, opened in a real headless Chromium while a stream is live:
