@@ -58,7 +58,10 @@ start_nginx_hls() {
   install_missing nginx:nginx /usr/lib/nginx/modules/ngx_rtmp_module.so:libnginx-mod-rtmp
   RTMP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   HLS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  # nginx's worker runs as an unprivileged user: it writes and serves the fragments.
   mkdir -p "$work/hls"
+  chmod 755 "$work"
+  chmod 777 "$work/hls"
   cat > "$work/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
 worker_processes 1;
