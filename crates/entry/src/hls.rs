@@ -47,6 +47,10 @@ pub struct Muxer {
     packager: Mutex<Option<Packager>>,
     version: watch::Sender<u64>,
     used_ms: AtomicU64,
+    /// The feed has packaged everything the broadcast held when it reached it (the history a
+    /// new muxer starts with): a first playlist waits for this, not just for the first part,
+    /// or a player would start from a playlist of one part and then see the live edge jump.
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -94,6 +98,7 @@ impl Hls {
             packager: Mutex::new(None),
             version: watch::channel(0).0,
             used_ms: AtomicU64::new(crate::hub::mono_ms()),
+            caught_up: Default::default(),
         });
         g.insert(key, m.clone());
         tracing::debug!(stream = %stream.name, broadcast = %stream.broadcast, "hls packaging");
@@ -126,6 +131,11 @@ impl Hls {
 impl Muxer {
     fn touch(&self) {
         self.used_ms.store(crate::hub::mono_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the feed has caught up with the broadcast's live edge once (see `caught_up`).
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::SeqCst)
     }
 
     fn idle_for(&self) -> u64 {
@@ -278,7 +288,15 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
                             }
                         }
                     }
-                    if p.version() != version {
+                    let edge = cursor.as_ref().map_or(0, |c| {
+                        let s = c.stream();
+                        s.edge().next_seq.max(s.catch_up_to.load(Ordering::Relaxed))
+                    });
+                    let first_catch_up = !m.caught_up() && chunk.seq.saturating_add(1) >= edge;
+                    if first_catch_up {
+                        m.caught_up.store(true, Ordering::SeqCst);
+                    }
+                    if p.version() != version || first_catch_up {
                         version = p.version();
                         drop(g);
                         m.publish(version);

@@ -1354,10 +1354,14 @@ async fn hls_playlist(
     drop(stream);
     let cfg = crate::hls::config(&node);
     let td = cfg.target_duration_s();
-    // The first playlist of a broadcast waits for its first part (the not-live-yet rule).
+    // The first playlist of a broadcast waits for its first part (the not-live-yet rule), and
+    // for the packager to have caught up with what the node held when it started (a relay's
+    // history): a playlist of one part, then one whose live edge jumped seconds ahead, costs
+    // hls.js seconds before its first frame (4.1 s on a cold relay, `bench/browser.sh`).
     let first = tokio::time::Instant::now() + Duration::from_millis(node.cfg.viewer_wait_ms);
     if m.wait_for(first, |p| {
-        p.filter(|p| p.has_media() || p.is_ended()).map(|_| ())
+        p.filter(|p| (p.has_media() && m.caught_up()) || p.is_ended())
+            .map(|_| ())
     })
     .await
     .is_none()

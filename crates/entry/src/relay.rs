@@ -337,6 +337,11 @@ pub async fn ensure(
         s.private.store(true, Ordering::Relaxed);
     }
     if created {
+        if let Ok(i) = info(node, name, Some(broadcast)).await
+            && let Some(n) = i.ingest.iter().filter_map(|x| x.next_seq).max()
+        {
+            s.catch_up_to.store(n, Ordering::Relaxed);
+        }
         tracing::info!(stream = name, %broadcast, upstreams = ?ups, "relaying");
         tokio::spawn(run(node.clone(), s.clone(), initial_from.to_string(), ups));
     }
