@@ -586,6 +586,9 @@ async fn chunks(
         let _ = proto::encode(&proto::Frame::End { final_seq }, &mut buf);
         return Body::from(buf.freeze()).into_response();
     }
+    // How far this node has got now: a relay knows when it has caught up with the history it
+    // asked for (its HLS waits for that before its first playlist).
+    let next_seq = stream.edge().next_seq;
     // Relays must never skip: a relay that falls behind is cut and reconnects.
     let cursor = Cursor::new(stream, from, u64::MAX, SlowViewer::Cut);
     let body = futures_util::stream::unfold(Some(cursor), |c| async move {
@@ -612,8 +615,14 @@ async fn chunks(
             Err(stop) => Some((Err(std::io::Error::other(format!("{stop:?}"))), None)),
         }
     });
-    Body::from_stream(body).into_response()
+    let mut r = Body::from_stream(body).into_response();
+    r.headers_mut()
+        .insert(NEXT_SEQ_HEADER, HeaderValue::from(next_seq));
+    r
 }
+
+/// On `chunks` answers: the holder's next sequence number when it answered.
+pub const NEXT_SEQ_HEADER: &str = "x-firstmile-next-seq";
 
 /// The same bytes as `/live`, as WebSocket binary messages.
 #[utoipa::path(get, path = "/v1/streams/{id}/live/ws", tag = "viewers",

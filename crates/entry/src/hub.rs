@@ -115,8 +115,8 @@ pub struct Stream {
     pub active_ms: std::sync::atomic::AtomicU64,
     /// Ingest: a heartbeat answered 2xx carried this broadcast's end (it is not reported again).
     pub end_reported: std::sync::atomic::AtomicBool,
-    /// Relay: how far its ingest servers had got when it started (their last heartbeats), so a
-    /// packager knows when it has caught up with the history the relay pulls first.
+    /// Relay: how far its upstreams had got when they answered its pulls (`x-firstmile-next-seq`),
+    /// so a packager knows when it has caught up with the history the relay pulls first.
     pub catch_up_to: std::sync::atomic::AtomicU64,
 }
 

@@ -337,11 +337,6 @@ pub async fn ensure(
         s.private.store(true, Ordering::Relaxed);
     }
     if created {
-        if let Ok(i) = info(node, name, Some(broadcast)).await
-            && let Some(n) = i.ingest.iter().filter_map(|x| x.next_seq).max()
-        {
-            s.catch_up_to.store(n, Ordering::Relaxed);
-        }
         tracing::info!(stream = name, %broadcast, upstreams = ?ups, "relaying");
         tokio::spawn(run(node.clone(), s.clone(), initial_from.to_string(), ups));
     }
@@ -465,6 +460,14 @@ async fn pull_once(node: &Node, merge: &Merge, url: &str) -> Result<(), String> 
         .map_err(|e| e.to_string())?;
     if !resp.status().is_success() {
         return Err(format!("{}", resp.status()));
+    }
+    // Where the upstream was when it answered: the history this pull brings first ends there.
+    if let Some(n) = resp
+        .headers()
+        .get(crate::http::NEXT_SEQ_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        merge.stream.catch_up_to.fetch_max(n, Ordering::Relaxed);
     }
     merge.connected.fetch_add(1, Ordering::SeqCst);
     let r = read_frames(node, merge, resp).await;
