@@ -301,3 +301,51 @@ async fn mpeg_ts_pushed_over_http_plays_as_hls_from_ingest_and_relay_nodes() {
     );
     assert!(!x.is_empty() && x == y, "segment 1 differs between nodes");
 }
+
+/// A relay node asked for a live stream's LL-HLS playlist for the first time (no relay, no
+/// packager yet) answers with the history it pulled — whole segments — not with the first part
+/// it packaged: a playlist of one part, then one whose live edge jumped seconds ahead, cost
+/// hls.js 4 s before its first frame (`bench/browser.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_relays_first_playlist_has_the_history() {
+    need_ffmpeg();
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let dp = dir.path().to_path_buf();
+    let servers = three_servers(&d, &dp).await;
+    let src = make_source(&dp, 10);
+    let stream = "hls-cold";
+    let a = assign_rtmp(&d, stream).await;
+    let (pu, bu) = (
+        a["primary"]["url"].as_str().unwrap().to_string(),
+        a["backup"]["url"].as_str().unwrap().to_string(),
+    );
+    let tee = format!("[f=flv:onfail=ignore]{pu}|[f=flv:onfail=ignore]{bu}");
+    let publisher = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .arg("-nostdin")
+            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+            .arg(&src)
+            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
+            .output()
+            .unwrap()
+    });
+    // Five seconds in (about 70 tags a second): two whole 2 s segments on the ingest servers.
+    for s in &servers[..2] {
+        wait_seq(s.http, stream, 350).await;
+    }
+    let relay = servers[2].http;
+    let (status, _, ll) = get_text(&format!("http://{relay}/hls/{stream}/index.m3u8")).await;
+    assert_eq!(status, 200, "{ll}");
+    assert!(
+        ll.matches("#EXTINF:").count() >= 2,
+        "the first playlist lacks the history:\n{ll}"
+    );
+    assert!(!ll.contains("#EXT-X-ENDLIST"), "{ll}");
+    let out = publisher.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
