@@ -151,6 +151,9 @@ pub struct Head {
     /// of its decode times (90 kHz, the first PES timestamp of its first chunk), so every node
     /// that packages it for HLS computes the same timeline ([`hls::TsDemuxer::with_origin`]).
     pub ts_origin: Option<u64>,
+    /// Its first chunks were looked at and are neither FLV nor MPEG-TS (a native stream of other
+    /// bytes): not looked up again on every request.
+    pub neither: bool,
 }
 
 impl Head {

@@ -867,13 +867,13 @@ pub const TS_ORIGIN_HEADER: &str = "x-firstmile-ts-origin";
 pub async fn ensure_head(node: &Arc<Node>, stream: &Arc<Stream>) {
     {
         let h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
-        if !h.is_empty() || h.ts_origin.is_some() {
+        if !h.is_empty() || h.ts_origin.is_some() || h.neither {
             return;
         }
     }
     if stream.is_ingest() {
         let s = stream.clone();
-        let (first, ts_origin) = tokio::task::spawn_blocking(move || {
+        let (first, ts_origin, neither) = tokio::task::spawn_blocking(move || {
             let mut h = crate::flv::Head::default();
             let mut ts_origin = None;
             if let Ok(chunks) = s.read(s.first_seq(), 64 * 1024) {
@@ -884,13 +884,18 @@ pub async fn ensure_head(node: &Arc<Node>, stream: &Arc<Stream>) {
                     ts_origin = crate::flv::Head::ts_origin_of(&chunks);
                 }
             }
-            (h.tags_bytes(), ts_origin)
+            (
+                h.tags_bytes(),
+                ts_origin,
+                h.is_not_flv() && ts_origin.is_none(),
+            )
         })
         .await
         .unwrap_or_default();
         let mut h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
         h.fill_missing(&first);
         h.ts_origin = h.ts_origin.or(ts_origin);
+        h.neither |= neither;
     } else {
         crate::relay::fetch_flv_head(node, stream).await;
     }

@@ -235,13 +235,18 @@ pub async fn fetch_flv_head(node: &Arc<Node>, stream: &Arc<Stream>) {
             .headers()
             .get(crate::http::TS_ORIGIN_HEADER)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if let Ok(b) = resp.bytes().await
-            && (!b.is_empty() || ts_origin.is_some())
-        {
+        if let Ok(b) = resp.bytes().await {
             let mut h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
-            h.fill_missing(&b);
-            h.ts_origin = h.ts_origin.or(ts_origin);
-            return;
+            if !b.is_empty() || ts_origin.is_some() {
+                h.fill_missing(&b);
+                h.ts_origin = h.ts_origin.or(ts_origin);
+                return;
+            }
+            // The upstream holds the start and found neither FLV nor MPEG-TS in it.
+            if h.is_not_flv() {
+                h.neither = true;
+                return;
+            }
         }
     }
 }

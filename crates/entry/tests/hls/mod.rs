@@ -349,3 +349,44 @@ async fn a_cold_relays_first_playlist_has_the_history() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A native stream of bytes that are neither FLV nor MPEG-TS: its playlists are refused with 415
+/// `not_flv` saying what HLS needs, on the ingest node and on a relay node, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_other_bytes_gets_415_for_hls() {
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_servers(&d, dir.path()).await;
+    let stream = "not-media";
+    let r = http_client()
+        .post(format!("{}/v1/assignments", d.url))
+        .json(&json!({"stream": stream, "location": "Paris, FR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let a: Value = r.json().await.unwrap();
+    let (id, addr, tok) = pick(&a, "primary");
+    let chunks: Arc<Vec<Bytes>> = Arc::new(
+        (0..20)
+            .map(|i| Bytes::from(format!("not a media file, chunk {i:03}").repeat(20)))
+            .collect(),
+    );
+    push(addr, stream.into(), Role::Primary, tok, chunks, 20, false)
+        .await
+        .unwrap();
+    let ingest = servers.iter().find(|s| s.cfg.id == id).unwrap().http;
+    let relay = servers
+        .iter()
+        .find(|s| s.cfg.id != id && a["backup"]["server_id"] != s.cfg.id.as_str())
+        .unwrap()
+        .http;
+    for node in [ingest, relay, ingest, relay] {
+        let (status, h, body) = get_text(&format!("http://{node}/hls/{stream}/index.m3u8")).await;
+        assert_eq!(status, 415, "{body}");
+        assert_eq!(h["access-control-allow-origin"], "*");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["code"], "not_flv", "{v}");
+        assert!(v["error"].as_str().unwrap().contains("MPEG-TS"), "{v}");
+    }
+}
