@@ -581,3 +581,104 @@ async fn only_the_server_itself_and_its_peers_read_its_stream_table() {
         }
     }
 }
+
+/// HLS of a private stream (MPEG-TS pushed on both paths): no playlist, segment or part without
+/// a playback token, on the ingest node and on a relay; with one, every URI of the playlist
+/// carries it, and what it names is served with `private` caching (a CDN must not share it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_hls_needs_the_token_on_every_resource_and_is_cached_privately() {
+    super::rtmp::need_ffmpeg();
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_servers(&d, dir.path()).await;
+    let (_, a) = assign_with(&d, json!({"stream": "privhls", "location": "Paris, FR"})).await;
+    let key = a["stream_key"].as_str().unwrap().to_string();
+    let r = http_client()
+        .patch(format!("{}/v1/admin/streams/privhls", d.url))
+        .bearer_auth("admin")
+        .json(&json!({"private": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, a) = assign_with(
+        &d,
+        json!({"stream": "privhls", "key": key, "location": "Paris, FR"}),
+    )
+    .await;
+    let ts = super::rtmp::run(
+        std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
+            .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=220:sample_rate=48000"])
+            .args([
+                "-t", "5", "-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p",
+            ])
+            .args(["-c:a", "aac", "-f", "mpegts", "-"]),
+    )
+    .stdout;
+    let chunks: Arc<Vec<Bytes>> =
+        Arc::new(ts.chunks(188 * 50).map(Bytes::copy_from_slice).collect());
+    push_both(&a, "privhls", &chunks).await;
+    let broadcast = a["broadcast"].as_str().unwrap();
+    let r = http_client()
+        .post(format!("{}/v1/streams/privhls/playback-tokens", d.url))
+        .bearer_auth(&key)
+        .json(&json!({"ttl_s": 60}))
+        .send()
+        .await
+        .unwrap();
+    let t: Value = r.json().await.unwrap();
+    let tok = t["token"].as_str().unwrap();
+    let (ingest, relay) = (servers[0].http, servers[2].http);
+    for http in [ingest, relay] {
+        let base = format!("http://{http}/hls/privhls");
+        let q = format!("broadcast={broadcast}");
+        let (s, e) = read_url(format!("{base}/index.m3u8?{q}"))
+            .await
+            .unwrap_err();
+        assert_eq!(s, 401, "{http}: {e}");
+        let (s, _) = read_url(format!("{base}/classic.m3u8?{q}&token=garbage"))
+            .await
+            .unwrap_err();
+        assert_eq!(s, 401);
+        let text = String::from_utf8(
+            read_url(format!("{base}/index.m3u8?{q}&token={tok}"))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let uris: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                if l.starts_with('#') {
+                    l.split("URI=\"")
+                        .nth(1)?
+                        .split('"')
+                        .next()
+                        .map(str::to_string)
+                } else {
+                    (!l.is_empty()).then(|| l.to_string())
+                }
+            })
+            .collect();
+        assert!(uris.len() > 3, "{text}");
+        for u in &uris {
+            assert!(u.ends_with(&format!("?token={tok}")), "{u} in\n{text}");
+        }
+        let seg = uris.iter().find(|u| u.contains(".m4s")).unwrap();
+        let r = http_client()
+            .get(format!("{base}/{seg}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["cache-control"],
+            "private, max-age=31536000, immutable"
+        );
+        let bare = seg.split('?').next().unwrap();
+        let (s, _) = read_url(format!("{base}/{bare}")).await.unwrap_err();
+        assert_eq!(s, 401, "{bare} without the token");
+    }
+}
