@@ -773,6 +773,32 @@ fn ffmpeg_in_a_pipe_into_push() {
         "ffprobe: {text} {}",
         String::from_utf8_lossy(&probe.stderr)
     );
+    // The same broadcast as HLS on that node (a relay: it packages the merged MPEG-TS).
+    let info: serde_json::Value = serde_json::from_str(
+        &admin_get(&up.director, &format!("/v1/streams/{stream}"), "").expect("stream info"),
+    )
+    .unwrap();
+    let broadcast = info["broadcast"]["id"].as_str().unwrap();
+    let hls = format!("{viewer_http}/hls/{stream}/classic.m3u8?broadcast={broadcast}");
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&hls)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&probe.stdout);
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+    assert_eq!(
+        first,
+        Some("h264,75"),
+        "ffprobe {hls}: {text} {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
 }
 
 /// The hijack, from the command line: the owner pushes `live1` (its first push creates

@@ -259,6 +259,10 @@ pub fn run(a: UpArgs) -> Result<(), Failure> {
         println!("  # the first push of a new stream id prints its key (\"stream key: ...\"); go live again");
         println!("  # with it: --key KEY or FIRSTMILE_STREAM_KEY=KEY");
         println!("  firstmile play --director {url} --location \"New York\" demo | ffplay -");
+        // A node that is neither the primary nor the backup of a push from Paris: it relays.
+        if let Some(s) = servers.iter().find(|s| s.id.starts_with("nyc")).or(servers.last()) {
+            println!("  # or in a browser (LL-HLS, from {}): {}/watch/demo", s.id, s.http);
+        }
         println!("  kill -9 <pid of the primary above>   # the viewer (New York node) keeps playing");
         println!("Ctrl-C stops everything.");
 
