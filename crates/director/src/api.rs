@@ -525,8 +525,9 @@ async fn ranked(
 
 /// Entry servers a device should probe (RTT, several samples) before asking for an assignment.
 ///
-/// The best candidates by today's estimate from the typed location (for the primary) and from
-/// the IP location (for the backup). Send the results as `probes` with the assignment request.
+/// The best candidates, best first, from the typed location (for the primary) and from the IP
+/// location (for the backup), by today's estimate and what this director learned of the
+/// caller's network. Send the results as `probes` with the assignment request.
 #[utoipa::path(get, path = "/v1/probe-targets", tag = "devices",
     params(
         ("location" = Option<String>, Query, description = "A place as typed, or \"lat,lon\""),

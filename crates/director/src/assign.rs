@@ -179,9 +179,7 @@ impl Director {
         // network's history, by the socket address the director sees — never the typed place.
         let mut probes = select::Probes::from_api(&req.probes, &snap.fleet)
             .map_err(|e| FieldError::new(&e.field(), e.to_string(), None))?;
-        let net = client_ip
-            .filter(|ip| measurable(*ip))
-            .map(|ip| select::ClientNetwork::new(ip, asn_of(ip_location.as_ref())));
+        let net = Self::network_of(client_ip, ip_location.as_ref());
         if net.is_none() {
             // A device on the director's own host has no network path to measure: its probes
             // (sub-millisecond noise) must not decide, as they would on `firstmile up`.
@@ -445,29 +443,48 @@ impl Director {
 
     /// The one ranking function: eligible servers nearest `from`, scored as the selection
     /// scores them (estimate + learned corrections + load), best first.
+    /// The best `limit` servers from `from`, with what this director learned of the client's
+    /// network (`net`: its history, as an assignment uses it) when it has one.
     pub fn rank(
         &self,
         from: &Location,
         protocol: Protocol,
         bitrate_kbps: u32,
         limit: usize,
-    ) -> Vec<(select::EntryServer, select::Estimate)> {
+        net: Option<&select::ClientNetwork>,
+    ) -> Vec<(select::EntryServer, select::Estimate, select::RttSource)> {
         let snap = self.snapshot();
         let learned = self.corrections();
         let now = self.unix_now();
-        select::rank(
+        let history = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+        let evidence = select::Evidence {
+            learned: Some(&learned),
+            history: net.map(|n| history.view(n)),
+            probes: None,
+        };
+        select::rank_with(
             &snap.fleet,
             from,
             protocol,
             bitrate_kbps,
             self.params(),
-            Some(&learned),
+            &evidence,
             now,
             limit,
         )
         .into_iter()
-        .map(|(s, e)| (s.clone(), e))
+        .map(|r| (r.server.clone(), r.estimate, r.rtt_source))
         .collect()
+    }
+
+    /// The network a client's measurements and history belong to (none for loopback clients).
+    fn network_of(
+        client_ip: Option<IpAddr>,
+        ip_location: Option<&geo::ip::IpLocation>,
+    ) -> Option<select::ClientNetwork> {
+        client_ip
+            .filter(|ip| measurable(*ip))
+            .map(|ip| select::ClientNetwork::new(ip, asn_of(ip_location)))
     }
 
     /// `GET /v1/entry-servers?location=`.
@@ -479,14 +496,15 @@ impl Director {
         limit: usize,
         client_ip: Option<IpAddr>,
     ) -> Result<RankedList, FieldError> {
-        let (locations, _) = self.locations(location, client_ip)?;
+        let (locations, ip_location) = self.locations(location, client_ip)?;
+        let net = Self::network_of(client_ip, ip_location.as_ref());
         let (kind, from) = self.basis(&locations);
         let snap = self.snapshot();
         let entry_servers = self
-            .rank(&from, protocol, bitrate_kbps, limit)
+            .rank(&from, protocol, bitrate_kbps, limit, net.as_ref())
             .into_iter()
             .enumerate()
-            .map(|(i, (s, e))| {
+            .map(|(i, (s, e, src))| {
                 let urls = snap
                     .urls
                     .get(&s.id)
@@ -500,7 +518,7 @@ impl Director {
                     location: convert::point(s.location),
                     url: urls.get(protocol).map(str::to_string),
                     urls,
-                    estimate: convert::estimate(&e),
+                    estimate: convert::estimate_from(&e, src),
                 }
             })
             .collect();
@@ -549,7 +567,8 @@ impl Director {
         k: usize,
         samples: u32,
     ) -> Result<ProbeTargets, FieldError> {
-        let (locations, _) = self.locations(location, client_ip)?;
+        let (locations, ip_location) = self.locations(location, client_ip)?;
+        let net = Self::network_of(client_ip, ip_location.as_ref());
         let typed = locations
             .typed
             .as_ref()
@@ -568,7 +587,7 @@ impl Director {
         let snap = self.snapshot();
         let mut targets: Vec<ProbeTarget> = Vec::new();
         for (role, from) in [(Role::Primary, p_from), (Role::Backup, b_from)] {
-            for (s, _) in self.rank(&from, protocol, bitrate_kbps, k) {
+            for (s, _, _) in self.rank(&from, protocol, bitrate_kbps, k, net.as_ref()) {
                 if let Some(t) = targets.iter_mut().find(|t| t.server_id == s.id.as_str()) {
                     if !t.roles.contains(&role) {
                         t.roles.push(role);
