@@ -1348,7 +1348,15 @@ async fn hls_playlist(
         Ok(s) => s,
         Err(r) => return with_cors(r),
     };
-    ensure_head(&node, &stream).await;
+    // Chunks that are not FLV tags: MPEG-TS? (Looked up once; nothing to look up before the
+    // first chunk or for an RTMP stream.)
+    let undecided = {
+        let h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
+        h.is_not_flv() && h.ts_origin.is_none() && !h.neither
+    };
+    if undecided {
+        ensure_head(&node, &stream).await;
+    }
     if !stream
         .flv
         .lock()
