@@ -275,11 +275,16 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
                         }
                         p
                     });
+                    let dropped_before = p.dropped;
                     match &mut input {
                         Some(Input::Ts(d)) => {
+                            let before = ts_errors(&d.stats());
                             for t in d.push(chunk.seq, &chunk.payload) {
                                 p.push_tag(t.seq, t.dts_us, t.kind, &t.body);
                             }
+                            node.metrics
+                                .hls_ts_errors
+                                .fetch_add(ts_errors(&d.stats()).saturating_sub(before), Ordering::Relaxed);
                         }
                         _ => {
                             if let Some(tag) = crate::flv::parse(&chunk.payload) {
@@ -288,6 +293,9 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
                             }
                         }
                     }
+                    node.metrics
+                        .hls_dropped_tags
+                        .fetch_add(p.dropped.saturating_sub(dropped_before), Ordering::Relaxed);
                     let edge = cursor.as_ref().map_or(0, |c| {
                         let s = c.stream();
                         s.edge().next_seq.max(s.catch_up_to.load(Ordering::Relaxed))
@@ -331,6 +339,11 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
             }
         }
     }
+}
+
+/// The damage an MPEG-TS demuxer has met so far (for `firstmile_entry_hls_ts_errors_total`).
+fn ts_errors(s: &hls::TsStats) -> u64 {
+    s.resyncs + s.bad_packets + s.cc_errors + s.pes_dropped + s.psi_errors
 }
 
 /// What a broadcast's chunks are, for its packager.

@@ -757,7 +757,10 @@ async fn healthz() -> &'static str {
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
+async fn metrics(
+    State(node): State<Arc<Node>>,
+    axum::Extension(hls): axum::Extension<Arc<crate::hls::Hls>>,
+) -> Response {
     let m = &node.metrics;
     let g = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     let (ingest, relay) = node.hub.counts();
@@ -782,7 +785,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
          # TYPE firstmile_entry_log_bytes gauge\nfirstmile_entry_log_bytes {}\n\
          # TYPE firstmile_entry_broadcasts_on_disk gauge\nfirstmile_entry_broadcasts_on_disk {}\n\
          # TYPE firstmile_entry_retention_deleted_total counter\nfirstmile_entry_retention_deleted_total {}\n\
-         # TYPE firstmile_entry_retention_deleted_bytes_total counter\nfirstmile_entry_retention_deleted_bytes_total {}\n{}",
+         # TYPE firstmile_entry_retention_deleted_bytes_total counter\nfirstmile_entry_retention_deleted_bytes_total {}\n\
+         # TYPE firstmile_entry_hls_packagers gauge\nfirstmile_entry_hls_packagers {}\n\
+         # TYPE firstmile_entry_hls_dropped_tags_total counter\nfirstmile_entry_hls_dropped_tags_total {}\n\
+         # TYPE firstmile_entry_hls_ts_errors_total counter\nfirstmile_entry_hls_ts_errors_total {}\n{}",
         g(&m.sessions),
         ingest,
         relay,
@@ -805,6 +811,9 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         g(&m.broadcasts_on_disk),
         g(&m.retention_deleted),
         g(&m.retention_deleted_bytes),
+        hls.len(),
+        g(&m.hls_dropped_tags),
+        g(&m.hls_ts_errors),
         m.listeners.prometheus_text(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()

@@ -466,6 +466,10 @@ pub struct Metrics {
     /// Broadcasts retention deleted, and their bytes.
     pub retention_deleted: AtomicU64,
     pub retention_deleted_bytes: AtomicU64,
+    /// HLS: tags the packagers could not use (malformed bodies), and damage the MPEG-TS
+    /// demuxers met (lost sync, bad packets, continuity gaps, dropped PES, bad PSI sections).
+    pub hls_dropped_tags: AtomicU64,
+    pub hls_ts_errors: AtomicU64,
     /// Counters of the listeners, kept by their gates.
     pub listeners: ListenerStats,
 }

@@ -228,6 +228,7 @@ async fn mpeg_ts_pushed_over_http_plays_as_hls_from_ingest_and_relay_nodes() {
     assert_eq!(r.status(), 200);
     let a: Value = r.json().await.unwrap();
     let broadcast = a["broadcast"].as_str().unwrap().to_string();
+    let a0_primary = a["primary"]["server_id"].clone();
     for role in ["primary", "backup"] {
         let (id, tok) = (
             a[role]["server_id"].as_str().unwrap(),
@@ -300,6 +301,42 @@ async fn mpeg_ts_pushed_over_http_plays_as_hls_from_ingest_and_relay_nodes() {
         get(seg(relay)).await.unwrap().bytes().await.unwrap(),
     );
     assert!(!x.is_empty() && x == y, "segment 1 differs between nodes");
+    // What an operator watches: a packager on each node, and clean input.
+    for node in [ingest, relay] {
+        assert_eq!(metric(node, "firstmile_entry_hls_packagers").await, 1);
+        assert_eq!(metric(node, "firstmile_entry_hls_ts_errors_total").await, 0);
+        assert_eq!(
+            metric(node, "firstmile_entry_hls_dropped_tags_total").await,
+            0
+        );
+    }
+    // The same TS with packets lost on the way: still HLS, and the damage is counted.
+    let mut bad = bytes.clone();
+    bad.drain(188 * 300..188 * 303);
+    let r = http_client()
+        .post(format!("{}/v1/assignments", d.url))
+        .json(&json!({"stream": "hls-ts-bad", "location": "Paris, FR", "protocol": "http"}))
+        .send()
+        .await
+        .unwrap();
+    let a: Value = r.json().await.unwrap();
+    let tok = a["primary"]["token"].as_str().unwrap();
+    let b = a["broadcast"].as_str().unwrap();
+    assert_eq!(a["primary"]["server_id"], a0_primary, "{a}");
+    let r = http_client()
+        .post(format!(
+            "http://{ingest}/v1/streams/hls-ts-bad/push?token={tok}"
+        ))
+        .body(bad)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let url = format!("http://{ingest}/hls/hls-ts-bad/classic.m3u8?broadcast={b}");
+    let (status, _, text) = get_text(&url).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(probe_counts(&url)["video"] > 100);
+    assert!(metric(ingest, "firstmile_entry_hls_ts_errors_total").await >= 1);
 }
 
 /// A relay node asked for a live stream's LL-HLS playlist for the first time (no relay, no
