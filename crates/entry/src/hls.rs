@@ -240,6 +240,7 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
     // What the chunks are: FLV tags (RTMP), or MPEG-TS bytes (demuxed into the same tags);
     // decided at the first chunk.
     let mut input: Option<Input> = None;
+    let mut next_try = tokio::time::Instant::now();
     loop {
         let next = async {
             match cursor.as_mut() {
@@ -250,14 +251,17 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
         tokio::select! {
             r = next => match r {
                 Some(Ok(chunk)) => {
+                    if input.is_none() && tokio::time::Instant::now() >= next_try {
+                        input = match (crate::flv::parse(&chunk.payload), cursor.as_ref()) {
+                            (Some(_), _) | (None, None) => Some(Input::Flv),
+                            (None, Some(c)) => ts_input(&node, c.stream()).await,
+                        };
+                        // Not FLV and no TS origin yet (an upstream that did not answer): ask
+                        // again in a second; the chunks until then are not packaged.
+                        next_try = tokio::time::Instant::now() + Duration::from_secs(1);
+                    }
                     if input.is_none() {
-                        input = Some(match crate::flv::parse(&chunk.payload) {
-                            Some(_) => Input::Flv,
-                            None => match cursor.as_ref() {
-                                Some(c) => ts_input(&node, c.stream()).await,
-                                None => Input::Flv,
-                            },
-                        });
+                        continue;
                     }
                     let mut g = lock(&m.packager);
                     let p = g.get_or_insert_with(|| {
@@ -357,16 +361,14 @@ enum Input {
 /// A broadcast whose first chunk is not an FLV tag: MPEG-TS if its head (from the log's first
 /// chunks, or from an ingest server) gives a TS origin; else nothing to package (FLV rules:
 /// tags that do not parse are skipped).
-async fn ts_input(node: &Arc<Node>, stream: &Arc<Stream>) -> Input {
+async fn ts_input(node: &Arc<Node>, stream: &Arc<Stream>) -> Option<Input> {
     crate::http::ensure_head(node, stream).await;
-    let origin = stream
-        .flv
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .ts_origin;
-    match origin {
-        Some(o) => Input::Ts(Box::new(hls::TsDemuxer::with_origin(o))),
-        None => Input::Flv,
+    let h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
+    match (h.ts_origin, h.neither) {
+        (Some(o), _) => Some(Input::Ts(Box::new(hls::TsDemuxer::with_origin(o)))),
+        // Neither FLV nor MPEG-TS: the FLV path skips what does not parse.
+        (None, true) => Some(Input::Flv),
+        (None, false) => None,
     }
 }
 
