@@ -315,6 +315,53 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU share and ingest rate between heartbeats. A window shorter than [`LoadMeter::MIN_WINDOW`]
+/// (the first heartbeat right after registering, a few ms after start-up work on every thread)
+/// says nothing: the last figures are reported again and the window goes on. Before, a fresh
+/// server's first heartbeat could say 97 % CPU (its start-up over 30 ms), and the director kept
+/// devices off it for a heartbeat interval.
+#[derive(Debug, Clone)]
+pub struct LoadMeter {
+    at: tokio::time::Instant,
+    cpu_s: f64,
+    bytes: u64,
+    cores: f64,
+    last: (f64, f64),
+}
+
+impl LoadMeter {
+    pub const MIN_WINDOW: Duration = Duration::from_millis(500);
+
+    pub fn new(at: tokio::time::Instant, cpu_s: f64, bytes: u64, cores: f64) -> Self {
+        Self {
+            at,
+            cpu_s,
+            bytes,
+            cores: cores.max(1.0),
+            last: (0.0, 0.0),
+        }
+    }
+
+    /// (CPU share of the machine's cores in 0..=1, ingest Mbit/s) since the window began.
+    pub fn sample(&mut self, now: tokio::time::Instant, cpu_s: f64, bytes: u64) -> (f64, f64) {
+        let window = now.saturating_duration_since(self.at);
+        if window < Self::MIN_WINDOW {
+            return self.last;
+        }
+        let secs = window.as_secs_f64();
+        let cpu = ((cpu_s - self.cpu_s) / secs / self.cores).clamp(0.0, 1.0);
+        let mbps = bytes.saturating_sub(self.bytes) as f64 * 8.0 / secs / 1e6;
+        *self = Self {
+            at: now,
+            cpu_s,
+            bytes,
+            cores: self.cores,
+            last: (cpu, mbps),
+        };
+        self.last
+    }
+}
+
 /// Register and heartbeat until `stop` fires (then one last heartbeat in the current state).
 pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
     if node.cfg.director.is_none() {
@@ -324,10 +371,11 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
     let mut registered = false;
     let mut backoff = Duration::from_millis(100);
     let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-    let mut last = (
+    let mut meter = LoadMeter::new(
         tokio::time::Instant::now(),
         cpu_seconds().unwrap_or(0.0),
-        0u64,
+        0,
+        cores,
     );
     loop {
         if !registered {
@@ -345,22 +393,18 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
             }
         }
         if registered {
-            let now = tokio::time::Instant::now();
-            let secs = now.duration_since(last.0).as_secs_f64().max(1e-3);
-            let cpu_now = cpu_seconds().unwrap_or(last.1);
             let bytes: u64 = node
                 .hub
                 .ingested()
                 .iter()
                 .map(|s| s.bytes_in.load(Ordering::Relaxed))
                 .sum();
-            let cpu = if node.cfg.report_cpu {
-                ((cpu_now - last.1) / secs / cores).clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
-            let mbps = bytes.saturating_sub(last.2) as f64 * 8.0 / secs / 1e6;
-            last = (now, cpu_now, bytes);
+            let (cpu, mbps) = meter.sample(
+                tokio::time::Instant::now(),
+                cpu_seconds().unwrap_or(meter.cpu_s),
+                bytes,
+            );
+            let cpu = if node.cfg.report_cpu { cpu } else { 0.0 };
             match heartbeat(&node, cpu, mbps).await {
                 Ok(Beat::Ok) => {}
                 Ok(Beat::Unknown) => {
@@ -381,5 +425,34 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_window_repeats_the_last_figures_and_goes_on() {
+        let t0 = tokio::time::Instant::now();
+        let mut m = LoadMeter::new(t0, 10.0, 0, 2.0);
+        // 30 ms after start: 0.058 s of CPU on two cores would read 97 %. Not a measurement.
+        assert_eq!(
+            m.sample(t0 + Duration::from_millis(30), 10.058, 0),
+            (0.0, 0.0)
+        );
+        // One second in: the whole window counts (0.5 s of CPU over 1 s on 2 cores = 25 %;
+        // 1 MB = 8 Mbit/s).
+        let (cpu, mbps) = m.sample(t0 + Duration::from_secs(1), 10.5, 1_000_000);
+        assert!((cpu - 0.25).abs() < 1e-9, "{cpu}");
+        assert!((mbps - 8.0).abs() < 1e-9, "{mbps}");
+        // A short window again: the figures of the last one.
+        assert_eq!(
+            m.sample(t0 + Duration::from_millis(1100), 10.9, 2_000_000),
+            (cpu, mbps)
+        );
+        // Counters that went backwards (a restart of the accounting) never give negatives.
+        let (cpu, mbps) = m.sample(t0 + Duration::from_secs(3), 1.0, 0);
+        assert_eq!((cpu, mbps), (0.0, 0.0));
     }
 }
