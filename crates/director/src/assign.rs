@@ -456,10 +456,11 @@ impl Director {
         let snap = self.snapshot();
         let learned = self.corrections();
         let now = self.unix_now();
-        let history = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+        // The history's lock only for a caller with a network to look up.
+        let history = net.map(|_| self.inner.history.lock().unwrap_or_else(|p| p.into_inner()));
         let evidence = select::Evidence {
             learned: Some(&learned),
-            history: net.map(|n| history.view(n)),
+            history: net.zip(history.as_ref()).map(|(n, h)| h.view(n)),
             probes: None,
         };
         select::rank_with(

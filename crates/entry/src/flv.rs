@@ -154,6 +154,9 @@ pub struct Head {
     /// Its first chunks were looked at and are neither FLV nor MPEG-TS (a native stream of other
     /// bytes): not looked up again on every request.
     pub neither: bool,
+    /// [`crate::hub::mono_ms`] before which an undecided head is not looked up again (a lookup
+    /// reads the log or asks an upstream; viewers' requests must not repeat it at will).
+    pub retry_at_ms: u64,
 }
 
 impl Head {
@@ -192,21 +195,25 @@ impl Head {
         !self.is_not_flv() || self.ts_origin.is_some()
     }
 
-    /// The origin of an MPEG-TS broadcast read from its first chunks held (from sequence 0, or
-    /// the oldest a long broadcast's log still holds: its timeline then starts there), if they
-    /// are MPEG-TS.
-    pub fn ts_origin_of(first: &[crate::hub::Chunk]) -> Option<u64> {
-        if !first.iter().any(|c| hls::looks_like_ts(&c.payload)) {
-            return None;
-        }
+    /// What the first chunks held of a broadcast (from sequence 0, or the oldest a long
+    /// broadcast's log still holds: its timeline then starts there) say about MPEG-TS: its
+    /// origin if they carry a PES timestamp; and whether they are surely not MPEG-TS (no three
+    /// sync bytes 188 apart anywhere in them, and enough of them read: `complete`, or 32 KiB).
+    pub fn ts_of(first: &[crate::hub::Chunk], complete: bool) -> (Option<u64>, bool) {
         let mut d = hls::TsDemuxer::new();
+        let mut joined = Vec::new();
         for c in first {
+            if joined.len() < 64 * 1024 {
+                joined.extend_from_slice(&c.payload);
+            }
             d.push(c.seq, &c.payload);
             if d.origin().is_some() {
-                break;
+                return (d.origin(), false);
             }
         }
-        d.origin()
+        let synced = (0..hls::ts::PACKET.min(joined.len()))
+            .any(|o| (0..3).all(|k| joined.get(o + k * hls::ts::PACKET) == Some(&0x47)));
+        (None, !synced && (complete || joined.len() >= 32 * 1024))
     }
 
     /// True when it holds nothing a player needs up front yet.

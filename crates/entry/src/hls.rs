@@ -241,8 +241,17 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
     // decided at the first chunk.
     let mut input: Option<Input> = None;
     let mut next_try = tokio::time::Instant::now();
+    // A chunk that came before its broadcast's kind was known, to try again at `next_try`.
+    let mut pending: Option<crate::hub::Chunk> = None;
+    // MPEG-TS from the broadcast's first chunk: its first tag tells the packager it saw the
+    // start (sequence 0), even when that chunk held only PAT/PMT and the first PES began later.
+    let mut ts_start: Option<bool> = None;
     loop {
         let next = async {
+            if let Some(c) = pending.take() {
+                tokio::time::sleep_until(next_try).await;
+                return Some(Ok(c));
+            }
             match cursor.as_mut() {
                 Some(c) => Some(c.next().await),
                 None => std::future::pending().await,
@@ -251,18 +260,36 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
         tokio::select! {
             r = next => match r {
                 Some(Ok(chunk)) => {
-                    if input.is_none() && tokio::time::Instant::now() >= next_try {
+                    if input.is_none() {
                         input = match (crate::flv::parse(&chunk.payload), cursor.as_ref()) {
                             (Some(_), _) | (None, None) => Some(Input::Flv),
                             (None, Some(c)) => ts_input(&node, c.stream()).await,
                         };
-                        // Not FLV and no TS origin yet (an upstream that did not answer): ask
-                        // again in a second; the chunks until then are not packaged.
-                        next_try = tokio::time::Instant::now() + Duration::from_secs(1);
                     }
                     if input.is_none() {
+                        // Not FLV, and not known yet to be MPEG-TS or not (only its first
+                        // packets, an upstream that did not answer): this chunk again in a second.
+                        next_try = tokio::time::Instant::now() + Duration::from_secs(1);
+                        pending = Some(chunk);
                         continue;
                     }
+                    // Demuxed before the packager's lock: playlist requests wait on that lock.
+                    let ts_tags = match &mut input {
+                        Some(Input::Ts(d)) => {
+                            let before = ts_errors(&d.stats());
+                            let mut tags = d.push(chunk.seq, &chunk.payload);
+                            let from_start = *ts_start.get_or_insert(chunk.seq == 0);
+                            if from_start && let Some(first) = tags.first_mut() {
+                                first.seq = 0;
+                                ts_start = Some(false);
+                            }
+                            node.metrics
+                                .hls_ts_errors
+                                .fetch_add(ts_errors(&d.stats()).saturating_sub(before), Ordering::Relaxed);
+                            Some(tags)
+                        }
+                        _ => None,
+                    };
                     let mut g = lock(&m.packager);
                     let p = g.get_or_insert_with(|| {
                         let s = cursor.as_ref().map(|c| c.stream().clone());
@@ -280,17 +307,13 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
                         p
                     });
                     let dropped_before = p.dropped;
-                    match &mut input {
-                        Some(Input::Ts(d)) => {
-                            let before = ts_errors(&d.stats());
-                            for t in d.push(chunk.seq, &chunk.payload) {
+                    match ts_tags {
+                        Some(tags) => {
+                            for t in tags {
                                 p.push_tag(t.seq, t.dts_us, t.kind, &t.body);
                             }
-                            node.metrics
-                                .hls_ts_errors
-                                .fetch_add(ts_errors(&d.stats()).saturating_sub(before), Ordering::Relaxed);
                         }
-                        _ => {
+                        None => {
                             if let Some(tag) = crate::flv::parse(&chunk.payload) {
                                 let body = chunk.payload.slice_ref(tag.data);
                                 p.push_tag(chunk.seq, chunk.pts, tag.kind, &body);
@@ -362,7 +385,7 @@ enum Input {
 /// chunks, or from an ingest server) gives a TS origin; else nothing to package (FLV rules:
 /// tags that do not parse are skipped).
 async fn ts_input(node: &Arc<Node>, stream: &Arc<Stream>) -> Option<Input> {
-    crate::http::ensure_head(node, stream).await;
+    crate::http::ensure_head_with(node, stream, false).await;
     let h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
     match (h.ts_origin, h.neither) {
         (Some(o), _) => Some(Input::Ts(Box::new(hls::TsDemuxer::with_origin(o)))),

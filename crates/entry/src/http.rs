@@ -855,17 +855,25 @@ async fn flv_head(
         Err(r) => return r,
     };
     ensure_head(&node, &stream).await;
-    let (b, ts_origin) = {
+    let (b, ts_origin, neither) = {
         let h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
-        (h.tags_bytes(), h.ts_origin)
+        (h.tags_bytes(), h.ts_origin, h.neither)
     };
     let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response();
     if let Some(o) = ts_origin {
         r.headers_mut()
             .insert(TS_ORIGIN_HEADER, HeaderValue::from(o));
     }
+    if neither {
+        r.headers_mut()
+            .insert(NOT_MEDIA_HEADER, HeaderValue::from_static("1"));
+    }
     r
 }
+
+/// On `flv-head` answers for a broadcast whose first chunks are neither FLV nor MPEG-TS (so a
+/// relay stops asking): `1`.
+pub const NOT_MEDIA_HEADER: &str = "x-firstmile-not-media";
 
 /// On `flv-head` answers for an MPEG-TS broadcast: the origin of its decode times (90 kHz), so
 /// a relay packages it for HLS on the same timeline as its ingest servers.
@@ -874,30 +882,41 @@ pub const TS_ORIGIN_HEADER: &str = "x-firstmile-ts-origin";
 /// Fill an empty FLV head: from the log's first chunks (a broadcast recovered after a restart),
 /// or from an upstream (a relay that started mid-broadcast).
 pub async fn ensure_head(node: &Arc<Node>, stream: &Arc<Stream>) {
+    ensure_head_with(node, stream, true).await
+}
+
+/// [`ensure_head`]; `gated`: at most one lookup a second per broadcast (requests from viewers);
+/// a broadcast's HLS feed, a single task that paces itself, looks up when it needs to.
+pub async fn ensure_head_with(node: &Arc<Node>, stream: &Arc<Stream>, gated: bool) {
     {
-        let h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
         if !h.is_empty() || h.ts_origin.is_some() || h.neither {
             return;
         }
+        let now = crate::hub::mono_ms();
+        if gated && now < h.retry_at_ms {
+            return;
+        }
+        h.retry_at_ms = now.saturating_add(1000);
     }
     if stream.is_ingest() {
         let s = stream.clone();
         let (first, ts_origin, neither) = tokio::task::spawn_blocking(move || {
             let mut h = crate::flv::Head::default();
-            let mut ts_origin = None;
+            let (mut ts_origin, mut neither) = (None, false);
             if let Ok(chunks) = s.read(s.first_seq(), 64 * 1024) {
                 for c in chunks.iter().take(8) {
                     h.observe(&c.payload);
                 }
-                if h.tags == 0 {
-                    ts_origin = crate::flv::Head::ts_origin_of(&chunks);
+                if h.tags == 0 && !chunks.is_empty() {
+                    let complete = s
+                        .edge()
+                        .ended
+                        .is_some_and(|f| chunks.last().is_some_and(|c| c.seq >= f));
+                    (ts_origin, neither) = crate::flv::Head::ts_of(&chunks, complete);
                 }
             }
-            (
-                h.tags_bytes(),
-                ts_origin,
-                h.is_not_flv() && ts_origin.is_none(),
-            )
+            (h.tags_bytes(), ts_origin, neither)
         })
         .await
         .unwrap_or_default();
@@ -1366,12 +1385,16 @@ async fn hls_playlist(
     if undecided {
         ensure_head(&node, &stream).await;
     }
-    if !stream
-        .flv
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .packageable()
-    {
+    let (packageable, neither) = {
+        let h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
+        (h.packageable(), h.neither)
+    };
+    if !packageable && !neither {
+        // Not FLV, and not known yet to be MPEG-TS or not (only its first packets so far, or an
+        // upstream that did not answer): like a stream that is not live yet.
+        return with_cors(not_live(&id));
+    }
+    if !packageable {
         return hls_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "not_flv",

@@ -564,6 +564,8 @@ pub fn release_idle(node: &Node) -> usize {
     let mut unreported: Vec<(u64, &Arc<hub::Stream>)> = ingested
         .iter()
         .filter(|s| s.edge().ended.is_some() && !s.end_reported.load(Ordering::SeqCst))
+        // Only what a heartbeat would report: broadcasts opened from disk again have no role.
+        .filter(|s| s.role.lock().unwrap_or_else(|e| e.into_inner()).is_some())
         .map(|s| (s.active_ms.load(Ordering::Relaxed), s))
         .collect();
     let overflow: std::collections::HashSet<*const hub::Stream> =

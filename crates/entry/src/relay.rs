@@ -235,6 +235,10 @@ pub async fn fetch_flv_head(node: &Arc<Node>, stream: &Arc<Stream>) {
             .headers()
             .get(crate::http::TS_ORIGIN_HEADER)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let not_media = resp
+            .headers()
+            .get(crate::http::NOT_MEDIA_HEADER)
+            .is_some_and(|v| v == "1");
         if let Ok(b) = resp.bytes().await {
             let mut h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
             if !b.is_empty() || ts_origin.is_some() {
@@ -242,8 +246,8 @@ pub async fn fetch_flv_head(node: &Arc<Node>, stream: &Arc<Stream>) {
                 h.ts_origin = h.ts_origin.or(ts_origin);
                 return;
             }
-            // The upstream holds the start and found neither FLV nor MPEG-TS in it.
-            if h.is_not_flv() {
+            // The upstream holds the start and says it is neither FLV nor MPEG-TS.
+            if not_media {
                 h.neither = true;
                 return;
             }

@@ -43,7 +43,8 @@
 //! mid-broadcast decides its first segment as soon as one track reaches it. So:
 //!
 //! - at the start, tags are held back until every stream the program announces has its
-//!   configuration (at most [`MAX_HELD`] tags; past that the missing stream is taken as
+//!   configuration (at most [`MAX_HELD`] tags, [`MAX_HELD_BYTES`] bytes or
+//!   [`MAX_START_WAIT_US`] of decode time; past that the missing stream is taken as
 //!   absent), then each track's first configuration goes out before any frame;
 //! - then the two tracks are merged by decode time: a tag goes out once the other track has a
 //!   later one, or once the other track has been silent while this one went on for
@@ -77,6 +78,12 @@ const SYNC: u8 = 0x47;
 pub const MAX_PES: usize = 8 << 20;
 /// Tags held back at the start waiting for every stream's configuration, at most.
 pub const MAX_HELD: usize = 2048;
+/// Bytes of tags held back (at the start, or waiting for a silent track), at most: past it the
+/// missing stream is taken as absent, so a demuxer's memory is bounded whatever comes.
+pub const MAX_HELD_BYTES: usize = 32 << 20;
+/// How much decode time the start may hold back waiting for every stream's configuration (a
+/// video stream joined mid-GOP configures at its next keyframe).
+pub const MAX_START_WAIT_US: i64 = 10_000_000;
 /// How far (in its own decode time; or [`MAX_HELD`] tags) one track goes on while the other is
 /// silent before the other is no longer waited for.
 pub const MAX_WAIT_US: i64 = 1_000_000;
@@ -198,6 +205,8 @@ pub struct TsDemuxer {
     avc_record: Option<Bytes>,
     /// Tags waiting to be merged in decode order: video, audio.
     queues: [VecDeque<TsTag>; 2],
+    /// Bytes of the tags in `queues`.
+    queued_bytes: usize,
     /// Every announced stream was configured, or waiting for that gave up: tags flow.
     flowing: bool,
     /// A track not waited for: silent while the other went on for [`MAX_WAIT_US`].
@@ -673,6 +682,7 @@ impl TsDemuxer {
 
     fn emit(&mut self, t: TsTag) {
         let i = usize::from(t.kind == AUDIO);
+        self.queued_bytes += t.body.len();
         self.queues[i].push_back(t);
         self.stalled[i] = false;
         self.drain(false);
@@ -685,8 +695,16 @@ impl TsDemuxer {
             let configured = (self.video.pid.is_none() || self.avc_record.is_some())
                 && (self.audio.pid.is_none() || self.audio_state.config.is_some());
             let held = self.queues[0].len() + self.queues[1].len();
-            // Past the bound, a stream that never configured is taken as absent.
-            if !(configured || all || held > MAX_HELD) {
+            let span = self
+                .queues
+                .iter()
+                .filter_map(|q| Some(q.back()?.dts_us.saturating_sub(q.front()?.dts_us)))
+                .max()
+                .unwrap_or(0);
+            // Past a bound, a stream that never configured is taken as absent.
+            let too_much =
+                held > MAX_HELD || self.queued_bytes > MAX_HELD_BYTES || span > MAX_START_WAIT_US;
+            if !(configured || all || too_much) {
                 return;
             }
             self.flowing = true;
@@ -695,6 +713,7 @@ impl TsDemuxer {
                 if let Some(i) = q.iter().position(|t| t.body.get(1) == Some(&0))
                     && let Some(t) = q.remove(i)
                 {
+                    self.queued_bytes = self.queued_bytes.saturating_sub(t.body.len());
                     self.out.push(t);
                 }
             }
@@ -716,7 +735,10 @@ impl TsDemuxer {
                         .back()
                         .zip(q.front())
                         .map_or(0, |(b, f)| b.dts_us - f.dts_us);
-                    if span > MAX_WAIT_US || q.len() > MAX_HELD {
+                    if span > MAX_WAIT_US
+                        || q.len() > MAX_HELD
+                        || self.queued_bytes > MAX_HELD_BYTES
+                    {
                         // The other track is silent: stop waiting for it until it comes back.
                         self.stalled[other] = true;
                     }
@@ -727,6 +749,7 @@ impl TsDemuxer {
                 }
             };
             if let Some(t) = self.queues[pick].pop_front() {
+                self.queued_bytes = self.queued_bytes.saturating_sub(t.body.len());
                 self.out.push(t);
             }
         }

@@ -404,12 +404,13 @@ async fn a_stream_of_other_bytes_gets_415_for_hls() {
     assert_eq!(r.status(), 200);
     let a: Value = r.json().await.unwrap();
     let (id, addr, tok) = pick(&a, "primary");
+    // 70 KB: enough to be sure it is not MPEG-TS either (no sync bytes 188 apart).
     let chunks: Arc<Vec<Bytes>> = Arc::new(
-        (0..20)
+        (0..120)
             .map(|i| Bytes::from(format!("not a media file, chunk {i:03}").repeat(20)))
             .collect(),
     );
-    push(addr, stream.into(), Role::Primary, tok, chunks, 20, false)
+    push(addr, stream.into(), Role::Primary, tok, chunks, 120, false)
         .await
         .unwrap();
     let ingest = servers.iter().find(|s| s.cfg.id == id).unwrap().http;
@@ -426,4 +427,69 @@ async fn a_stream_of_other_bytes_gets_415_for_hls() {
         assert_eq!(v["code"], "not_flv", "{v}");
         assert!(v["error"].as_str().unwrap().contains("MPEG-TS"), "{v}");
     }
+}
+
+/// An MPEG-TS broadcast whose first chunk holds only its first packets (SDT, PAT, PMT: no
+/// timestamp yet): its playlist is "not live yet" (503, Retry-After), not refused for good; once
+/// the rest comes it plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ts_broadcast_seen_before_its_first_timestamp_plays_once_it_comes() {
+    need_ffmpeg();
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_servers(&d, dir.path()).await;
+    let ts = run(Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
+        .args([
+            "-t", "4", "-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p",
+        ])
+        .args(["-f", "mpegts", "-"]))
+    .stdout;
+    let mut chunks = vec![Bytes::copy_from_slice(&ts[..188 * 3])];
+    chunks.extend(ts[188 * 3..].chunks(188 * 40).map(Bytes::copy_from_slice));
+    let n = chunks.len();
+    let chunks = Arc::new(chunks);
+    let stream = "ts-late";
+    let r = http_client()
+        .post(format!("{}/v1/assignments", d.url))
+        .json(&json!({"stream": stream, "location": "Paris, FR"}))
+        .send()
+        .await
+        .unwrap();
+    let a: Value = r.json().await.unwrap();
+    let (id, addr, tok) = pick(&a, "primary");
+    let http = servers.iter().find(|s| s.cfg.id == id).unwrap().http;
+    push(
+        addr.clone(),
+        stream.into(),
+        Role::Primary,
+        tok.clone(),
+        chunks.clone(),
+        1,
+        false,
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{http}/hls/{stream}/classic.m3u8");
+    let (status, h, body) = get_text(&url).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(h["retry-after"], "2");
+    push(addr, stream.into(), Role::Primary, tok, chunks, n, false)
+        .await
+        .unwrap();
+    // The next lookup is at most a second later.
+    let mut last = String::new();
+    for _ in 0..40 {
+        let (status, _, body) = get_text(&url).await;
+        if status == 200 && body.contains("#EXTINF:") {
+            return;
+        }
+        last = format!("{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, _, ll) = get_text(&format!("http://{http}/hls/{stream}/index.m3u8")).await;
+    let m = get_text(&format!("http://{http}/metrics")).await.2;
+    let m: Vec<&str> = m.lines().filter(|l| l.contains("hls")).collect();
+    panic!("never played: {last}\nLL: {ll}\n{m:?}");
 }
