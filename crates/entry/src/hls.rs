@@ -277,6 +277,10 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
                     let ts_tags = match &mut input {
                         Some(Input::Ts(d)) => {
                             let before = ts_errors(&d.stats());
+                            if ts_start.is_none() {
+                                // Which 26.5 h period the first timestamps are in (a late start).
+                                d.time_hint(chunk.pts);
+                            }
                             let mut tags = d.push(chunk.seq, &chunk.payload);
                             let from_start = *ts_start.get_or_insert(chunk.seq == 0);
                             if from_start && let Some(first) = tags.first_mut() {

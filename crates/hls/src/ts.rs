@@ -212,6 +212,9 @@ pub struct TsDemuxer {
     /// A track not waited for: silent while the other went on for [`MAX_WAIT_US`].
     stalled: [bool; 2],
     origin: Option<u64>,
+    /// Roughly how far into the broadcast the first bytes fed are (90 kHz ticks from the origin):
+    /// picks the 2³³-tick period of each track's first timestamp (see [`TsDemuxer::time_hint`]).
+    hint: Option<i64>,
     out: Vec<TsTag>,
     stats: TsStats,
 }
@@ -234,6 +237,16 @@ impl TsDemuxer {
     /// The origin of the decode times (90 kHz), once known.
     pub fn origin(&self) -> Option<u64> {
         self.origin
+    }
+
+    /// Say roughly how far into the broadcast (µs from its start) the next bytes are, before
+    /// they are pushed. 33-bit timestamps repeat every 2³³ ticks (26.5 h): a node that starts
+    /// reading a broadcast later than that cannot tell from them alone which period it is in;
+    /// each track's first timestamp is then put in the period nearest this hint (any clock that
+    /// every node shares to within 13 h will do: the chunks' pts), so every node computes the
+    /// same timeline however late it starts. Without a hint the first period is assumed.
+    pub fn time_hint(&mut self, us: i64) {
+        self.hint = Some(us.saturating_mul(9) / 100);
     }
 
     pub fn stats(&self) -> TsStats {
@@ -515,15 +528,24 @@ impl TsDemuxer {
     /// A 90 kHz timestamp of `track` → ticks from the origin, unwrapped.
     fn unwrap(&mut self, track: Track, raw: u64) -> i64 {
         let origin = *self.origin.get_or_insert(raw);
+        let hint = self.hint;
         let es = self.es(track);
         let rel = match es.last {
             Some((last_raw, last_rel)) => last_rel + signed33(raw.wrapping_sub(last_raw)),
             None => {
                 let d = (raw.wrapping_sub(origin) as i64).rem_euclid(WRAP);
-                if d >= WRAP - BEFORE_ORIGIN {
+                let d = if d >= WRAP - BEFORE_ORIGIN {
                     d - WRAP
                 } else {
                     d
+                };
+                match hint {
+                    // The period whose value is nearest the hint.
+                    Some(h) => {
+                        let k = (h.saturating_sub(d) as f64 / WRAP as f64).round() as i64;
+                        d.saturating_add(k.saturating_mul(WRAP))
+                    }
+                    None => d,
                 }
             }
         };

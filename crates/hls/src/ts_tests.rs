@@ -775,3 +775,41 @@ fn crafted_bad_pes_are_dropped_and_counted() {
     assert!(tags.is_empty());
     assert_eq!(d.stats().pes_dropped, 1);
 }
+
+/// A node that starts reading a broadcast more than 2³³ ticks (26.5 h) in cannot tell the period
+/// from the timestamps: with a time hint (the chunks' pts) it lands in the right one, so its
+/// decode times (and segment numbers) are those of a node that read it all along.
+#[test]
+fn a_time_hint_picks_the_2_33_period_of_a_late_start() {
+    let ts = fixture();
+    let (plain, d) = demux(ts, &[188 * 174]);
+    let origin = d.origin().expect("origin");
+    let late = |hint: Option<i64>| {
+        // As if 26.5 h had gone by: the same raw timestamps, one period later.
+        let mut d = TsDemuxer::with_origin(origin);
+        if let Some(h) = hint {
+            d.time_hint(h);
+        }
+        let mut tags = Vec::new();
+        for (i, c) in ts.chunks(188 * 174).enumerate() {
+            tags.extend(d.push(i as u64, c));
+        }
+        tags.extend(d.finish());
+        frames(&tags)
+    };
+    let period_us = ((1i64 << 33) * 100).div_euclid(9);
+    // 26.5 h + 3 s by the chunks' clock: the next period.
+    let hinted = late(Some(period_us + 3_000_000));
+    let (fp, fh) = (frames(&plain), hinted);
+    assert_eq!(fp.len(), fh.len());
+    for (p, h) in fp.iter().zip(&fh) {
+        assert!(
+            (h.dts_us - p.dts_us - period_us).abs() <= 1,
+            "{p:?} vs {h:?}"
+        );
+    }
+    // A hint in the first period, or none, keeps the first period.
+    for f in [late(Some(3_000_000)), late(None)] {
+        assert_eq!(f[0].dts_us, fp[0].dts_us);
+    }
+}
