@@ -201,19 +201,17 @@ impl Head {
     /// sync bytes 188 apart anywhere in them, and enough of them read: `complete`, or 32 KiB).
     pub fn ts_of(first: &[crate::hub::Chunk], complete: bool) -> (Option<u64>, bool) {
         let mut d = hls::TsDemuxer::new();
-        let mut joined = Vec::new();
+        let mut read = 0;
         for c in first {
-            if joined.len() < 64 * 1024 {
-                joined.extend_from_slice(&c.payload);
-            }
+            read += c.payload.len();
             d.push(c.seq, &c.payload);
             if d.origin().is_some() {
                 return (d.origin(), false);
             }
         }
-        let synced = (0..hls::ts::PACKET.min(joined.len()))
-            .any(|o| (0..3).all(|k| joined.get(o + k * hls::ts::PACKET) == Some(&0x47)));
-        (None, !synced && (complete || joined.len() >= 32 * 1024))
+        // The demuxer reads packets only once it has found sync.
+        let synced = d.stats().packets > 0;
+        (None, !synced && (complete || read >= 32 * 1024))
     }
 
     /// True when it holds nothing a player needs up front yet.

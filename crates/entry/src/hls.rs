@@ -243,9 +243,6 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
     let mut next_try = tokio::time::Instant::now();
     // A chunk that came before its broadcast's kind was known, to try again at `next_try`.
     let mut pending: Option<crate::hub::Chunk> = None;
-    // MPEG-TS from the broadcast's first chunk: its first tag tells the packager it saw the
-    // start (sequence 0), even when that chunk held only PAT/PMT and the first PES began later.
-    let mut ts_start: Option<bool> = None;
     loop {
         let next = async {
             if let Some(c) = pending.take() {
@@ -275,23 +272,7 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
                     }
                     // Demuxed before the packager's lock: playlist requests wait on that lock.
                     let ts_tags = match &mut input {
-                        Some(Input::Ts(d)) => {
-                            let before = ts_errors(&d.stats());
-                            if ts_start.is_none() {
-                                // Which 26.5 h period the first timestamps are in (a late start).
-                                d.time_hint(chunk.pts);
-                            }
-                            let mut tags = d.push(chunk.seq, &chunk.payload);
-                            let from_start = *ts_start.get_or_insert(chunk.seq == 0);
-                            if from_start && let Some(first) = tags.first_mut() {
-                                first.seq = 0;
-                                ts_start = Some(false);
-                            }
-                            node.metrics
-                                .hls_ts_errors
-                                .fetch_add(ts_errors(&d.stats()).saturating_sub(before), Ordering::Relaxed);
-                            Some(tags)
-                        }
+                        Some(Input::Ts(t)) => Some(t.push(&chunk, &node.metrics)),
                         _ => None,
                     };
                     let mut g = lock(&m.packager);
@@ -327,11 +308,12 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
                     node.metrics
                         .hls_dropped_tags
                         .fetch_add(p.dropped.saturating_sub(dropped_before), Ordering::Relaxed);
-                    let edge = cursor.as_ref().map_or(0, |c| {
-                        let s = c.stream();
-                        s.edge().next_seq.max(s.catch_up_to.load(Ordering::Relaxed))
-                    });
-                    let first_catch_up = !m.caught_up() && chunk.seq.saturating_add(1) >= edge;
+                    let first_catch_up = !m.caught_up()
+                        && cursor.as_ref().is_none_or(|c| {
+                            let s = c.stream();
+                            let edge = s.edge().next_seq.max(s.catch_up_to.load(Ordering::Relaxed));
+                            chunk.seq.saturating_add(1) >= edge
+                        });
                     if first_catch_up {
                         m.caught_up.store(true, Ordering::SeqCst);
                     }
@@ -345,11 +327,11 @@ async fn feed(node: Arc<Node>, hls: Arc<Hls>, m: Arc<Muxer>, stream: Arc<Stream>
                     tracing::debug!(stream = %m.stream, ?stop, "hls input ended");
                     let mut g = lock(&m.packager);
                     if let Some(p) = g.as_mut() {
-                        if let Some(Input::Ts(d)) = &mut input {
-                            for t in d.finish() {
+                        if let Some(Input::Ts(t)) = &mut input {
+                            for t in t.demux.finish() {
                                 p.push_tag(t.seq, t.dts_us, t.kind, &t.body);
                             }
-                            let st = d.stats();
+                            let st = t.demux.stats();
                             tracing::debug!(stream = %m.stream, stats = ?st, "hls: mpeg-ts input done");
                         }
                         p.finish();
@@ -382,7 +364,44 @@ enum Input {
     /// One FLV tag per chunk (RTMP ingest).
     Flv,
     /// MPEG-TS bytes in any split, demuxed on the broadcast's timeline.
-    Ts(Box<hls::TsDemuxer>),
+    Ts(Box<TsInput>),
+}
+
+/// An MPEG-TS broadcast's demuxer, and where it started reading.
+struct TsInput {
+    demux: hls::TsDemuxer,
+    /// Nothing fed yet (None); started at the broadcast's first chunk and no tag out yet (true).
+    from_start: Option<bool>,
+}
+
+impl TsInput {
+    /// The tags `chunk` completes, for the packager. Its first chunk gives the demuxer its time
+    /// hint (which 26.5 h period the timestamps are in, for a late start); from the broadcast's
+    /// first chunk, the first tag carries sequence 0 — it tells the packager it saw the start,
+    /// even when that chunk held only PAT/PMT and the first PES began later. Damage met goes to
+    /// `firstmile_entry_hls_ts_errors_total`.
+    fn push(
+        &mut self,
+        chunk: &crate::hub::Chunk,
+        metrics: &crate::node::Metrics,
+    ) -> Vec<hls::TsTag> {
+        let d = &mut self.demux;
+        let before = ts_errors(&d.stats());
+        if self.from_start.is_none() {
+            d.time_hint(chunk.pts);
+        }
+        let mut tags = d.push(chunk.seq, &chunk.payload);
+        let from_start = self.from_start.get_or_insert(chunk.seq == 0);
+        if *from_start && let Some(first) = tags.first_mut() {
+            first.seq = 0;
+            *from_start = false;
+        }
+        metrics.hls_ts_errors.fetch_add(
+            ts_errors(&d.stats()).saturating_sub(before),
+            Ordering::Relaxed,
+        );
+        tags
+    }
 }
 
 /// A broadcast whose first chunk is not an FLV tag: MPEG-TS if its head (from the log's first
@@ -392,7 +411,10 @@ async fn ts_input(node: &Arc<Node>, stream: &Arc<Stream>) -> Option<Input> {
     crate::http::ensure_head_with(node, stream, false).await;
     let h = stream.flv.lock().unwrap_or_else(|e| e.into_inner());
     match (h.ts_origin, h.neither) {
-        (Some(o), _) => Some(Input::Ts(Box::new(hls::TsDemuxer::with_origin(o)))),
+        (Some(o), _) => Some(Input::Ts(Box::new(TsInput {
+            demux: hls::TsDemuxer::with_origin(o),
+            from_start: None,
+        }))),
         // Neither FLV nor MPEG-TS: the FLV path skips what does not parse.
         (None, true) => Some(Input::Flv),
         (None, false) => None,

@@ -1478,7 +1478,7 @@ async fn hls_playlist(
         (status = 200, description = "An LL-HLS media playlist", content_type = "application/vnd.apple.mpegurl"),
         (status = 400, description = "Malformed or too-far-ahead blocking directives", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 415, description = "Not an RTMP (FLV) stream", body = ErrorBody),
+        (status = 415, description = "Neither RTMP (FLV) nor MPEG-TS", body = ErrorBody),
         (status = 503, description = "Not live yet, or a blocking reload not satisfied within three target durations (Retry-After)", body = ErrorBody),
     ))]
 async fn hls_index(

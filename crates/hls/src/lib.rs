@@ -23,7 +23,7 @@ pub mod ts;
 
 pub use packager::{Config, Lookup, Packager, Reload};
 pub use playlist::{Flavor, Resource, parse_resource, render};
-pub use ts::{TsDemuxer, TsStats, TsTag, looks_like_ts};
+pub use ts::{TsDemuxer, TsStats, TsTag};
 
 #[cfg(test)]
 mod tests;

@@ -140,17 +140,6 @@ pub struct TsStats {
     pub unsupported_stream_type: Option<u8>,
 }
 
-/// Whether `first` (a broadcast's first chunk) looks like the start of an MPEG-TS stream: at
-/// least one whole packet, and the sync byte 0x47 at 0, 188, 376 … for the first (up to) five
-/// packets present. An FLV tag starts with its type (8, 9 or 18), never 0x47.
-pub fn looks_like_ts(first: &[u8]) -> bool {
-    first.len() >= PACKET
-        && (0..5)
-            .map(|k| k * PACKET)
-            .take_while(|&o| o < first.len())
-            .all(|o| first[o] == SYNC)
-}
-
 /// A PES being reassembled.
 #[derive(Debug, Default)]
 struct Pes {
@@ -874,7 +863,7 @@ fn section_body(s: &[u8], table_id: u8) -> Option<&[u8]> {
 
 /// CRC-32/MPEG-2 (poly 0x04C11DB7, not reflected, init all ones); 0 over a section with its
 /// CRC.
-fn crc32_mpeg(data: &[u8]) -> u32 {
+pub(crate) fn crc32_mpeg(data: &[u8]) -> u32 {
     let mut crc = 0xffff_ffffu32;
     for &b in data {
         crc ^= u32::from(b) << 24;
