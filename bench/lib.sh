@@ -35,33 +35,15 @@ cpu_of() {
   echo "$t"
 }
 
-# start_nginx_rtmp — nginx with the RTMP module (1 worker) on a free port; sets RTMP_PORT.
-start_nginx_rtmp() {
-  install_missing nginx:nginx /usr/lib/nginx/modules/ngx_rtmp_module.so:libnginx-mod-rtmp
-  RTMP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  cat > "$work/nginx.conf" <<CONF
-load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-rtmp { server { listen 127.0.0.1:$RTMP_PORT; chunk_size 4096; application live { live on; record off; } } }
-CONF
-  "$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx.conf" -p "$work"
-  sleep 0.5
+# free_port — a TCP port free on 127.0.0.1 now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_nginx_hls — nginx with the RTMP module (1 worker) publishing HLS (`hls on`, 2 s fragments,
-# a 10 s playlist) and serving it over HTTP with CORS; sets RTMP_PORT and HLS_PORT
-# (playlist of stream S: http://127.0.0.1:$HLS_PORT/hls/S.m3u8).
-start_nginx_hls() {
+# run_nginx LIVE_EXTRA [HTTP_BLOCK] — nginx with the RTMP module (1 worker) listening on
+# RTMP_PORT, application `live` (`live on; record off;` and LIVE_EXTRA), plus HTTP_BLOCK.
+run_nginx() {
   install_missing nginx:nginx /usr/lib/nginx/modules/ngx_rtmp_module.so:libnginx-mod-rtmp
-  RTMP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  HLS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  # nginx's worker runs as an unprivileged user: it writes and serves the fragments.
-  mkdir -p "$work/hls"
-  chmod 755 "$work"
-  chmod 777 "$work/hls"
   cat > "$work/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
 worker_processes 1;
@@ -69,8 +51,30 @@ pid $work/nginx.pid;
 error_log $work/nginx-error.log;
 events { worker_connections 4096; }
 rtmp { server { listen 127.0.0.1:$RTMP_PORT; chunk_size 4096; application live {
-  live on; record off; hls on; hls_path $work/hls; hls_fragment 2s; hls_playlist_length 10s; } } }
-http {
+  live on; record off; $1 } } }
+${2:-}
+CONF
+  "$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx.conf" -p "$work"
+}
+
+# start_nginx_rtmp — nginx-rtmp on a free port; sets RTMP_PORT.
+start_nginx_rtmp() {
+  RTMP_PORT=$(free_port)
+  run_nginx ""
+  sleep 0.5
+}
+
+# start_nginx_hls — nginx-rtmp publishing HLS (`hls on`, 2 s fragments, a 10 s playlist) and
+# serving it over HTTP with CORS; sets RTMP_PORT and HLS_PORT (playlist of stream S:
+# http://127.0.0.1:$HLS_PORT/hls/S.m3u8).
+start_nginx_hls() {
+  RTMP_PORT=$(free_port)
+  HLS_PORT=$(free_port)
+  # nginx's worker runs as an unprivileged user: it writes and serves the fragments.
+  mkdir -p "$work/hls"
+  chmod 755 "$work"
+  chmod 777 "$work/hls"
+  run_nginx "hls on; hls_path $work/hls; hls_fragment 2s; hls_playlist_length 10s;" "http {
   access_log off;
   client_body_temp_path $work/nginx-body;
   server { listen 127.0.0.1:$HLS_PORT; location /hls/ {
@@ -79,7 +83,5 @@ http {
     add_header Cache-Control no-cache;
     add_header Access-Control-Allow-Origin *;
   } }
-}
-CONF
-  "$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx.conf" -p "$work"
+}"
 }

@@ -475,46 +475,28 @@ async fn probes_and_network_history_steer_the_picks() {
     // The ranked list and the probe targets use the network's history too: for 203.0.113.0/24,
     // Frankfurt (12 ms, learned) ranks first from "Paris", in the list and as the first probe
     // target (targets come best first); another network still gets the estimate.
-    let first = |peer: &'static str| {
+    let get_from = |peer: &'static str, path: &'static str| {
         let api = &api;
         async move {
-            let r = api
-                .req(
-                    Method::GET,
-                    "/v1/entry-servers?location=Paris&limit=3",
-                    Some(peer),
-                    &[],
-                    None,
-                )
-                .await;
+            let r = api.req(Method::GET, path, Some(peer), &[], None).await;
             assert_eq!(r.status, StatusCode::OK, "{}", r.json);
-            r.json["entry_servers"][0].clone()
+            r.json
         }
+    };
+    let first = |peer| async move {
+        get_from(peer, "/v1/entry-servers?location=Paris&limit=3").await["entry_servers"][0].clone()
     };
     let top = first("203.0.113.10").await;
     assert_eq!(top["server_id"], "fra-1", "{top}");
     assert_eq!(top["estimate"]["rtt_source"]["kind"], "learned", "{top}");
     assert_eq!(first("198.51.100.5").await["server_id"], "par-1");
-    let targets = |peer: &'static str| {
-        let api = &api;
-        async move {
-            let r = api
-                .req(
-                    Method::GET,
-                    "/v1/probe-targets?location=Paris",
-                    Some(peer),
-                    &[],
-                    None,
-                )
-                .await;
-            assert_eq!(r.status, StatusCode::OK, "{}", r.json);
-            r.json["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["server_id"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        }
+    let targets = |peer| async move {
+        get_from(peer, "/v1/probe-targets?location=Paris").await["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["server_id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
     };
     let (learned, other) = (targets("203.0.113.10").await, targets("198.51.100.5").await);
     assert_eq!(learned[0], "fra-1", "{learned:?}");

@@ -206,6 +206,27 @@ impl Drop for Up {
     }
 }
 
+impl Up {
+    /// `firstmile push` of stdin from "Paris, FR" to `stream` through this network's director,
+    /// quiet, with the stream's key when given; its stdin piped (add flags before spawning).
+    fn push(&self, stream: &str, key: Option<&str>) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_firstmile"));
+        c.args([
+            "push",
+            "--director",
+            &self.director,
+            "--location",
+            "Paris, FR",
+        ])
+        .args(["--stream", stream, "--quiet"]);
+        if let Some(k) = key {
+            c.args(["--key", k]);
+        }
+        c.stdin(Stdio::piped());
+        c
+    }
+}
+
 fn start_up(servers: u8) -> Up {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_firstmile"))
@@ -327,20 +348,9 @@ fn up_push_play_and_kill_the_primary() {
         .unwrap();
     let source = pseudo_random(3 << 20);
 
-    let mut push = Command::new(env!("CARGO_BIN_EXE_firstmile"))
-        .args([
-            "push",
-            "--director",
-            &up.director,
-            "--location",
-            "Paris, FR",
-            "--stream",
-            stream,
-            "--key",
-            &key,
-        ])
-        .args(["--quiet", "--json-summary", "-"])
-        .stdin(Stdio::piped())
+    let mut push = up
+        .push(stream, Some(&key))
+        .args(["--json-summary", "-"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -751,28 +761,29 @@ fn ffmpeg_in_a_pipe_into_push() {
         o.stdout.len(),
         source.len()
     );
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-count_frames",
-            "-show_entries",
-        ])
-        .args(["stream=codec_name,nb_read_frames", "-of", "csv=p=0"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&probe.stdout);
-    // ffprobe prints the stream once per section it appears in (program, streams).
-    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
-    assert_eq!(
-        first,
-        Some("h264,75"),
-        "ffprobe: {text} {}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
+    // The video stream's codec and frame count as ffprobe reads them (it prints the stream once
+    // per section it appears in: program, streams).
+    let video = |input: &str| {
+        let probe = Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
+            .args([
+                "-show_entries",
+                "stream=codec_name,nb_read_frames",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(input)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&probe.stdout);
+        let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+        (
+            first.map(str::to_string),
+            format!("{text} {}", String::from_utf8_lossy(&probe.stderr)),
+        )
+    };
+    let (first, said) = video(out.to_str().unwrap());
+    assert_eq!(first.as_deref(), Some("h264,75"), "ffprobe: {said}");
     // The same broadcast as HLS on that node (a relay: it packages the merged MPEG-TS).
     let info: serde_json::Value = serde_json::from_str(
         &admin_get(&up.director, &format!("/v1/streams/{stream}"), "").expect("stream info"),
@@ -780,25 +791,8 @@ fn ffmpeg_in_a_pipe_into_push() {
     .unwrap();
     let broadcast = info["broadcast"]["id"].as_str().unwrap();
     let hls = format!("{viewer_http}/hls/{stream}/classic.m3u8?broadcast={broadcast}");
-    let probe = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
-        .args([
-            "-show_entries",
-            "stream=codec_name,nb_read_frames",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&hls)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&probe.stdout);
-    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
-    assert_eq!(
-        first,
-        Some("h264,75"),
-        "ffprobe {hls}: {text} {}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
+    let (first, said) = video(&hls);
+    assert_eq!(first.as_deref(), Some("h264,75"), "ffprobe {hls}: {said}");
 }
 
 /// The hijack, from the command line: the owner pushes `live1` (its first push creates
@@ -814,24 +808,8 @@ fn a_stream_belongs_to_its_publisher_and_goes_live_again_with_its_key() {
     let first = pseudo_random(400_000);
     let second: Vec<u8> = pseudo_random(300_000).iter().map(|b| b ^ 0x5a).collect();
     let push_cmd = |key: Option<&str>| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_firstmile"));
-        c.args([
-            "push",
-            "--director",
-            &up.director,
-            "--location",
-            "Paris, FR",
-            "--stream",
-            "live1",
-            "--quiet",
-        ]);
-        if let Some(k) = key {
-            c.args(["--key", k]);
-        }
-        c.arg("-")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut c = up.push("live1", key);
+        c.arg("-").stdout(Stdio::null()).stderr(Stdio::piped());
         c
     };
     // The owner's first push, fed slowly.
@@ -1275,16 +1253,9 @@ fn the_dashboard_of_up_shows_every_server_and_the_live_stream_with_its_two_paths
     let up = start_up(4);
     let stream = "on-the-map";
     let (_, key) = wait_for_registration(&up, stream);
-    let mut push = Command::new(env!("CARGO_BIN_EXE_firstmile"))
-        .args([
-            "push",
-            "--director",
-            &up.director,
-            "--location",
-            "Paris, FR",
-        ])
-        .args(["--stream", stream, "--key", &key, "--quiet", "-"])
-        .stdin(Stdio::piped())
+    let mut push = up
+        .push(stream, Some(&key))
+        .arg("-")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

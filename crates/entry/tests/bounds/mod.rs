@@ -26,6 +26,30 @@ where
     }
 }
 
+/// How many broadcasts a server holds in memory (its `GET /v1/streams`).
+async fn held(http: SocketAddr) -> usize {
+    get_streams(http)
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["streams"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+/// An entry server `id` on `ip`, registered with `d`, that releases idle broadcasts after 1 s
+/// (its housekeeping every 200 ms).
+async fn releasing_server(d: &Director, dir: &std::path::Path, id: &str, ip: &str) -> Server {
+    let mut cfg = testkit::entry_config(id, "par", "Paris", dir, Some(d));
+    cfg.release_after_s = 1;
+    cfg.storage_check_ms = 200;
+    let s = Server::start(cfg, ip);
+    wait_registered(d, 1).await;
+    s
+}
+
 async fn go_live(d: &Director, stream: &str, key: Option<&str>) -> Value {
     let mut body = json!({"stream": stream, "location": "Paris, FR"});
     if let Some(k) = key {
@@ -49,22 +73,10 @@ async fn go_live(d: &Director, stream: &str, key: Option<&str>) -> Value {
 async fn two_thousand_short_broadcasts_leave_no_descriptors_streams_or_heartbeat_bytes_behind() {
     let d = start_director();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = testkit::entry_config("short-1", "par", "Paris", dir.path(), Some(&d));
-    cfg.release_after_s = 1;
-    cfg.storage_check_ms = 200;
-    let s = Server::start(cfg, "127.0.0.81");
-    wait_registered(&d, 1).await;
+    let s = releasing_server(&d, dir.path(), "short-1", "127.0.0.81").await;
     let logs = dir.path().join("short-1");
     let fds_before = open_files_under(&logs);
-    let streams_before = get_streams(s.http)
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["streams"]
-        .as_array()
-        .unwrap()
-        .len();
+    let streams_before = held(s.http).await;
 
     let biggest = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let watch = {
@@ -108,13 +120,7 @@ async fn two_thousand_short_broadcasts_leave_no_descriptors_streams_or_heartbeat
 
     // Every end reported, every broadcast released: the table and the files are back.
     until("every broadcast released", 60, || async {
-        let held = get_streams(s.http)
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap();
-        held["streams"].as_array().unwrap().len() <= streams_before
+        held(s.http).await <= streams_before
     })
     .await;
     let fds_after = open_files_under(&logs);
@@ -226,18 +232,7 @@ async fn viewers_start_a_bounded_number_of_relays_per_node_and_per_address() {
         2
     );
     // The node relays exactly three streams.
-    assert_eq!(
-        get_streams(relay.http)
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()["streams"]
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(held(relay.http).await, 3);
     drop((hold0, hold1, hold2, again));
 }
 
@@ -248,22 +243,7 @@ async fn viewers_start_a_bounded_number_of_relays_per_node_and_per_address() {
 async fn a_past_broadcast_opened_again_for_a_viewer_is_released_again() {
     let d = start_director();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = testkit::entry_config("past-1", "par", "Paris", dir.path(), Some(&d));
-    cfg.release_after_s = 1;
-    cfg.storage_check_ms = 200;
-    let s = Server::start(cfg, "127.0.0.86");
-    wait_registered(&d, 1).await;
-    let held = || async {
-        get_streams(s.http)
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()["streams"]
-            .as_array()
-            .unwrap()
-            .len()
-    };
+    let s = releasing_server(&d, dir.path(), "past-1", "127.0.0.86").await;
     let a = go_live(&d, "past", None).await;
     let broadcast = a["broadcast"].as_str().unwrap().to_string();
     let (_, addr, tok) = pick(&a, "primary");
@@ -281,7 +261,7 @@ async fn a_past_broadcast_opened_again_for_a_viewer_is_released_again() {
     .await
     .unwrap();
     until("the ended broadcast released", 30, || async {
-        held().await == 0
+        held(s.http).await == 0
     })
     .await;
 
@@ -295,9 +275,9 @@ async fn a_past_broadcast_opened_again_for_a_viewer_is_released_again() {
     assert_eq!(body.status(), 200);
     let body = body.bytes().await.unwrap();
     assert_eq!(&body[..], &concat(&chunks)[..]);
-    assert_eq!(held().await, 1, "opened from disk for the viewer");
+    assert_eq!(held(s.http).await, 1, "opened from disk for the viewer");
     until("the reopened broadcast released again", 30, || async {
-        held().await == 0
+        held(s.http).await == 0
     })
     .await;
 }

@@ -5,7 +5,7 @@
 //! stream that is not live yet (503 + Retry-After) and the refusals of hostile directives and
 //! resource names, each with its error code.
 
-use super::super::rtmp::{assign_rtmp, make_source, packet_md5s, run, wait_seq};
+use super::super::rtmp::{assign_rtmp, make_source, packet_md5s, publish_tee, run, wait_seq};
 use super::super::*;
 use super::get_text;
 use std::collections::BTreeMap;
@@ -125,21 +125,13 @@ async fn hls_on_a_relay_survives_the_primary_dying_with_the_same_segments() {
         assert_eq!(h["cache-control"], "no-store", "{playlist}");
     }
 
-    let tee = format!(
-        "[f=flv:onfail=ignore]{}|[f=flv:onfail=ignore]{}",
-        a["primary"]["url"].as_str().unwrap(),
-        a["backup"]["url"].as_str().unwrap()
+    let publisher = publish_tee(
+        &src,
+        &[
+            a["primary"]["url"].as_str().unwrap(),
+            a["backup"]["url"].as_str().unwrap(),
+        ],
     );
-    let src2 = src.clone();
-    let publisher = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .arg("-nostdin")
-            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
-            .arg(&src2)
-            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
-            .output()
-            .unwrap()
-    });
     for s in &servers[..2] {
         wait_seq(s.http, stream, 10).await;
     }

@@ -3,7 +3,7 @@
 //! plain playlists alike, with the source's packets; the HTTP rules of the playlists and
 //! resources (blocking reload refusals, CORS, cache headers, content types).
 
-use super::rtmp::{assign_rtmp, make_source, need_ffmpeg, packet_md5s, run, wait_seq};
+use super::rtmp::{assign_rtmp, make_source, need_ffmpeg, packet_md5s, publish_tee, run, wait_seq};
 use super::*;
 use std::process::Command;
 
@@ -33,6 +33,31 @@ fn probe_counts(url: &str) -> std::collections::BTreeMap<String, usize> {
     m
 }
 
+/// Wait (bounded) until every server in `https` has seen `stream`'s broadcast end.
+async fn wait_ended(https: &[SocketAddr], stream: &str) {
+    for http in https {
+        for _ in 0..500 {
+            if !super::rtmp::stream_row(*http, stream).await["ended"].is_null() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Segment `msn` of a broadcast is the same bytes (and not empty) on nodes `x` and `y`.
+async fn assert_same_segment(x: SocketAddr, y: SocketAddr, stream: &str, b: &str, msn: u64) {
+    let seg = |n| format!("http://{n}/hls/{stream}/{b}/{msn}.m4s");
+    let (x, y) = (
+        get(seg(x)).await.unwrap().bytes().await.unwrap(),
+        get(seg(y)).await.unwrap().bytes().await.unwrap(),
+    );
+    assert!(
+        !x.is_empty() && x == y,
+        "segment {msn} differs between nodes"
+    );
+}
+
 async fn get_text(url: &str) -> (u16, reqwest::header::HeaderMap, String) {
     let r = http_client()
         .get(url)
@@ -59,17 +84,7 @@ async fn ll_hls_and_hls_from_ingest_and_relay_nodes_carry_the_sources_packets() 
         a["primary"]["url"].as_str().unwrap().to_string(),
         a["backup"]["url"].as_str().unwrap().to_string(),
     );
-    let tee = format!("[f=flv:onfail=ignore]{pu}|[f=flv:onfail=ignore]{bu}");
-    let src2 = src.clone();
-    let publisher = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .arg("-nostdin")
-            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
-            .arg(&src2)
-            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
-            .output()
-            .unwrap()
-    });
+    let publisher = publish_tee(&src, &[&pu, &bu]);
     for s in &servers[..2] {
         wait_seq(s.http, stream, 10).await;
     }
@@ -147,15 +162,7 @@ async fn ll_hls_and_hls_from_ingest_and_relay_nodes_carry_the_sources_packets() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The broadcast ended on both ingest servers.
-    for s in &servers[..2] {
-        for _ in 0..500 {
-            if !super::rtmp::stream_row(s.http, stream).await["ended"].is_null() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    wait_ended(&[servers[0].http, servers[1].http], stream).await;
     let want = packet_md5s(&src);
     let want_counts = probe_counts(src.to_str().unwrap());
     assert!(want.len() > 250, "source has {} packets", want.len());
@@ -189,12 +196,7 @@ async fn ll_hls_and_hls_from_ingest_and_relay_nodes_carry_the_sources_packets() 
         }
     }
     // The same segment is the same bytes on the ingest and the relay node.
-    let seg = |n| format!("http://{n}/hls/{stream}/{broadcast}/1.m4s");
-    let (x, y) = (
-        get(seg(lon)).await.unwrap().bytes().await.unwrap(),
-        get(seg(nyc)).await.unwrap().bytes().await.unwrap(),
-    );
-    assert!(!x.is_empty() && x == y, "segment 1 differs between nodes");
+    assert_same_segment(lon, nyc, stream, &broadcast, 1).await;
 }
 
 /// MPEG-TS pushed over HTTP (the bytes ffmpeg `-f mpegts` writes, with B-frames) to the primary
@@ -266,17 +268,12 @@ async fn mpeg_ts_pushed_over_http_plays_as_hls_from_ingest_and_relay_nodes() {
         .find(|s| a["primary"]["server_id"] == s.cfg.id.as_str())
         .unwrap()
         .http;
-    for s in &servers {
-        if s.http == relay {
-            continue;
-        }
-        for _ in 0..500 {
-            if !super::rtmp::stream_row(s.http, stream).await["ended"].is_null() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let ingests: Vec<SocketAddr> = servers
+        .iter()
+        .map(|s| s.http)
+        .filter(|h| *h != relay)
+        .collect();
+    wait_ended(&ingests, stream).await;
     let want = probe_counts(ts.to_str().unwrap());
     assert!(want["video"] == 150 && want["audio"] > 200, "{want:?}");
     for (node, name) in [(ingest, "ingest"), (relay, "relay")] {
@@ -295,12 +292,7 @@ async fn mpeg_ts_pushed_over_http_plays_as_hls_from_ingest_and_relay_nodes() {
             );
         }
     }
-    let seg = |n| format!("http://{n}/hls/{stream}/{broadcast}/1.m4s");
-    let (x, y) = (
-        get(seg(ingest)).await.unwrap().bytes().await.unwrap(),
-        get(seg(relay)).await.unwrap().bytes().await.unwrap(),
-    );
-    assert!(!x.is_empty() && x == y, "segment 1 differs between nodes");
+    assert_same_segment(ingest, relay, stream, &broadcast, 1).await;
     // What an operator watches: a packager on each node, and clean input.
     for node in [ingest, relay] {
         assert_eq!(metric(node, "firstmile_entry_hls_packagers").await, 1);
@@ -345,33 +337,10 @@ async fn mpeg_ts_pushed_over_http_plays_as_hls_from_ingest_and_relay_nodes() {
 /// hls.js 4 s before its first frame (`bench/browser.sh`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_relays_first_playlist_has_the_history() {
-    need_ffmpeg();
-    let d = start_director();
-    let dir = tempfile::tempdir().unwrap();
-    let dp = dir.path().to_path_buf();
-    let servers = three_servers(&d, &dp).await;
-    let src = make_source(&dp, 10);
-    let stream = "hls-cold";
-    let a = assign_rtmp(&d, stream).await;
-    let (pu, bu) = (
-        a["primary"]["url"].as_str().unwrap().to_string(),
-        a["backup"]["url"].as_str().unwrap().to_string(),
-    );
-    let tee = format!("[f=flv:onfail=ignore]{pu}|[f=flv:onfail=ignore]{bu}");
-    let publisher = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .arg("-nostdin")
-            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
-            .arg(&src)
-            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
-            .output()
-            .unwrap()
-    });
     // Five seconds in (about 70 tags a second): two whole 2 s segments on the ingest servers.
-    for s in &servers[..2] {
-        wait_seq(s.http, stream, 350).await;
-    }
-    let relay = servers[2].http;
+    let stream = "hls-cold";
+    let run = super::rtmp::tee_run(stream, 10, [false, false], 350).await;
+    let relay = run.servers[2].http;
     let (status, _, ll) = get_text(&format!("http://{relay}/hls/{stream}/index.m3u8")).await;
     assert_eq!(status, 200, "{ll}");
     assert!(
@@ -379,7 +348,7 @@ async fn a_cold_relays_first_playlist_has_the_history() {
         "the first playlist lacks the history:\n{ll}"
     );
     assert!(!ll.contains("#EXT-X-ENDLIST"), "{ll}");
-    let out = publisher.await.unwrap();
+    let out = run.publisher.await.unwrap();
     assert!(
         out.status.success(),
         "{}",

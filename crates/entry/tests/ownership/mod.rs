@@ -407,27 +407,47 @@ async fn going_live_again_ends_the_previous_broadcasts_sessions() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn private_streams_need_a_playback_token_and_cause_no_relay_pull() {
-    let d = start_director();
-    let dir = tempfile::tempdir().unwrap();
-    let servers = three_servers(&d, dir.path()).await;
-    let (_, a) = assign_with(&d, json!({"stream": "priv", "location": "Paris, FR"})).await;
+/// `stream` claimed (its first go-live's key), made private by the admin, and live again with
+/// its key: a broadcast whose tokens carry the privacy. The assignment and the key.
+async fn private_broadcast(d: &Director, stream: &str) -> (Value, String) {
+    let (_, a) = assign_with(d, json!({"stream": stream, "location": "Paris, FR"})).await;
     let key = a["stream_key"].as_str().unwrap().to_string();
     let r = http_client()
-        .patch(format!("{}/v1/admin/streams/priv", d.url))
+        .patch(format!("{}/v1/admin/streams/{stream}", d.url))
         .bearer_auth("admin")
         .json(&json!({"private": true}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // A broadcast started now carries the privacy in its tokens.
     let (_, a) = assign_with(
-        &d,
-        json!({"stream": "priv", "key": key, "location": "Paris, FR"}),
+        d,
+        json!({"stream": stream, "key": key, "location": "Paris, FR"}),
     )
     .await;
+    (a, key)
+}
+
+/// A playback token for `stream` from the director, asked with the stream's key (60 s).
+async fn playback_token(d: &Director, stream: &str, key: &str) -> String {
+    let r = http_client()
+        .post(format!("{}/v1/streams/{stream}/playback-tokens", d.url))
+        .bearer_auth(key)
+        .json(&json!({"ttl_s": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    t["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_streams_need_a_playback_token_and_cause_no_relay_pull() {
+    let d = start_director();
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_servers(&d, dir.path()).await;
+    let (a, key) = private_broadcast(&d, "priv").await;
     let chunks = marked("p", 30);
     push_both(&a, "priv", &chunks).await;
     let (ingest, relay) = (servers[0].http, servers[2].http);
@@ -454,15 +474,7 @@ async fn private_streams_need_a_playback_token_and_cause_no_relay_pull() {
     )
     .await;
     assert_eq!(s, 401, "{t}");
-    let r = http_client()
-        .post(format!("{}/v1/streams/priv/playback-tokens", d.url))
-        .bearer_auth(&key)
-        .json(&json!({"ttl_s": 60}))
-        .send()
-        .await
-        .unwrap();
-    let t: Value = r.json().await.unwrap();
-    let tok = t["token"].as_str().unwrap();
+    let tok = &playback_token(&d, "priv", &key).await;
     for http in [ingest, relay] {
         let got = read_url(format!(
             "http://{http}/v1/streams/priv/live?from=start&token={tok}"
@@ -591,21 +603,7 @@ async fn private_hls_needs_the_token_on_every_resource_and_is_cached_privately()
     let d = start_director();
     let dir = tempfile::tempdir().unwrap();
     let servers = three_servers(&d, dir.path()).await;
-    let (_, a) = assign_with(&d, json!({"stream": "privhls", "location": "Paris, FR"})).await;
-    let key = a["stream_key"].as_str().unwrap().to_string();
-    let r = http_client()
-        .patch(format!("{}/v1/admin/streams/privhls", d.url))
-        .bearer_auth("admin")
-        .json(&json!({"private": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let (_, a) = assign_with(
-        &d,
-        json!({"stream": "privhls", "key": key, "location": "Paris, FR"}),
-    )
-    .await;
+    let (a, key) = private_broadcast(&d, "privhls").await;
     let ts = super::rtmp::run(
         std::process::Command::new("ffmpeg")
             .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
@@ -621,15 +619,7 @@ async fn private_hls_needs_the_token_on_every_resource_and_is_cached_privately()
         Arc::new(ts.chunks(188 * 50).map(Bytes::copy_from_slice).collect());
     push_both(&a, "privhls", &chunks).await;
     let broadcast = a["broadcast"].as_str().unwrap();
-    let r = http_client()
-        .post(format!("{}/v1/streams/privhls/playback-tokens", d.url))
-        .bearer_auth(&key)
-        .json(&json!({"ttl_s": 60}))
-        .send()
-        .await
-        .unwrap();
-    let t: Value = r.json().await.unwrap();
-    let tok = t["token"].as_str().unwrap();
+    let tok = &playback_token(&d, "privhls", &key).await;
     let (ingest, relay) = (servers[0].http, servers[2].http);
     for http in [ingest, relay] {
         let base = format!("http://{http}/hls/privhls");

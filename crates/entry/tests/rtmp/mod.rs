@@ -32,6 +32,30 @@ pub(crate) fn run(cmd: &mut Command) -> std::process::Output {
 }
 
 /// A short test pattern with sound, H.264 + AAC in FLV (a keyframe every second).
+/// ffmpeg publishing `src` in real time (`-re`) to every RTMP URL at once (`tee`, each output
+/// failing alone), in the background: its output once it ends.
+pub(crate) fn publish_tee(
+    src: &FsPath,
+    urls: &[&str],
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let tee = urls
+        .iter()
+        .map(|u| format!("[f=flv:onfail=ignore]{u}"))
+        .collect::<Vec<_>>()
+        .join("|");
+    let src = src.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .arg("-nostdin")
+            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+            .arg(&src)
+            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+}
+
 pub(crate) fn make_source(dir: &FsPath, secs: u32) -> PathBuf {
     make_pattern(dir, "src.flv", secs, "testsrc2", 440)
 }
@@ -191,17 +215,7 @@ async fn dual_publish_case(kill_primary: bool) {
         bu.starts_with(&format!("rtmp://{}/live/{stream}?token=", servers[1].rtmp)),
         "{a}"
     );
-    let tee = format!("[f=flv:onfail=ignore]{pu}|[f=flv:onfail=ignore]{bu}");
-    let src2 = src.clone();
-    let publisher = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .arg("-nostdin")
-            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
-            .arg(&src2)
-            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
-            .output()
-            .unwrap()
-    });
+    let publisher = publish_tee(&src, &[&pu, &bu]);
     for s in &servers[..2] {
         wait_seq(s.http, stream, 10).await;
     }
@@ -776,20 +790,20 @@ async fn assert_copies(a: SocketAddr, b: SocketAddr, stream: &str) {
 /// A dual publish through cuttable proxies: director, three servers (lon-1 primary, fra-1
 /// backup, nyc-1), an `ffmpeg` `tee` of `src` to both, each path through a [`proxy_once`]
 /// (`Stop::Cut`) when asked, running until both servers hold `at_least` chunks.
-struct TeeRun {
+pub(crate) struct TeeRun {
     _d: Director,
     _dir: tempfile::TempDir,
-    servers: [Server; 3],
+    pub(crate) servers: [Server; 3],
     src: PathBuf,
     pu: String,
     bu: String,
     /// The cuts of the proxied paths (primary, backup).
     cuts: [Option<tokio::sync::oneshot::Sender<()>>; 2],
     started: std::time::Instant,
-    publisher: tokio::task::JoinHandle<std::process::Output>,
+    pub(crate) publisher: tokio::task::JoinHandle<std::process::Output>,
 }
 
-async fn tee_run(stream: &str, secs: u32, proxied: [bool; 2], at_least: u64) -> TeeRun {
+pub(crate) async fn tee_run(stream: &str, secs: u32, proxied: [bool; 2], at_least: u64) -> TeeRun {
     need_ffmpeg();
     let d = start_director();
     let dir = tempfile::tempdir().unwrap();
@@ -809,21 +823,10 @@ async fn tee_run(stream: &str, secs: u32, proxied: [bool; 2], at_least: u64) -> 
             url = url.replace(&servers[i].rtmp.to_string(), &proxy.to_string());
             cuts[i] = Some(cut);
         }
-        outs.push(format!("[f=flv:onfail=ignore]{url}"));
+        outs.push(url);
     }
-    let tee = outs.join("|");
-    let src2 = src.clone();
     let started = std::time::Instant::now();
-    let publisher = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .arg("-nostdin")
-            .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
-            .arg(&src2)
-            .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    });
+    let publisher = publish_tee(&src, &[&outs[0], &outs[1]]);
     for s in &servers[..2] {
         wait_seq(s.http, stream, at_least).await;
     }
